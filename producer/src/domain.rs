@@ -1,0 +1,403 @@
+//! The product aggregate: pure decisions and folds, no I/O.
+//!
+//! `decide(state, command)` answers which events a command produces (or why it is refused);
+//! `evolve(state, event)` folds one event into the state. The producer, its start-up replay
+//! and every projection agree because they fold the same events.
+
+use foldline_schemas::{
+    Envelope, LowStockWarning, Payload, ProductCreated, ProductDeleted, ProductUpdated,
+    StockAdjusted,
+};
+
+pub const MAX_NAME_CHARS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub seller_id: String,
+    pub version: i64,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Create {
+        name: String,
+        price_cents: i64,
+        stock: i64,
+        seller_id: String,
+    },
+    Update {
+        name: Option<String>,
+        price_cents: Option<i64>,
+    },
+    AdjustStock {
+        delta: i64,
+        reason: Option<String>,
+    },
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("product not found")]
+    NotFound,
+    #[error("stock is {stock}; a change of {delta} would take it below zero")]
+    InsufficientStock { stock: i64, delta: i64 },
+    #[error("the product is at version {actual}, not {expected}")]
+    VersionMismatch { expected: i64, actual: i64 },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
+    DomainError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), DomainError> {
+    let chars = name.chars().count();
+    if name.trim().is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(invalid(
+            "name",
+            format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_not_negative(field: &'static str, value: i64) -> Result<(), DomainError> {
+    if value < 0 {
+        return Err(invalid(field, format!("must be >= 0, got {value}")));
+    }
+    Ok(())
+}
+
+/// The events `command` produces on `current` (`None`: the product does not exist yet).
+/// `expected_version` is the `If-Match` precondition, checked before any rule.
+pub fn decide(
+    current: Option<&Product>,
+    command: &Command,
+    expected_version: Option<i64>,
+    low_stock_threshold: i64,
+) -> Result<Vec<Payload>, DomainError> {
+    if let Command::Create {
+        name,
+        price_cents,
+        stock,
+        seller_id,
+    } = command
+    {
+        check_name(name)?;
+        check_not_negative("price_cents", *price_cents)?;
+        check_not_negative("stock", *stock)?;
+        if seller_id.trim().is_empty() {
+            return Err(invalid("seller_id", "must not be empty"));
+        }
+        return Ok(vec![Payload::ProductCreated(ProductCreated {
+            name: name.clone(),
+            price_cents: *price_cents,
+            stock: *stock,
+            seller_id: seller_id.clone(),
+        })]);
+    }
+    let product = match current {
+        Some(p) if !p.deleted => p,
+        _ => return Err(DomainError::NotFound),
+    };
+    if let Some(expected) = expected_version {
+        if expected != product.version {
+            return Err(DomainError::VersionMismatch {
+                expected,
+                actual: product.version,
+            });
+        }
+    }
+    match command {
+        Command::Create { .. } => unreachable!("handled above"),
+        Command::Update { name, price_cents } => {
+            if name.is_none() && price_cents.is_none() {
+                return Err(invalid("body", "give at least one of name, price_cents"));
+            }
+            if let Some(name) = name {
+                check_name(name)?;
+            }
+            if let Some(price) = price_cents {
+                check_not_negative("price_cents", *price)?;
+            }
+            Ok(vec![Payload::ProductUpdated(ProductUpdated {
+                name: name.clone(),
+                price_cents: *price_cents,
+            })])
+        }
+        Command::AdjustStock { delta, reason } => {
+            if *delta == 0 {
+                return Err(invalid("delta", "must not be zero"));
+            }
+            let new_stock = product
+                .stock
+                .checked_add(*delta)
+                .ok_or_else(|| invalid("delta", "overflows the stock"))?;
+            if new_stock < 0 {
+                return Err(DomainError::InsufficientStock {
+                    stock: product.stock,
+                    delta: *delta,
+                });
+            }
+            let mut events = vec![Payload::StockAdjusted(StockAdjusted {
+                delta: *delta,
+                new_stock,
+                reason: reason.clone(),
+            })];
+            if product.stock >= low_stock_threshold && new_stock < low_stock_threshold {
+                events.push(Payload::LowStockWarning(LowStockWarning {
+                    stock: new_stock,
+                    threshold: low_stock_threshold,
+                }));
+            }
+            Ok(events)
+        }
+        Command::Delete => Ok(vec![Payload::ProductDeleted(ProductDeleted {})]),
+    }
+}
+
+/// Folds one event into the product's state.
+pub fn evolve(current: Option<Product>, event: &Envelope) -> Option<Product> {
+    let mut product = match (&event.payload, current) {
+        (Payload::ProductCreated(c), _) => Product {
+            id: event.product_id.clone(),
+            name: c.name.clone(),
+            price_cents: c.price_cents,
+            stock: c.stock,
+            seller_id: c.seller_id.clone(),
+            version: event.version,
+            deleted: false,
+        },
+        (_, None) => return None,
+        (_, Some(p)) => p,
+    };
+    product.version = event.version;
+    match &event.payload {
+        Payload::ProductCreated(_) | Payload::LowStockWarning(_) => {}
+        Payload::ProductUpdated(u) => {
+            if let Some(name) = &u.name {
+                product.name = name.clone();
+            }
+            if let Some(price) = u.price_cents {
+                product.price_cents = price;
+            }
+        }
+        Payload::StockAdjusted(s) => product.stock = s.new_stock,
+        Payload::ProductDeleted(_) => product.deleted = true,
+    }
+    Some(product)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given past events, when a command, then these new events (or this error).
+    use super::*;
+    use chrono::Utc;
+    use foldline_schemas::EventType;
+    use uuid::Uuid;
+
+    const THRESHOLD: i64 = 5;
+
+    fn envelope(version: i64, payload: Payload) -> Envelope {
+        Envelope {
+            event_id: Uuid::new_v4(),
+            product_id: "p1".into(),
+            version,
+            occurred_at: Utc::now(),
+            correlation_id: "c".into(),
+            idempotency_key: None,
+            command_index: None,
+            payload,
+        }
+    }
+
+    fn created(stock: i64) -> Payload {
+        Payload::ProductCreated(ProductCreated {
+            name: "Lamp".into(),
+            price_cents: 1999,
+            stock,
+            seller_id: "s1".into(),
+        })
+    }
+
+    fn given(payloads: Vec<Payload>) -> Option<Product> {
+        payloads
+            .into_iter()
+            .enumerate()
+            .fold(None, |state, (i, p)| {
+                evolve(state, &envelope(i as i64 + 1, p))
+            })
+    }
+
+    fn when(state: &Option<Product>, command: Command) -> Result<Vec<EventType>, DomainError> {
+        decide(state.as_ref(), &command, None, THRESHOLD)
+            .map(|events| events.iter().map(Payload::event_type).collect())
+    }
+
+    fn adjust(delta: i64) -> Command {
+        Command::AdjustStock {
+            delta,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn given_nothing_when_create_then_created() {
+        let command = Command::Create {
+            name: "Lamp".into(),
+            price_cents: 0,
+            stock: 0,
+            seller_id: "s1".into(),
+        };
+        assert_eq!(when(&None, command), Ok(vec![EventType::ProductCreated]));
+    }
+
+    #[test]
+    fn given_nothing_when_create_with_bad_fields_then_invalid() {
+        let base = |name: &str, price: i64, stock: i64, seller: &str| Command::Create {
+            name: name.into(),
+            price_cents: price,
+            stock,
+            seller_id: seller.into(),
+        };
+        let long_name = "x".repeat(MAX_NAME_CHARS + 1);
+        for (command, field) in [
+            (base("", 1, 1, "s"), "name"),
+            (base("   ", 1, 1, "s"), "name"),
+            (base(&long_name, 1, 1, "s"), "name"),
+            (base("ok", -1, 1, "s"), "price_cents"),
+            (base("ok", 1, -1, "s"), "stock"),
+            (base("ok", 1, 1, ""), "seller_id"),
+        ] {
+            match when(&None, command) {
+                Err(DomainError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected invalid {field}, got {other:?}"),
+            }
+        }
+        let max_name = "é".repeat(MAX_NAME_CHARS);
+        assert!(
+            when(&None, base(&max_name, 1, 1, "s")).is_ok(),
+            "200 chars, not bytes"
+        );
+    }
+
+    #[test]
+    fn given_nothing_when_any_other_command_then_not_found() {
+        for command in [adjust(1), Command::Delete] {
+            assert_eq!(when(&None, command), Err(DomainError::NotFound));
+        }
+    }
+
+    #[test]
+    fn given_created_when_stock_falls_below_threshold_then_adjusted_and_warning() {
+        let state = given(vec![created(6)]);
+        assert_eq!(
+            when(&state, adjust(-2)),
+            Ok(vec![EventType::StockAdjusted, EventType::LowStockWarning])
+        );
+    }
+
+    #[test]
+    fn given_stock_already_below_threshold_when_it_falls_further_then_no_second_warning() {
+        let state = given(vec![created(4)]);
+        assert_eq!(when(&state, adjust(-1)), Ok(vec![EventType::StockAdjusted]));
+    }
+
+    #[test]
+    fn given_stock_exactly_at_threshold_when_it_stays_then_no_warning() {
+        let state = given(vec![created(7)]);
+        assert_eq!(when(&state, adjust(-2)), Ok(vec![EventType::StockAdjusted]));
+    }
+
+    #[test]
+    fn given_stock_2_when_minus_3_then_insufficient_stock() {
+        let state = given(vec![created(2)]);
+        assert_eq!(
+            when(&state, adjust(-3)),
+            Err(DomainError::InsufficientStock {
+                stock: 2,
+                delta: -3
+            })
+        );
+    }
+
+    #[test]
+    fn given_zero_or_overflowing_delta_then_invalid() {
+        let state = given(vec![created(2)]);
+        assert!(matches!(
+            when(&state, adjust(0)),
+            Err(DomainError::Invalid { .. })
+        ));
+        assert!(matches!(
+            when(&state, adjust(i64::MAX)),
+            Err(DomainError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn given_deleted_when_anything_then_not_found() {
+        let state = given(vec![created(2), Payload::ProductDeleted(ProductDeleted {})]);
+        assert!(state.as_ref().unwrap().deleted);
+        assert_eq!(when(&state, adjust(1)), Err(DomainError::NotFound));
+        assert_eq!(when(&state, Command::Delete), Err(DomainError::NotFound));
+    }
+
+    #[test]
+    fn given_version_2_when_if_match_1_then_mismatch() {
+        let state = given(vec![
+            created(9),
+            Payload::StockAdjusted(StockAdjusted {
+                delta: 1,
+                new_stock: 10,
+                reason: None,
+            }),
+        ]);
+        let result = decide(state.as_ref(), &Command::Delete, Some(1), THRESHOLD);
+        assert_eq!(
+            result,
+            Err(DomainError::VersionMismatch {
+                expected: 1,
+                actual: 2
+            })
+        );
+        assert!(decide(state.as_ref(), &Command::Delete, Some(2), THRESHOLD).is_ok());
+    }
+
+    #[test]
+    fn given_created_when_empty_update_then_invalid_and_partial_update_keeps_the_rest() {
+        let state = given(vec![created(2)]);
+        let empty = Command::Update {
+            name: None,
+            price_cents: None,
+        };
+        assert!(matches!(
+            when(&state, empty),
+            Err(DomainError::Invalid { .. })
+        ));
+        let state = given(vec![
+            created(2),
+            Payload::ProductUpdated(ProductUpdated {
+                name: None,
+                price_cents: Some(5),
+            }),
+        ])
+        .unwrap();
+        assert_eq!(
+            (state.name.as_str(), state.price_cents, state.version),
+            ("Lamp", 5, 2)
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The REST commands of the contract: `POST /products`, `PATCH /products/{id}`,
+//! `POST /products/{id}/stock`, `DELETE /products/{id}` and the batch `POST /commands`.
+
+mod headers;
+pub mod problem;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::domain::Command;
+use crate::service::{CommandService, PlannedCommand};
+use crate::store::Answer;
+use problem::Problem;
+
+/// Most commands one `POST /commands` may carry.
+pub const MAX_BATCH_COMMANDS: usize = 1000;
+
+pub fn routes(service: Arc<CommandService>) -> Router {
+    Router::new()
+        .route("/products", post(create))
+        .route("/products/{id}", patch(update).delete(remove))
+        .route("/products/{id}/stock", post(adjust_stock))
+        .route("/commands", post(batch))
+        .with_state(service)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    price_cents: i64,
+    stock: i64,
+    seller_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    price_cents: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockBody {
+    delta: i64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    commands: Vec<BatchCommand>,
+}
+
+/// A command of a batch; `if_match` is the per-command form of the `If-Match` header.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum BatchCommand {
+    Create {
+        name: String,
+        price_cents: i64,
+        stock: i64,
+        seller_id: String,
+    },
+    Update {
+        id: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        price_cents: Option<i64>,
+        #[serde(default)]
+        if_match: Option<i64>,
+    },
+    AdjustStock {
+        id: String,
+        delta: i64,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        if_match: Option<i64>,
+    },
+    Delete {
+        id: String,
+        #[serde(default)]
+        if_match: Option<i64>,
+    },
+}
+
+impl BatchCommand {
+    fn plan(self) -> PlannedCommand {
+        let (product_id, command, expected_version) = match self {
+            BatchCommand::Create {
+                name,
+                price_cents,
+                stock,
+                seller_id,
+            } => (
+                None,
+                Command::Create {
+                    name,
+                    price_cents,
+                    stock,
+                    seller_id,
+                },
+                None,
+            ),
+            BatchCommand::Update {
+                id,
+                name,
+                price_cents,
+                if_match,
+            } => (Some(id), Command::Update { name, price_cents }, if_match),
+            BatchCommand::AdjustStock {
+                id,
+                delta,
+                reason,
+                if_match,
+            } => (Some(id), Command::AdjustStock { delta, reason }, if_match),
+            BatchCommand::Delete { id, if_match } => (Some(id), Command::Delete, if_match),
+        };
+        PlannedCommand {
+            product_id,
+            command,
+            expected_version,
+        }
+    }
+}
+
+fn answer_response(status: StatusCode, answer: &Answer, location: bool) -> Response {
+    let mut response = (status, Json(json!(answer))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", answer.version)) {
+        headers.insert(header::ETAG, etag);
+    }
+    if location {
+        if let Ok(value) = HeaderValue::from_str(&format!("/products/{}", answer.id)) {
+            headers.insert(header::LOCATION, value);
+        }
+    }
+    response
+}
+
+async fn run_single(
+    service: &Arc<CommandService>,
+    headers: &HeaderMap,
+    product_id: Option<String>,
+    command: Command,
+    op: &'static str,
+) -> Result<Answer, Problem> {
+    let meta = headers::request_meta(headers)?;
+    let planned = PlannedCommand {
+        product_id,
+        command,
+        expected_version: headers::if_match(headers)?,
+    };
+    let result = service.execute(vec![planned], meta).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    service
+        .metrics
+        .commands
+        .with_label_values(&[op, outcome])
+        .inc();
+    let mut answers = result?;
+    Ok(answers.remove(0))
+}
+
+async fn create(
+    State(service): State<Arc<CommandService>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(body) = body?;
+    let command = Command::Create {
+        name: body.name,
+        price_cents: body.price_cents,
+        stock: body.stock,
+        seller_id: body.seller_id,
+    };
+    let answer = run_single(&service, &headers, None, command, "create").await?;
+    Ok(answer_response(StatusCode::CREATED, &answer, true))
+}
+
+async fn update(
+    State(service): State<Arc<CommandService>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(body) = body?;
+    let command = Command::Update {
+        name: body.name,
+        price_cents: body.price_cents,
+    };
+    let answer = run_single(&service, &headers, Some(id), command, "update").await?;
+    Ok(answer_response(StatusCode::OK, &answer, false))
+}
+
+async fn adjust_stock(
+    State(service): State<Arc<CommandService>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<StockBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(body) = body?;
+    let command = Command::AdjustStock {
+        delta: body.delta,
+        reason: body.reason,
+    };
+    let answer = run_single(&service, &headers, Some(id), command, "adjust_stock").await?;
+    Ok(answer_response(StatusCode::OK, &answer, false))
+}
+
+async fn remove(
+    State(service): State<Arc<CommandService>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let answer = run_single(&service, &headers, Some(id), Command::Delete, "delete").await?;
+    Ok(answer_response(StatusCode::OK, &answer, false))
+}
+
+async fn batch(
+    State(service): State<Arc<CommandService>>,
+    headers: HeaderMap,
+    body: Result<Json<BatchBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(body) = body?;
+    if body.commands.is_empty() || body.commands.len() > MAX_BATCH_COMMANDS {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule-broken",
+            "A rule of the request was broken",
+            format!(
+                "a batch holds 1 to {MAX_BATCH_COMMANDS} commands, got {}",
+                body.commands.len()
+            ),
+        ));
+    }
+    let meta = headers::request_meta(&headers)?;
+    let planned: Vec<PlannedCommand> = body.commands.into_iter().map(BatchCommand::plan).collect();
+    let result = service.execute(planned, meta).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    service
+        .metrics
+        .commands
+        .with_label_values(&["batch", outcome])
+        .inc();
+    let answers = result?;
+    let last = answers.last().cloned().expect("a batch has commands");
+    let mut response = answer_response(StatusCode::OK, &last, false);
+    let body = json!({
+        "id": last.id,
+        "version": last.version,
+        "position": last.position,
+        "results": answers,
+    });
+    *response.body_mut() = axum::body::Body::from(body.to_string());
+    Ok(response)
+}

@@ -1,0 +1,179 @@
+//! # Layout
+//! The producer: REST commands in, Avro events appended to the `products` topic.
+//! - [`domain`]: the product aggregate, `decide` and `evolve`, pure (given/when/then tests).
+//! - [`store`]: per-product state and idempotency answers, folded from the log.
+//! - [`log`]: reading the topic into the store (start-up, and resync after a failed commit).
+//! - [`writer`]: the transactional Kafka producer with group commit.
+//! - [`service`]: one write request end to end (lock, decide, encode, append, fold).
+//! - [`http`]: the routes, headers and problem+json errors.
+//! - [`metrics`]: Prometheus metrics of the above.
+
+pub mod domain;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use clap::Parser;
+use foldline_schemas::wire::EventCodec;
+use foldline_service::ops::Ops;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::Metrics;
+use crate::service::CommandService;
+use crate::store::Store;
+use crate::writer::{Writer, WriterConfig};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "foldline-producer",
+    version,
+    about = "Foldline write API: commands in, Avro events out"
+)]
+pub struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Schema registry (Confluent REST API).
+    #[arg(
+        long,
+        env = "FOLDLINE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry_url: String,
+    /// Topic the events are appended to.
+    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
+    pub topic: String,
+    /// Partitions of the topic when the producer has to create it.
+    #[arg(long, env = "FOLDLINE_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "FOLDLINE_PRODUCER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+    /// Kafka transactional.id: a second instance with the same id fences the first.
+    #[arg(
+        long,
+        env = "FOLDLINE_TRANSACTIONAL_ID",
+        default_value = "foldline-producer"
+    )]
+    pub transactional_id: String,
+    /// A StockAdjusted that takes stock from >= this to below it adds a LowStockWarning.
+    #[arg(long, env = "LOW_STOCK_THRESHOLD", default_value_t = 5)]
+    pub low_stock_threshold: i64,
+    /// Largest request body, in bytes (413 above).
+    #[arg(long, env = "FOLDLINE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Requests taking longer are answered 503.
+    #[arg(long, env = "FOLDLINE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Most records appended in one group-commit transaction.
+    #[arg(long, env = "FOLDLINE_MAX_BATCH_RECORDS", default_value_t = 5_000)]
+    pub max_batch_records: usize,
+}
+
+impl Config {
+    /// Defaults of the local stack, for tests that change a field or two.
+    pub fn local() -> Config {
+        Config::parse_from(["foldline-producer"])
+    }
+}
+
+/// Loads the state from the log, then serves until `shutdown` resolves. `/ready` turns green
+/// only after the log has been read to its end.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    foldline_service::kafka::ensure_topic(
+        &config.brokers,
+        &config.topic,
+        config.partitions,
+        &[("retention.ms", "-1")],
+    )
+    .await
+    .context("creating the topic")?;
+    let codec = Arc::new(EventCodec::new(&config.registry_url, &config.topic)?);
+    let schema_id = codec
+        .writer_schema_id()
+        .await
+        .context("registering the event schema in the registry")?;
+    tracing::info!(schema_id, "event schema registered");
+
+    let loaded = Arc::new(AtomicBool::new(false));
+    let writer_slot: Arc<std::sync::OnceLock<Writer>> = Arc::new(std::sync::OnceLock::new());
+    let readiness = {
+        let loaded = loaded.clone();
+        let writer_slot = writer_slot.clone();
+        Arc::new(move || {
+            let loaded = loaded.load(Ordering::Acquire);
+            let writer = writer_slot.get().map(Writer::status);
+            Box::pin(async move {
+                match (loaded, writer) {
+                    (false, _) | (_, None) => Err("reading the log".to_owned()),
+                    (true, Some(Err(e))) => Err(e.to_string()),
+                    (true, Some(Ok(()))) => Ok(()),
+                }
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        })
+    };
+    let ops = Ops::new("producer", env!("CARGO_PKG_VERSION"), readiness);
+    let metrics = Metrics::new(&ops.registry);
+
+    let store = Arc::new(Store::default());
+    let started = std::time::Instant::now();
+    let events = log::replay(&config.brokers, &config.topic, &store, &codec, &metrics)
+        .await
+        .context("reading the log")?;
+    tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded from the log");
+
+    let writer = Writer::start(
+        WriterConfig {
+            brokers: config.brokers.clone(),
+            topic: config.topic.clone(),
+            transactional_id: config.transactional_id.clone(),
+            max_batch_records: config.max_batch_records,
+            commit_timeout: Duration::from_secs(10),
+        },
+        metrics.clone(),
+    )
+    .context("initialising the transactional producer")?;
+    let _ = writer_slot.set(writer.clone());
+    let service = Arc::new(CommandService::new(
+        store,
+        writer,
+        codec,
+        metrics,
+        config.low_stock_threshold,
+        config.brokers.clone(),
+        config.topic.clone(),
+    ));
+    loaded.store(true, Ordering::Release);
+
+    let app = http::routes(service)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(config.request_timeout_ms),
+        ))
+        .layer(CatchPanicLayer::new())
+        .merge(ops.routes());
+    let app = ops.instrument(app);
+    foldline_service::serve::serve(listener, app, shutdown).await?;
+    Ok(())
+}

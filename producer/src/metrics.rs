@@ -1,0 +1,101 @@
+//! Producer metrics, registered in the service's Prometheus registry.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    commits: IntCounterVec,
+    commit_seconds: Histogram,
+    commit_requests: Histogram,
+    commit_records: Histogram,
+    pub commands: IntCounterVec,
+    pub replayed_events: IntCounter,
+    pub undecodable_events: IntCounter,
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric")
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let sizes = vec![
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+        ];
+        let metrics = Metrics {
+            commits: IntCounterVec::new(
+                Opts::new(
+                    "producer_transactions_total",
+                    "Kafka transactions by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            commit_seconds: histogram(
+                "producer_transaction_seconds",
+                "Time to append and commit one group of requests",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"),
+            ),
+            commit_requests: histogram(
+                "producer_transaction_requests",
+                "Requests committed together in one transaction (group commit)",
+                sizes.clone(),
+            ),
+            commit_records: histogram(
+                "producer_transaction_records",
+                "Records appended in one transaction",
+                sizes,
+            ),
+            commands: IntCounterVec::new(
+                Opts::new(
+                    "producer_commands_total",
+                    "Commands by operation and outcome",
+                ),
+                &["op", "outcome"],
+            )
+            .expect("valid metric"),
+            replayed_events: IntCounter::new(
+                "producer_log_events_replayed_total",
+                "Events folded from the log at start-up or resync",
+            )
+            .expect("valid metric"),
+            undecodable_events: IntCounter::new(
+                "producer_log_events_undecodable_total",
+                "Records in the topic the producer could not decode (skipped)",
+            )
+            .expect("valid metric"),
+        };
+        registry
+            .register(Box::new(metrics.commits.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.commit_seconds.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.commit_requests.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.commit_records.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.commands.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.replayed_events.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.undecodable_events.clone()))
+            .expect("once");
+        metrics
+    }
+
+    pub fn observe_commit(&self, requests: usize, records: usize, elapsed: Duration, ok: bool) {
+        let outcome = if ok { "committed" } else { "failed" };
+        self.commits.with_label_values(&[outcome]).inc();
+        self.commit_seconds.observe(elapsed.as_secs_f64());
+        self.commit_requests.observe(requests as f64);
+        self.commit_records.observe(records as f64);
+    }
+}

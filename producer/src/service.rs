@@ -1,0 +1,242 @@
+//! Executes write requests: idempotency, per-product locking, decision, encoding, append,
+//! and only then the in-memory fold. A request is one or more commands (the batch endpoint);
+//! its events are appended atomically, so either all of its commands happen or none.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use foldline_schemas::wire::{CodecError, EventCodec};
+use foldline_schemas::Envelope;
+use tokio::sync::OwnedMutexGuard;
+use uuid::Uuid;
+
+use crate::domain::{decide, evolve, Command, DomainError, Product};
+use crate::metrics::Metrics;
+use crate::store::{Answer, Store};
+use crate::writer::{AppendError, OutRecord, Writer};
+
+/// One command of a request. `product_id` is `None` for a create (the id is assigned here).
+#[derive(Debug, Clone)]
+pub struct PlannedCommand {
+    pub product_id: Option<String>,
+    pub command: Command,
+    pub expected_version: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub idempotency_key: Option<String>,
+    pub correlation_id: String,
+    pub traceparent: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("command {index}: {error}")]
+    Rejected { index: usize, error: DomainError },
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+pub struct CommandService {
+    pub store: Arc<Store>,
+    pub writer: Writer,
+    pub codec: Arc<EventCodec>,
+    pub metrics: Metrics,
+    pub low_stock_threshold: i64,
+    pub brokers: String,
+    pub topic: String,
+    resyncing: AtomicBool,
+}
+
+impl CommandService {
+    pub fn new(
+        store: Arc<Store>,
+        writer: Writer,
+        codec: Arc<EventCodec>,
+        metrics: Metrics,
+        low_stock_threshold: i64,
+        brokers: String,
+        topic: String,
+    ) -> Self {
+        CommandService {
+            store,
+            writer,
+            codec,
+            metrics,
+            low_stock_threshold,
+            brokers,
+            topic,
+            resyncing: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs the request and answers one [`Answer`] per command, in order. With an
+    /// idempotency key that already succeeded, answers the first answers and appends nothing.
+    pub async fn execute(
+        self: &Arc<Self>,
+        commands: Vec<PlannedCommand>,
+        meta: RequestMeta,
+    ) -> Result<Vec<Answer>, WriteError> {
+        self.writer.status()?;
+        let answer_guard = match &meta.idempotency_key {
+            Some(key) => {
+                let guard = self.store.answer_slot(key).lock_owned().await;
+                if let Some(answers) = guard.as_ref() {
+                    return Ok(answers.values().cloned().collect());
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let result = self.execute_locked(commands, &meta).await;
+        if let (Ok(answers), Some(mut guard)) = (&result, answer_guard) {
+            let by_index: BTreeMap<i64, Answer> = answers
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, a)| (i as i64, a))
+                .collect();
+            *guard = Some(by_index);
+        }
+        if let Err(WriteError::Append(AppendError::OutcomeUnknown(_))) = &result {
+            self.start_resync();
+        }
+        result
+    }
+
+    async fn execute_locked(
+        &self,
+        mut commands: Vec<PlannedCommand>,
+        meta: &RequestMeta,
+    ) -> Result<Vec<Answer>, WriteError> {
+        for planned in &mut commands {
+            if planned.product_id.is_none() {
+                planned.product_id = Some(Uuid::now_v7().to_string());
+            }
+        }
+        // Lock every product the request touches, in sorted order so requests never deadlock.
+        let ids: BTreeSet<String> = commands
+            .iter()
+            .filter_map(|c| c.product_id.clone())
+            .collect();
+        let mut guards: HashMap<String, OwnedMutexGuard<Option<Product>>> = HashMap::new();
+        for id in ids {
+            let creates = commands.iter().any(|c| {
+                c.product_id.as_deref() == Some(&id) && matches!(c.command, Command::Create { .. })
+            });
+            let slot = if creates {
+                Some(self.store.product_or_new(&id))
+            } else {
+                self.store.product(&id)
+            };
+            if let Some(slot) = slot {
+                guards.insert(id, slot.lock_owned().await);
+            }
+        }
+        // Decide every command on a scratch copy; nothing is visible until the commit.
+        let mut scratch: HashMap<String, Option<Product>> = guards
+            .iter()
+            .map(|(id, guard)| (id.clone(), (**guard).clone()))
+            .collect();
+        let now = Utc::now();
+        let mut envelopes: Vec<(usize, Envelope)> = Vec::new();
+        for (index, planned) in commands.iter().enumerate() {
+            let id = planned.product_id.clone().expect("assigned above");
+            let current = scratch.get(&id).cloned().flatten();
+            let payloads = decide(
+                current.as_ref(),
+                &planned.command,
+                planned.expected_version,
+                self.low_stock_threshold,
+            )
+            .map_err(|error| WriteError::Rejected { index, error })?;
+            let mut state = current;
+            for payload in payloads {
+                let envelope = Envelope {
+                    event_id: Uuid::new_v4(),
+                    product_id: id.clone(),
+                    version: state.as_ref().map_or(0, |p| p.version) + 1,
+                    occurred_at: now,
+                    correlation_id: meta.correlation_id.clone(),
+                    idempotency_key: meta.idempotency_key.clone(),
+                    command_index: Some(index as i64),
+                    payload,
+                };
+                state = evolve(state, &envelope);
+                envelopes.push((index, envelope));
+            }
+            scratch.insert(id, state);
+        }
+        let mut records = Vec::with_capacity(envelopes.len());
+        for (_, envelope) in &envelopes {
+            records.push(OutRecord {
+                key: envelope.product_id.clone(),
+                value: self.codec.encode(envelope).await?,
+                headers: vec![
+                    ("event-type", envelope.event_type().as_str().to_owned()),
+                    ("correlation-id", meta.correlation_id.clone()),
+                    ("traceparent", meta.traceparent.clone()),
+                ],
+            });
+        }
+        let positions = self.writer.append(records).await?;
+        self.store.note_positions(&positions);
+        // Committed: publish the new states and build the answers.
+        for (id, guard) in guards.iter_mut() {
+            if let Some(state) = scratch.remove(id) {
+                **guard = state;
+            }
+        }
+        let mut answers: Vec<Option<Answer>> = vec![None; commands.len()];
+        for ((index, envelope), position) in envelopes.iter().zip(positions) {
+            answers[*index] = Some(Answer {
+                id: envelope.product_id.clone(),
+                version: envelope.version,
+                position: position.to_string(),
+            });
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every command appends"))
+            .collect())
+    }
+
+    /// After a commit with an unknown outcome: wait for the writer to reconnect, re-read the
+    /// log past what the state holds, then accept writes again.
+    fn start_resync(self: &Arc<Self>) {
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match crate::log::replay(
+                    &service.brokers,
+                    &service.topic,
+                    &service.store,
+                    &service.codec,
+                    &service.metrics,
+                )
+                .await
+                {
+                    Ok(events) => {
+                        tracing::info!(events, "state re-read from the log after a failed commit");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "resync from the log failed, retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            service.writer.resume();
+            service.resyncing.store(false, Ordering::Release);
+        });
+    }
+}

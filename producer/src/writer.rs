@@ -1,0 +1,290 @@
+//! Appending to the log with group commit.
+//!
+//! One thread owns the transactional producer. Requests hand it their encoded events; it
+//! takes everything that is waiting, appends it in *one* Kafka transaction and answers every
+//! request with the partition:offset of its events. Each request's events are atomic (one
+//! transaction); per-product order holds because the caller keeps at most one command per
+//! product in flight. A transaction per request would cap writes at the commit rate; this way
+//! the batch grows with the load.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldline_service::kafka;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+/// A record ready to append: key, Confluent-framed Avro value and headers.
+pub struct OutRecord {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.partition, self.offset)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// The transaction was aborted: nothing was appended.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The commit may or may not have happened (the broker went away during the commit).
+    /// The state is re-read from the log before writes resume.
+    #[error("the broker failed during commit, the outcome is unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Another producer with the same transactional.id took over.
+    #[error("fenced by another producer instance with the same transactional.id")]
+    Fenced,
+}
+
+struct AppendRequest {
+    records: Vec<OutRecord>,
+    reply: oneshot::Sender<Result<Vec<Position>, AppendError>>,
+}
+
+const READY: u8 = 0;
+const RECOVERING: u8 = 1;
+const FENCED: u8 = 2;
+
+#[derive(Clone)]
+pub struct Writer {
+    sender: mpsc::Sender<AppendRequest>,
+    health: Arc<AtomicU8>,
+}
+
+pub struct WriterConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub transactional_id: String,
+    pub max_batch_records: usize,
+    pub commit_timeout: Duration,
+}
+
+impl Writer {
+    /// Starts the committer thread; fails when the broker cannot initialise transactions.
+    pub fn start(config: WriterConfig, metrics: Metrics) -> Result<Writer, KafkaError> {
+        let producer = create_producer(&config)?;
+        let (sender, receiver) = mpsc::channel(config.max_batch_records.max(1024));
+        let health = Arc::new(AtomicU8::new(READY));
+        let thread_health = health.clone();
+        std::thread::Builder::new()
+            .name("foldline-committer".into())
+            .spawn(move || commit_loop(config, producer, receiver, thread_health, metrics))
+            .expect("spawn committer thread");
+        Ok(Writer { sender, health })
+    }
+
+    pub fn status(&self) -> Result<(), AppendError> {
+        match self.health.load(Ordering::Acquire) {
+            READY => Ok(()),
+            FENCED => Err(AppendError::Fenced),
+            _ => Err(AppendError::Unavailable(
+                "reconnecting to the broker".into(),
+            )),
+        }
+    }
+
+    /// Appends `records` atomically; answers once the broker committed them.
+    pub async fn append(&self, records: Vec<OutRecord>) -> Result<Vec<Position>, AppendError> {
+        self.status()?;
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(AppendRequest { records, reply })
+            .await
+            .map_err(|_| AppendError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| AppendError::Unavailable("the writer has stopped".into()))?
+    }
+
+    /// Marks the writer usable again after the state was re-read from the log.
+    pub fn resume(&self) {
+        let _ =
+            self.health
+                .compare_exchange(RECOVERING, READY, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn is_recovering(&self) -> bool {
+        self.health.load(Ordering::Acquire) == RECOVERING
+    }
+}
+
+fn create_producer(config: &WriterConfig) -> Result<FutureProducer, KafkaError> {
+    let producer: FutureProducer = kafka::base_config(&config.brokers, "foldline-producer")
+        .set("transactional.id", &config.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "10000")
+        .set("transaction.timeout.ms", "30000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    producer.init_transactions(Duration::from_secs(15))?;
+    Ok(producer)
+}
+
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
+fn commit_loop(
+    config: WriterConfig,
+    mut producer: FutureProducer,
+    mut receiver: mpsc::Receiver<AppendRequest>,
+    health: Arc<AtomicU8>,
+    metrics: Metrics,
+) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        let mut count = batch[0].records.len();
+        while count < config.max_batch_records {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    count += next.records.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let outcome = commit(&producer, &config, &batch);
+        metrics.observe_commit(batch.len(), count, started.elapsed(), outcome.is_ok());
+        match outcome {
+            Ok(positions) => {
+                for (request, positions) in batch.into_iter().zip(positions) {
+                    let _ = request.reply.send(Ok(positions));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, requests = batch.len(), "append failed");
+                for request in batch {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+                match error {
+                    AppendError::Unavailable(_) => {}
+                    AppendError::Fenced => {
+                        health.store(FENCED, Ordering::Release);
+                        tracing::error!("fenced by another instance; this producer stops writing");
+                        return;
+                    }
+                    AppendError::OutcomeUnknown(_) => {
+                        health.store(RECOVERING, Ordering::Release);
+                        producer = reconnect(&config, &health);
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("committer stopped");
+}
+
+/// Replaces the producer until one initialises; init_transactions aborts whatever the old
+/// one left open, so afterwards the log holds exactly the committed transactions.
+fn reconnect(config: &WriterConfig, health: &AtomicU8) -> FutureProducer {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match create_producer(config) {
+            Ok(producer) => {
+                tracing::info!("transactional producer re-initialised");
+                return producer;
+            }
+            Err(error) if is_fenced(&error) => {
+                health.store(FENCED, Ordering::Release);
+                tracing::error!(%error, "fenced while reconnecting");
+            }
+            Err(error) => tracing::warn!(%error, "broker still unavailable, retrying"),
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn commit(
+    producer: &FutureProducer,
+    config: &WriterConfig,
+    batch: &[AppendRequest],
+) -> Result<Vec<Vec<Position>>, AppendError> {
+    let classify = |error: KafkaError| -> AppendError {
+        if is_fenced(&error) {
+            AppendError::Fenced
+        } else {
+            AppendError::OutcomeUnknown(error.to_string())
+        }
+    };
+    producer.begin_transaction().map_err(classify)?;
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for request in batch {
+        let mut futures = Vec::with_capacity(request.records.len());
+        for record in &request.records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let future = producer
+                .send_result(
+                    FutureRecord::to(&config.topic)
+                        .key(&record.key)
+                        .payload(&record.value)
+                        .headers(headers),
+                )
+                .map_err(|(error, _)| error);
+            match future {
+                Ok(f) => futures.push(f),
+                Err(error) => return Err(abort(producer, config, error.to_string())),
+            }
+        }
+        deliveries.push(futures);
+    }
+    if let Err(error) = producer.commit_transaction(config.commit_timeout) {
+        let requires_abort = matches!(&error, KafkaError::Transaction(e) if e.txn_requires_abort());
+        if requires_abort {
+            return Err(abort(producer, config, error.to_string()));
+        }
+        return Err(classify(error));
+    }
+    // After a successful commit every delivery future has resolved.
+    let mut positions = Vec::with_capacity(deliveries.len());
+    for futures in deliveries {
+        let mut request_positions = Vec::with_capacity(futures.len());
+        for future in futures {
+            match futures::executor::block_on(future) {
+                Ok(Ok(delivery)) => request_positions.push(Position {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((error, _))) => return Err(AppendError::OutcomeUnknown(error.to_string())),
+                Err(_) => return Err(AppendError::OutcomeUnknown("delivery cancelled".into())),
+            }
+        }
+        positions.push(request_positions);
+    }
+    Ok(positions)
+}
+
+fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> AppendError {
+    match producer.abort_transaction(config.commit_timeout) {
+        Ok(()) => AppendError::Unavailable(reason),
+        Err(error) => AppendError::OutcomeUnknown(format!("{reason}; abort failed: {error}")),
+    }
+}

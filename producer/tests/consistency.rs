@@ -1,0 +1,190 @@
+//! Concurrency, idempotency, restarts and a broker crash, on the real stack.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{read_topic, Producer};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn fifty_concurrent_decrements_on_stock_20_give_20_successes_and_30_conflicts() {
+    let config = common::config();
+    let topic = config.topic.clone();
+    let producer = Producer::start(config).await;
+    let id = producer.create(20).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let request = producer.post(&format!("/products/{id}/stock"), json!({"delta": -1}));
+        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 30, "{statuses:?}");
+
+    let events = read_topic(&foldline_testkit::brokers(), &topic).await;
+    let last = common::assert_gap_free(&events);
+    // created + 20 adjustments + 1 low-stock warning (5 -> 4)
+    assert_eq!(last[&id], 22);
+    let final_stock = events
+        .iter()
+        .filter_map(|(e, _, _)| match &e.payload {
+            foldline_schemas::Payload::StockAdjusted(s) => Some((e.version, s.new_stock)),
+            _ => None,
+        })
+        .max()
+        .unwrap()
+        .1;
+    assert_eq!(final_stock, 0);
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_appends_once_also_after_a_restart() {
+    let config = common::config();
+    let topic = config.topic.clone();
+    let producer = Producer::start(config.clone()).await;
+    let id = producer.create(10).await;
+    let send = |url: String| {
+        let id = id.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{url}/products/{id}/stock"))
+                .header("idempotency-key", "order-42")
+                .json(&json!({"delta": -1}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let first = send(producer.url.clone()).await;
+    let again = send(producer.url.clone()).await;
+    assert_eq!(first, again);
+    producer.stop().await;
+
+    let restarted = Producer::start(config).await;
+    let after_restart = send(restarted.url.clone()).await;
+    assert_eq!(first, after_restart);
+    // Batch keys are answered per command, also rebuilt from the log.
+    let batch = json!({"commands": [
+        {"op": "adjust_stock", "id": id, "delta": 2},
+        {"op": "update", "id": id, "name": "Renamed"}
+    ]});
+    let post_batch = |url: String| {
+        let batch = batch.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/commands"))
+                .header("idempotency-key", "batch-7")
+                .json(&batch)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let batch_first = post_batch(restarted.url.clone()).await;
+    restarted.stop().await;
+    let third = Producer::start({
+        let mut c = common::config();
+        c.topic = topic.clone();
+        c
+    })
+    .await;
+    assert_eq!(post_batch(third.url.clone()).await["results"], batch_first["results"]);
+    third.stop().await;
+
+    let events = read_topic(&foldline_testkit::brokers(), &topic).await;
+    assert_eq!(events.len(), 1 + 1 + 2, "create, one adjustment, one batch of two");
+}
+
+#[tokio::test]
+async fn a_restart_keeps_all_state() {
+    let config = common::config();
+    let producer = Producer::start(config.clone()).await;
+    let id = producer.create(3).await;
+    let response = producer.post(&format!("/products/{id}/stock"), json!({"delta": 4})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    producer.stop().await;
+
+    let restarted = Producer::start(config).await;
+    // Stock is 7 and the version 2: -8 conflicts, If-Match "2" passes, -7 empties it.
+    let response = restarted.post(&format!("/products/{id}/stock"), json!({"delta": -8})).send().await.unwrap();
+    assert_eq!(response.status(), 409);
+    let response = restarted
+        .post(&format!("/products/{id}/stock"), json!({"delta": -7}))
+        .header("if-match", "\"2\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
+    let mut broker = foldline_testkit::OwnBroker::start();
+    let mut config = common::config();
+    config.brokers = broker.brokers();
+    config.request_timeout_ms = 20_000;
+    let topic = config.topic.clone();
+    let producer = Producer::start(config).await;
+    let url = producer.url.clone();
+
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(25)).build().unwrap();
+        let mut acknowledged = Vec::new();
+        let mut statuses = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut n = 0;
+        while tokio::time::Instant::now() < deadline {
+            n += 1;
+            let response = client
+                .post(format!("{url}/products"))
+                .json(&json!({"name": format!("item {n}"), "price_cents": 1, "stock": 1, "seller_id": "s"}))
+                .send()
+                .await;
+            match response {
+                Ok(r) => {
+                    statuses.push(r.status().as_u16());
+                    if r.status() == 201 {
+                        let body: Value = r.json().await.unwrap();
+                        acknowledged.push(body["id"].as_str().unwrap().to_owned());
+                    }
+                }
+                Err(_) => statuses.push(0),
+            }
+        }
+        (acknowledged, statuses)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.resume();
+    let (acknowledged, statuses) = load.await.unwrap();
+    assert!(statuses.contains(&503), "the outage must show as 503s: {statuses:?}");
+    assert!(acknowledged.len() > 10, "writes before the crash were acknowledged");
+    producer.wait_ready(Duration::from_secs(60)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/products", producer.url))
+        .json(&json!({"name": "after", "price_cents": 1, "stock": 1, "seller_id": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "writes work again after the broker is back");
+
+    let events = read_topic(&broker.brokers(), &topic).await;
+    let logged: HashSet<String> = events.iter().map(|(e, _, _)| e.product_id.clone()).collect();
+    let missing: Vec<&String> = acknowledged.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(missing.is_empty(), "acknowledged but not in the log: {missing:?}");
+    common::assert_gap_free(&events);
+    producer.stop().await;
+}

@@ -1,0 +1,355 @@
+//! The Confluent REST API over the [`Registry`]: bodies, status codes and error codes as
+//! Confluent's clients expect them.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use foldline_schemas::compat::CompatibilityLevel;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::log::SchemaLog;
+use crate::model::{parse, Registered, Registry, RegistryError};
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+pub struct AppState {
+    pub registry: RwLock<Registry>,
+    pub log: SchemaLog,
+    /// Serializes writes so ids and versions are assigned in log order.
+    pub write_lock: Mutex<()>,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub fn routes(state: Shared) -> Router {
+    Router::new()
+        .route("/subjects", get(list_subjects))
+        .route("/subjects/{subject}", post(lookup))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
+        .route("/subjects/{subject}/versions/{version}", get(get_version))
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
+        .route("/schemas/ids/{id}", get(get_schema))
+        .route("/schemas/ids/{id}/schema", get(get_raw_schema))
+        .route("/schemas/ids/{id}/versions", get(get_schema_versions))
+        .route("/schemas/types", get(schema_types))
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_version),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_all),
+        )
+        .route("/config", get(get_global_config).put(put_global_config))
+        .route(
+            "/config/{subject}",
+            get(get_subject_config).put(put_subject_config),
+        )
+        .with_state(state)
+}
+
+/// A Confluent error: `{"error_code": n, "message": "..."}` with the matching HTTP status.
+pub struct ApiError {
+    status: StatusCode,
+    code: u32,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error_code": self.code, "message": self.message});
+        (
+            self.status,
+            [(header::CONTENT_TYPE, CONTENT_TYPE)],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        let (status, code) = match &error {
+            RegistryError::SubjectNotFound(_) => (StatusCode::NOT_FOUND, 40401),
+            RegistryError::VersionNotFound(_) => (StatusCode::NOT_FOUND, 40402),
+            RegistryError::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),
+            RegistryError::SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, 40408),
+            RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
+            RegistryError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            RegistryError::UnsupportedSchemaType(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+        };
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: 422,
+            message: format!("Unrecognized request body: {}", rejection.body_text()),
+        }
+    }
+}
+
+fn backend_error(error: String) -> ApiError {
+    tracing::error!(%error, "failed to append to the schemas topic");
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: 50001,
+        message: "Error in the backend data store: the broker did not acknowledge the write; retry"
+            .into(),
+    }
+}
+
+fn ok(body: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: String,
+    #[serde(rename = "schemaType")]
+    schema_type: Option<String>,
+}
+
+impl SchemaBody {
+    fn avro(self) -> Result<String, RegistryError> {
+        match self.schema_type.as_deref() {
+            None | Some("AVRO") => Ok(self.schema),
+            Some(other) => Err(RegistryError::UnsupportedSchemaType(other.to_owned())),
+        }
+    }
+}
+
+fn registered(r: &Registered) -> Value {
+    json!({"subject": r.subject, "version": r.version, "id": r.id, "schema": r.schema})
+}
+
+async fn list_subjects(State(state): State<Shared>) -> ApiResult {
+    Ok(ok(json!(state.registry.read().await.subjects())))
+}
+
+async fn list_versions(State(state): State<Shared>, Path(subject): Path<String>) -> ApiResult {
+    Ok(ok(json!(state.registry.read().await.versions(&subject)?)))
+}
+
+async fn get_version(
+    State(state): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+) -> ApiResult {
+    let found = state.registry.read().await.version(&subject, &version)?;
+    Ok(ok(registered(&found)))
+}
+
+async fn get_version_schema(
+    State(state): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+) -> ApiResult {
+    let found = state.registry.read().await.version(&subject, &version)?;
+    Ok(ok(
+        serde_json::from_str(&found.schema).unwrap_or(Value::String(found.schema))
+    ))
+}
+
+async fn get_schema(State(state): State<Shared>, Path(id): Path<u32>) -> ApiResult {
+    let registry = state.registry.read().await;
+    Ok(ok(json!({"schema": registry.schema_by_id(id)?})))
+}
+
+async fn get_raw_schema(State(state): State<Shared>, Path(id): Path<u32>) -> ApiResult {
+    let registry = state.registry.read().await;
+    let schema = registry.schema_by_id(id)?;
+    Ok(ok(serde_json::from_str(schema).unwrap_or(Value::Null)))
+}
+
+async fn get_schema_versions(State(state): State<Shared>, Path(id): Path<u32>) -> ApiResult {
+    let registry = state.registry.read().await;
+    registry.schema_by_id(id)?;
+    let usages: Vec<Value> = registry
+        .usages(id)
+        .into_iter()
+        .map(|(subject, version)| json!({"subject": subject, "version": version}))
+        .collect();
+    Ok(ok(json!(usages)))
+}
+
+async fn schema_types() -> ApiResult {
+    Ok(ok(json!(["AVRO"])))
+}
+
+async fn register(
+    State(state): State<Shared>,
+    Path(subject): Path<String>,
+    body: Result<Json<SchemaBody>, JsonRejection>,
+) -> ApiResult {
+    let schema = body?.0.avro()?;
+    let _write = state.write_lock.lock().await;
+    let plan = state
+        .registry
+        .read()
+        .await
+        .plan_register(&subject, &schema)?;
+    let record = match plan {
+        Err(existing_id) => return Ok(ok(json!({"id": existing_id}))),
+        Ok(record) => record,
+    };
+    state.log.append(&record).await.map_err(backend_error)?;
+    let id = match &record {
+        crate::model::LogRecord::Schema { id, .. } => *id,
+        crate::model::LogRecord::Config { .. } => unreachable!("plan_register makes schemas"),
+    };
+    tracing::info!(subject, id, "schema registered");
+    state.registry.write().await.apply(record);
+    Ok(ok(json!({"id": id})))
+}
+
+async fn lookup(
+    State(state): State<Shared>,
+    Path(subject): Path<String>,
+    body: Result<Json<SchemaBody>, JsonRejection>,
+) -> ApiResult {
+    let schema = body?.0.avro()?;
+    let found = state.registry.read().await.lookup(&subject, &schema)?;
+    Ok(ok(registered(&found)))
+}
+
+#[derive(Deserialize)]
+struct VerboseQuery {
+    verbose: Option<bool>,
+}
+
+fn compatibility_answer(errors: Vec<String>, verbose: bool) -> Response {
+    if verbose {
+        ok(json!({"is_compatible": errors.is_empty(), "messages": errors}))
+    } else {
+        ok(json!({"is_compatible": errors.is_empty()}))
+    }
+}
+
+async fn check_version(
+    State(state): State<Shared>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(query): Query<VerboseQuery>,
+    body: Result<Json<SchemaBody>, JsonRejection>,
+) -> ApiResult {
+    let (parsed, _) = parse(&body?.0.avro()?)?;
+    let registry = state.registry.read().await;
+    let upto = match registry.version(&subject, &version) {
+        Ok(found) => Some(found.version),
+        // Like Confluent: checking against a subject with no versions is trivially compatible.
+        Err(RegistryError::SubjectNotFound(_)) => Some(0),
+        Err(e) => return Err(e.into()),
+    };
+    let errors = registry.compatibility_errors(&subject, &parsed, upto);
+    Ok(compatibility_answer(errors, query.verbose.unwrap_or(false)))
+}
+
+async fn check_all(
+    State(state): State<Shared>,
+    Path(subject): Path<String>,
+    Query(query): Query<VerboseQuery>,
+    body: Result<Json<SchemaBody>, JsonRejection>,
+) -> ApiResult {
+    let (parsed, _) = parse(&body?.0.avro()?)?;
+    let errors = state
+        .registry
+        .read()
+        .await
+        .compatibility_errors(&subject, &parsed, None);
+    Ok(compatibility_answer(errors, query.verbose.unwrap_or(false)))
+}
+
+#[derive(Deserialize)]
+struct ConfigBody {
+    compatibility: String,
+}
+
+#[derive(Deserialize)]
+struct ConfigQuery {
+    #[serde(rename = "defaultToGlobal")]
+    default_to_global: Option<bool>,
+}
+
+fn parse_level(
+    body: Result<Json<ConfigBody>, JsonRejection>,
+) -> Result<CompatibilityLevel, ApiError> {
+    let text = body?.0.compatibility;
+    text.parse().map_err(|message: String| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: 42203,
+        message: format!("Invalid compatibility level: {message}"),
+    })
+}
+
+async fn get_global_config(State(state): State<Shared>) -> ApiResult {
+    let level = state.registry.read().await.global_level();
+    Ok(ok(json!({"compatibilityLevel": level.as_str()})))
+}
+
+async fn get_subject_config(
+    State(state): State<Shared>,
+    Path(subject): Path<String>,
+    Query(query): Query<ConfigQuery>,
+) -> ApiResult {
+    let registry = state.registry.read().await;
+    let level = match (registry.subject_level(&subject), query.default_to_global) {
+        (Some(level), _) => level,
+        (None, Some(true)) => registry.global_level(),
+        (None, _) => return Err(RegistryError::SubjectConfigNotFound(subject).into()),
+    };
+    Ok(ok(json!({"compatibilityLevel": level.as_str()})))
+}
+
+async fn put_config(
+    state: &AppState,
+    subject: Option<String>,
+    level: CompatibilityLevel,
+) -> ApiResult {
+    let record = crate::model::LogRecord::Config { subject, level };
+    let _write = state.write_lock.lock().await;
+    state.log.append(&record).await.map_err(backend_error)?;
+    state.registry.write().await.apply(record);
+    Ok(ok(json!({"compatibility": level.as_str()})))
+}
+
+async fn put_global_config(
+    State(state): State<Shared>,
+    body: Result<Json<ConfigBody>, JsonRejection>,
+) -> ApiResult {
+    let level = parse_level(body)?;
+    put_config(&state, None, level).await
+}
+
+async fn put_subject_config(
+    State(state): State<Shared>,
+    Path(subject): Path<String>,
+    body: Result<Json<ConfigBody>, JsonRejection>,
+) -> ApiResult {
+    let level = parse_level(body)?;
+    put_config(&state, Some(subject), level).await
+}

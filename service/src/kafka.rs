@@ -1,0 +1,162 @@
+//! Kafka client settings shared by producers and consumers.
+//!
+//! The local broker (tansu) and Redpanda both speak the Kafka API, but tansu answers
+//! ListOffsets with wrong high watermarks. Code therefore decides "caught up" only from
+//! end-of-partition events (`enable.partition.eof`), which both brokers get right.
+
+use rdkafka::ClientConfig;
+
+/// Settings common to every client: bootstrap servers and a client id.
+pub fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        // Key -> partition the same way Java clients and Redpanda tooling do.
+        .set("partitioner", "murmur2_random")
+        .set("socket.keepalive.enable", "true")
+        .set("log_level", "4");
+    config
+}
+
+/// A consumer that reads partitions it `assign()`s itself (no group join), committed data
+/// only, and reports end-of-partition so callers know when they have caught up.
+pub fn assign_consumer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = base_config(brokers, client_id);
+    config
+        .set("group.id", format!("{client_id}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50");
+    config
+}
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("timed out after {0:?} waiting for the broker")]
+    Timeout(Duration),
+}
+
+/// Creates `topic` unless it exists. `config` are topic configs such as `retention.ms`.
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> Result<(), SetupError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(brokers, "foldline-admin").create()?;
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        new_topic = new_topic.set(key, value);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics([&new_topic], &options).await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(SetupError::Topic {
+                    topic: name,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Number of partitions of `topic`, waiting up to `timeout` for it to appear in metadata.
+pub fn partition_count<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, SetupError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let result = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+        if let Ok(metadata) = &result {
+            if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                if t.error().is_none() && !t.partitions().is_empty() {
+                    return Ok(t.partitions().len() as i32);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return match result {
+                Err(error) => Err(error.into()),
+                Ok(_) => Err(SetupError::Topic {
+                    topic: topic.to_owned(),
+                    reason: "not found".into(),
+                }),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reads every committed record of `topic` from `start` (partition → offset, default the
+/// beginning) up to the end of each partition, as seen by end-of-partition events (never by
+/// watermarks: tansu reports wrong ones). Returns the next offset of each partition.
+pub async fn read_to_end<F, Fut>(
+    brokers: &str,
+    client_id: &str,
+    topic: &str,
+    start: &HashMap<i32, i64>,
+    mut on_message: F,
+) -> Result<HashMap<i32, i64>, SetupError>
+where
+    F: FnMut(OwnedMessage) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let consumer: StreamConsumer = assign_consumer_config(brokers, client_id).create()?;
+    let partitions = partition_count(&consumer, topic, Duration::from_secs(30))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for partition in 0..partitions {
+        let offset = match start.get(&partition) {
+            Some(o) => Offset::Offset(*o),
+            None => Offset::Beginning,
+        };
+        assignment.add_partition_offset(topic, partition, offset)?;
+        next.insert(partition, start.get(&partition).copied().unwrap_or(0));
+    }
+    consumer.assign(&assignment)?;
+    let mut remaining: std::collections::HashSet<i32> = (0..partitions).collect();
+    let idle_limit = Duration::from_secs(60);
+    while !remaining.is_empty() {
+        match tokio::time::timeout(idle_limit, consumer.recv()).await {
+            Err(_) => return Err(SetupError::Timeout(idle_limit)),
+            Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                remaining.remove(&partition);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, topic, "error while reading to the end, retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Ok(message)) => {
+                next.insert(message.partition(), message.offset() + 1);
+                on_message(message.detach()).await;
+            }
+        }
+    }
+    Ok(next)
+}

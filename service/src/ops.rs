@@ -1,0 +1,158 @@
+//! The operational routes every binary serves, with the contract's health body:
+//! `GET /health` → `{"success": true, "service", "status": "healthy", "version"}`,
+//! `GET /ready` → 200 only when the service's dependencies answer, `GET /metrics`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use serde_json::json;
+
+/// Answers whether the service can do its work now; `Err` carries the reason shown on `/ready`.
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Ops {
+    pub service: &'static str,
+    pub version: &'static str,
+    pub registry: Registry,
+    pub readiness: ReadinessCheck,
+    http: HttpMetrics,
+}
+
+#[derive(Clone)]
+struct HttpMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl Ops {
+    pub fn new(service: &'static str, version: &'static str, readiness: ReadinessCheck) -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by matched route and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP latency by matched route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("register once");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("register once");
+        Ops {
+            service,
+            version,
+            registry,
+            readiness,
+            http: HttpMetrics { requests, latency },
+        }
+    }
+
+    /// `/health`, `/ready`, `/metrics`, to be merged into the service's router.
+    pub fn routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+
+    /// Wraps a router so every request is counted by its matched route (bounded labels).
+    pub fn instrument(&self, router: Router) -> Router {
+        let metrics = self.http.clone();
+        router.layer(axum::middleware::from_fn(
+            move |req: Request<Body>, next: Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let method = req.method().as_str().to_owned();
+                    let started = Instant::now();
+                    let response = next.run(req).await;
+                    metrics
+                        .latency
+                        .with_label_values(&[&method, &route])
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .requests
+                        .with_label_values(&[&method, &route, response.status().as_str()])
+                        .inc();
+                    response
+                }
+            },
+        ))
+    }
+}
+
+async fn health(State(ops): State<Ops>) -> impl IntoResponse {
+    Json(json!({
+        "success": true,
+        "service": ops.service,
+        "status": "healthy",
+        "version": ops.version,
+    }))
+}
+
+async fn ready(State(ops): State<Ops>) -> Response {
+    match (ops.readiness)().await {
+        Ok(()) => Json(json!({"success": true, "service": ops.service, "status": "ready"}))
+            .into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "success": false,
+                "service": ops.service,
+                "status": "not ready",
+                "detail": reason,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    let mut buffer = Vec::new();
+    let families = ops.registry.gather();
+    if let Err(error) = TextEncoder::new().encode(&families, &mut buffer) {
+        tracing::error!(%error, "failed to encode metrics");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        buffer,
+    )
+        .into_response()
+}

@@ -1,0 +1,17 @@
+//! Serve a router on a listener until `shutdown` resolves; in-flight requests finish first.
+
+use std::future::Future;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub async fn serve<F>(listener: TcpListener, app: Router, shutdown: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

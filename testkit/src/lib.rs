@@ -1,0 +1,110 @@
+//! # Layout
+//! Integration tests run against the real servers that `scripts/test` starts. This crate
+//! tells them where those servers are (from the environment, defaulting to the local stack)
+//! and gives them random names so runs never collide.
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// Kafka bootstrap servers of the stack under test.
+pub fn brokers() -> String {
+    std::env::var("FOLDLINE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Schema registry URL of the stack under test.
+pub fn registry_url() -> String {
+    std::env::var("FOLDLINE_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
+}
+
+/// A name no other test run uses: `prefix-<random>`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Binds 127.0.0.1 on a free port.
+pub async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// A broker of its own for a test that stops and restarts it, started from the binary and
+/// settings that `scripts/test` exports (`FOLDLINE_TANSU_BIN`, `FOLDLINE_TANSU_S3_DIR`).
+pub struct OwnBroker {
+    pub port: u16,
+    storage: String,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    pub fn start() -> OwnBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // With `FOLDLINE_TANSU_S3_DIR` (the folder s3s-fs serves; the AWS_* variables point
+        // tansu at it) the broker keeps its log in a bucket of its own, so it survives a kill.
+        let storage = match std::env::var("FOLDLINE_TANSU_S3_DIR") {
+            Ok(dir) => {
+                let bucket = unique("broker");
+                std::fs::create_dir_all(std::path::Path::new(&dir).join(&bucket)).unwrap();
+                format!("s3://{bucket}/")
+            }
+            Err(_) => "memory://".to_owned(),
+        };
+        let mut broker = OwnBroker {
+            port,
+            storage,
+            child: None,
+        };
+        broker.resume();
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker process (again) on the same port and storage.
+    pub fn resume(&mut self) {
+        let bin = std::env::var("FOLDLINE_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", &self.storage])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu (set FOLDLINE_TANSU_BIN)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tansu did not listen on {}", self.port);
+    }
+
+    /// Kills the broker (SIGKILL), like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
