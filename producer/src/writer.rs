@@ -125,7 +125,7 @@ impl Writer {
 }
 
 fn create_producer(config: &WriterConfig) -> Result<FutureProducer, KafkaError> {
-    let producer: FutureProducer = kafka::base_config(&config.brokers, "foldline-producer")
+    let producer: FutureProducer = kafka::producer_config(&config.brokers, "foldline-producer")
         .set("transactional.id", &config.transactional_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")

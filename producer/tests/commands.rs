@@ -14,7 +14,10 @@ async fn every_command_succeeds_with_id_version_position_and_etag() {
     let client = reqwest::Client::new();
 
     let created = producer
-        .post("/products", json!({"name": "Desk", "price_cents": 12500, "stock": 6, "seller_id": "s1"}))
+        .post(
+            "/products",
+            json!({"name": "Desk", "price_cents": 12500, "stock": 6, "seller_id": "s1"}),
+        )
         .send()
         .await
         .unwrap();
@@ -39,7 +42,10 @@ async fn every_command_succeeds_with_id_version_position_and_etag() {
 
     // 6 -> 4 crosses the threshold of 5: StockAdjusted and LowStockWarning, answered as v4.
     let adjusted = producer
-        .post(&format!("/products/{id}/stock"), json!({"delta": -2, "reason": "sold"}))
+        .post(
+            &format!("/products/{id}/stock"),
+            json!({"delta": -2, "reason": "sold"}),
+        )
         .send()
         .await
         .unwrap();
@@ -108,10 +114,16 @@ async fn every_command_succeeds_with_id_version_position_and_etag() {
 
 async fn problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(body["type"].as_str().unwrap().starts_with("urn:foldline:problem:"));
+    assert!(body["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:foldline:problem:"));
     assert!(!body["title"].as_str().unwrap().is_empty());
     assert!(!body["detail"].as_str().unwrap().is_empty());
     body
@@ -129,48 +141,127 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
     let send = |builder: reqwest::RequestBuilder| async move { builder.send().await.unwrap() };
     // 400: malformed JSON.
     problem(
-        send(client.post(format!("{url}/products")).header("content-type", "application/json").body("{\"name\": ")).await,
+        send(
+            client
+                .post(format!("{url}/products"))
+                .header("content-type", "application/json")
+                .body("{\"name\": "),
+        )
+        .await,
         400,
     )
     .await;
     // 415: not JSON.
-    problem(send(client.post(format!("{url}/products")).header("content-type", "text/plain").body("hi")).await, 415).await;
+    problem(
+        send(
+            client
+                .post(format!("{url}/products"))
+                .header("content-type", "text/plain")
+                .body("hi"),
+        )
+        .await,
+        415,
+    )
+    .await;
     // 413: body beyond the limit.
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
-    problem(send(client.post(format!("{url}/products")).header("content-type", "application/json").body(huge)).await, 413).await;
+    problem(
+        send(
+            client
+                .post(format!("{url}/products"))
+                .header("content-type", "application/json")
+                .body(huge),
+        )
+        .await,
+        413,
+    )
+    .await;
     // 422: wrong types, unknown fields, numbers beyond 64 bits, broken rules.
     for body in [
         json!({"name": "x", "price_cents": "12", "stock": 1, "seller_id": "s"}),
         json!({"name": "x", "price_cents": 1, "stock": 1, "seller_id": "s", "colour": "red"}),
-        json!({"name": "x", "price_cents": 1u128 << 70, "stock": 1, "seller_id": "s"}),
         json!({"name": "", "price_cents": 1, "stock": 1, "seller_id": "s"}),
         json!({"name": "x", "price_cents": -1, "stock": 1, "seller_id": "s"}),
         json!({"name": "x", "price_cents": 1, "stock": 1, "seller_id": ""}),
     ] {
-        problem(send(client.post(format!("{url}/products")).json(&body)).await, 422).await;
+        problem(
+            send(client.post(format!("{url}/products")).json(&body)).await,
+            422,
+        )
+        .await;
     }
+    // 422: a number beyond 64 bits.
+    let too_big =
+        r#"{"name": "x", "price_cents": 1180591620717411303424, "stock": 1, "seller_id": "s"}"#;
+    problem(
+        send(
+            client
+                .post(format!("{url}/products"))
+                .header("content-type", "application/json")
+                .body(too_big),
+        )
+        .await,
+        422,
+    )
+    .await;
     // 404: unknown product.
-    problem(send(client.post(format!("{url}/products/nope/stock")).json(&json!({"delta": 1}))).await, 404).await;
+    problem(
+        send(
+            client
+                .post(format!("{url}/products/nope/stock"))
+                .json(&json!({"delta": 1})),
+        )
+        .await,
+        404,
+    )
+    .await;
     // 409: below zero.
-    problem(send(client.post(format!("{url}/products/{id}/stock")).json(&json!({"delta": -3}))).await, 409).await;
+    problem(
+        send(
+            client
+                .post(format!("{url}/products/{id}/stock"))
+                .json(&json!({"delta": -3})),
+        )
+        .await,
+        409,
+    )
+    .await;
     // 412: stale If-Match.
     problem(
-        send(client.delete(format!("{url}/products/{id}")).header("if-match", "\"7\"")).await,
+        send(
+            client
+                .delete(format!("{url}/products/{id}"))
+                .header("if-match", "\"7\""),
+        )
+        .await,
         412,
     )
     .await;
     // A batch whose second command fails appends nothing, and names the command.
     let body = problem(
-        send(client.post(format!("{url}/commands")).json(&json!({"commands": [
-            {"op": "adjust_stock", "id": id, "delta": 1},
-            {"op": "adjust_stock", "id": id, "delta": -10}
-        ]})))
+        send(
+            client
+                .post(format!("{url}/commands"))
+                .json(&json!({"commands": [
+                    {"op": "adjust_stock", "id": id, "delta": 1},
+                    {"op": "adjust_stock", "id": id, "delta": -10}
+                ]})),
+        )
         .await,
         409,
     )
     .await;
     assert_eq!(body["command_index"], 1);
-    problem(send(client.post(format!("{url}/commands")).json(&json!({"commands": []}))).await, 422).await;
+    problem(
+        send(
+            client
+                .post(format!("{url}/commands"))
+                .json(&json!({"commands": []})),
+        )
+        .await,
+        422,
+    )
+    .await;
 
     let events = read_topic(&foldline_testkit::brokers(), &topic).await;
     assert_eq!(events.len(), 1, "only the create was appended");
@@ -180,14 +271,27 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
 #[tokio::test]
 async fn operational_routes_answer() {
     let producer = Producer::start(common::config()).await;
-    let health: Value = reqwest::get(format!("{}/health", producer.url)).await.unwrap().json().await.unwrap();
+    let health: Value = reqwest::get(format!("{}/health", producer.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["success"], true);
     assert_eq!(health["service"], "producer");
     assert_eq!(health["status"], "healthy");
     assert!(health["version"].is_string());
     producer.create(1).await;
-    let metrics = reqwest::get(format!("{}/metrics", producer.url)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("producer_transactions_total{outcome=\"committed\"}"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", producer.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("producer_transactions_total{outcome=\"committed\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/products\""));
     producer.stop().await;
 }

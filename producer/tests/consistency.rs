@@ -17,14 +17,24 @@ async fn fifty_concurrent_decrements_on_stock_20_give_20_successes_and_30_confli
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let request = producer.post(&format!("/products/{id}/stock"), json!({"delta": -1}));
-        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            request.send().await.unwrap().status().as_u16()
+        }));
     }
     let mut statuses = Vec::new();
     for task in tasks {
         statuses.push(task.await.unwrap());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 30, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        30,
+        "{statuses:?}"
+    );
 
     let events = read_topic(&foldline_testkit::brokers(), &topic).await;
     let last = common::assert_gap_free(&events);
@@ -99,11 +109,18 @@ async fn an_idempotency_key_appends_once_also_after_a_restart() {
         c
     })
     .await;
-    assert_eq!(post_batch(third.url.clone()).await["results"], batch_first["results"]);
+    assert_eq!(
+        post_batch(third.url.clone()).await["results"],
+        batch_first["results"]
+    );
     third.stop().await;
 
     let events = read_topic(&foldline_testkit::brokers(), &topic).await;
-    assert_eq!(events.len(), 1 + 1 + 2, "create, one adjustment, one batch of two");
+    assert_eq!(
+        events.len(),
+        1 + 1 + 2,
+        "create, one adjustment, one batch of two"
+    );
 }
 
 #[tokio::test]
@@ -111,13 +128,21 @@ async fn a_restart_keeps_all_state() {
     let config = common::config();
     let producer = Producer::start(config.clone()).await;
     let id = producer.create(3).await;
-    let response = producer.post(&format!("/products/{id}/stock"), json!({"delta": 4})).send().await.unwrap();
+    let response = producer
+        .post(&format!("/products/{id}/stock"), json!({"delta": 4}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     producer.stop().await;
 
     let restarted = Producer::start(config).await;
     // Stock is 7 and the version 2: -8 conflicts, If-Match "2" passes, -7 empties it.
-    let response = restarted.post(&format!("/products/{id}/stock"), json!({"delta": -8})).send().await.unwrap();
+    let response = restarted
+        .post(&format!("/products/{id}/stock"), json!({"delta": -8}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 409);
     let response = restarted
         .post(&format!("/products/{id}/stock"), json!({"delta": -7}))
@@ -140,7 +165,10 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
     let url = producer.url.clone();
 
     let load = tokio::spawn(async move {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(25)).build().unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(25))
+            .build()
+            .unwrap();
         let mut acknowledged = Vec::new();
         let mut statuses = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -170,8 +198,14 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     broker.resume();
     let (acknowledged, statuses) = load.await.unwrap();
-    assert!(statuses.contains(&503), "the outage must show as 503s: {statuses:?}");
-    assert!(acknowledged.len() > 10, "writes before the crash were acknowledged");
+    assert!(
+        statuses.contains(&503),
+        "the outage must show as 503s: {statuses:?}"
+    );
+    assert!(
+        acknowledged.len() > 10,
+        "writes before the crash were acknowledged"
+    );
     producer.wait_ready(Duration::from_secs(60)).await;
     let response = reqwest::Client::new()
         .post(format!("{}/products", producer.url))
@@ -179,12 +213,25 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 201, "writes work again after the broker is back");
+    assert_eq!(
+        response.status(),
+        201,
+        "writes work again after the broker is back"
+    );
 
     let events = read_topic(&broker.brokers(), &topic).await;
-    let logged: HashSet<String> = events.iter().map(|(e, _, _)| e.product_id.clone()).collect();
-    let missing: Vec<&String> = acknowledged.iter().filter(|id| !logged.contains(*id)).collect();
-    assert!(missing.is_empty(), "acknowledged but not in the log: {missing:?}");
+    let logged: HashSet<String> = events
+        .iter()
+        .map(|(e, _, _)| e.product_id.clone())
+        .collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !logged.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not in the log: {missing:?}"
+    );
     common::assert_gap_free(&events);
     producer.stop().await;
 }

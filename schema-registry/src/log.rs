@@ -36,7 +36,7 @@ impl SchemaLog {
         })
         .await?;
         tracing::info!(records, topic, "registry state loaded");
-        let producer: FutureProducer = kafka::base_config(brokers, "foldline-schema-registry")
+        let producer: FutureProducer = kafka::producer_config(brokers, "foldline-schema-registry")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "10000")

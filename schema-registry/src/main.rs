@@ -4,7 +4,7 @@ use foldline_schema_registry::{run, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    foldline_service::telemetry::init("info");
+    foldline_service::telemetry::init("info,rdkafka::client=off,librdkafka=warn");
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     run(config, listener, foldline_service::shutdown::signal()).await
 }

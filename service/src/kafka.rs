@@ -12,10 +12,15 @@ pub fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", brokers)
         .set("client.id", client_id)
-        // Key -> partition the same way Java clients and Redpanda tooling do.
-        .set("partitioner", "murmur2_random")
         .set("socket.keepalive.enable", "true")
         .set("log_level", "4");
+    config
+}
+
+/// A producer's settings: keys map to partitions the way Java clients and Redpanda do.
+pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = base_config(brokers, client_id);
+    config.set("partitioner", "murmur2_random");
     config
 }
 
@@ -141,11 +146,32 @@ where
     }
     consumer.assign(&assignment)?;
     let mut remaining: std::collections::HashSet<i32> = (0..partitions).collect();
+    // librdkafka sometimes reports an end-of-partition as a global error without naming the
+    // partition (seen on tansu with freshly created topics), and it is then lost to us. When
+    // nothing arrives for a while, assigning the partitions still being read at their current
+    // offsets makes the client fetch again and report their ends anew.
+    let nudge_after = Duration::from_millis(1500);
     let idle_limit = Duration::from_secs(60);
+    let mut idle = Duration::ZERO;
     while !remaining.is_empty() {
-        match tokio::time::timeout(idle_limit, consumer.recv()).await {
-            Err(_) => return Err(SetupError::Timeout(idle_limit)),
+        match tokio::time::timeout(nudge_after, consumer.recv()).await {
+            Err(_) => {
+                idle += nudge_after;
+                if idle >= idle_limit {
+                    return Err(SetupError::Timeout(idle_limit));
+                }
+                let mut again = TopicPartitionList::new();
+                for partition in &remaining {
+                    again.add_partition_offset(
+                        topic,
+                        *partition,
+                        Offset::Offset(next[partition]),
+                    )?;
+                }
+                consumer.assign(&again)?;
+            }
             Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                idle = Duration::ZERO;
                 remaining.remove(&partition);
             }
             Ok(Err(error)) => {
@@ -153,6 +179,7 @@ where
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(Ok(message)) => {
+                idle = Duration::ZERO;
                 next.insert(message.partition(), message.offset() + 1);
                 on_message(message.detach()).await;
             }

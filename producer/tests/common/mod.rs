@@ -31,6 +31,7 @@ pub fn config() -> Config {
 
 impl Producer {
     pub async fn start(config: Config) -> Producer {
+        foldline_service::telemetry::init("info,rdkafka::client=off,librdkafka=warn");
         let listener = foldline_testkit::listener().await;
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -55,7 +56,10 @@ impl Producer {
                     return;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "producer not ready in {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "producer not ready in {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
