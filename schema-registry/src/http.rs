@@ -238,9 +238,16 @@ async fn lookup(
     Ok(ok(registered(&found)))
 }
 
+/// Confluent's Python client sends `verbose=True`: booleans are read case-insensitively.
+fn flag(value: &Option<String>) -> bool {
+    value
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 #[derive(Deserialize)]
 struct VerboseQuery {
-    verbose: Option<bool>,
+    verbose: Option<String>,
 }
 
 fn compatibility_answer(errors: Vec<String>, verbose: bool) -> Response {
@@ -266,7 +273,7 @@ async fn check_version(
         Err(e) => return Err(e.into()),
     };
     let errors = registry.compatibility_errors(&subject, &parsed, upto);
-    Ok(compatibility_answer(errors, query.verbose.unwrap_or(false)))
+    Ok(compatibility_answer(errors, flag(&query.verbose)))
 }
 
 async fn check_all(
@@ -281,7 +288,7 @@ async fn check_all(
         .read()
         .await
         .compatibility_errors(&subject, &parsed, None);
-    Ok(compatibility_answer(errors, query.verbose.unwrap_or(false)))
+    Ok(compatibility_answer(errors, flag(&query.verbose)))
 }
 
 #[derive(Deserialize)]
@@ -292,7 +299,7 @@ struct ConfigBody {
 #[derive(Deserialize)]
 struct ConfigQuery {
     #[serde(rename = "defaultToGlobal")]
-    default_to_global: Option<bool>,
+    default_to_global: Option<String>,
 }
 
 fn parse_level(
@@ -317,10 +324,13 @@ async fn get_subject_config(
     Query(query): Query<ConfigQuery>,
 ) -> ApiResult {
     let registry = state.registry.read().await;
-    let level = match (registry.subject_level(&subject), query.default_to_global) {
+    let level = match (
+        registry.subject_level(&subject),
+        flag(&query.default_to_global),
+    ) {
         (Some(level), _) => level,
-        (None, Some(true)) => registry.global_level(),
-        (None, _) => return Err(RegistryError::SubjectConfigNotFound(subject).into()),
+        (None, true) => registry.global_level(),
+        (None, false) => return Err(RegistryError::SubjectConfigNotFound(subject).into()),
     };
     Ok(ok(json!({"compatibilityLevel": level.as_str()})))
 }
