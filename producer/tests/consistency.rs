@@ -154,7 +154,7 @@ async fn a_restart_keeps_all_state() {
     restarted.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
     let mut broker = foldline_testkit::OwnBroker::start();
     let mut config = common::config();
