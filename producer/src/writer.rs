@@ -130,6 +130,8 @@ fn create_producer(config: &WriterConfig) -> Result<FutureProducer, KafkaError> 
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
+        .set("retry.backoff.ms", "5")
+        .set("retry.backoff.max.ms", "100")
         .set("message.timeout.ms", "10000")
         .set("transaction.timeout.ms", "30000")
         .set("queue.buffering.max.messages", "1000000")
@@ -256,14 +258,9 @@ fn commit(
         }
         deliveries.push(futures);
     }
-    if let Err(error) = producer.commit_transaction(config.commit_timeout) {
-        let requires_abort = matches!(&error, KafkaError::Transaction(e) if e.txn_requires_abort());
-        if requires_abort {
-            return Err(abort(producer, config, error.to_string()));
-        }
-        return Err(classify(error));
-    }
-    // After a successful commit every delivery future has resolved.
+    // Wait for every delivery report *before* committing, so that rust-rdkafka's flush inside
+    // the commit finds nothing in flight (see `await_reports_released`). A failed delivery
+    // aborts the transaction, so nothing of the batch becomes visible.
     let mut positions = Vec::with_capacity(deliveries.len());
     for futures in deliveries {
         let mut request_positions = Vec::with_capacity(futures.len());
@@ -273,11 +270,19 @@ fn commit(
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
-                Ok(Err((error, _))) => return Err(AppendError::OutcomeUnknown(error.to_string())),
-                Err(_) => return Err(AppendError::OutcomeUnknown("delivery cancelled".into())),
+                Ok(Err((error, _))) => return Err(abort(producer, config, error.to_string())),
+                Err(_) => return Err(abort(producer, config, "delivery cancelled".into())),
             }
         }
         positions.push(request_positions);
+    }
+    kafka::await_reports_released(producer);
+    if let Err(error) = producer.commit_transaction(config.commit_timeout) {
+        let requires_abort = matches!(&error, KafkaError::Transaction(e) if e.txn_requires_abort());
+        if requires_abort {
+            return Err(abort(producer, config, error.to_string()));
+        }
+        return Err(classify(error));
     }
     Ok(positions)
 }

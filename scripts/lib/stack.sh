@@ -23,12 +23,21 @@ install_system_packages() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v git >/dev/null || missing+=(git)
   command -v curl >/dev/null || missing+=(curl)
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  apt_install "${missing[@]}"
+}
+
+# apt_install PACKAGE...: installs Debian packages (none given: does nothing).
+apt_install() {
+  [ $# -gt 0 ] || return 0
+  log "installing Debian packages: $*"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# The HTTP load generator of scripts/bench.
+install_bench_tools() {
+  command -v wrk >/dev/null || apt_install wrk
 }
 
 install_python_tools() {
@@ -164,4 +173,23 @@ start_postgres() {
   "$bin/psql" -h 127.0.0.1 -p "$port" -U foldline -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'foldline'" | grep -q 1 \
     || "$bin/createdb" -h 127.0.0.1 -p "$port" -U foldline foldline
+}
+
+# start_core_stack DATA BINDIR: S3, broker and registry on random free-ish ports under DATA, for
+# runs (tests, benchmarks) that must not collide with scripts/up or each other. Exports
+# FOLDLINE_BROKERS, FOLDLINE_REGISTRY_URL and the S3 settings; sets S3_PORT.
+start_core_stack() {
+  local data="$1" bin="$2" broker_port registry_port
+  mkdir -p "$data"
+  S3_PORT=$((19000 + RANDOM % 500)); broker_port=$((19600 + RANDOM % 300))
+  registry_port=$((18100 + RANDOM % 500))
+  start_s3 "$data" "$S3_PORT"
+  start_broker "$data" "$broker_port" "$S3_PORT"
+  export FOLDLINE_BROKERS="127.0.0.1:$broker_port"
+  export FOLDLINE_REGISTRY_URL="http://127.0.0.1:$registry_port"
+  start_process schema-registry "$data/logs" "$data/pids" -- env \
+    FOLDLINE_REGISTRY_LISTEN="127.0.0.1:$registry_port" "$bin/foldline-schema-registry"
+  wait_http schema-registry "$FOLDLINE_REGISTRY_URL/subjects"
+  export AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_DEFAULT_REGION=us-east-1
+  export AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
 }

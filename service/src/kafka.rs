@@ -187,3 +187,18 @@ where
     }
     Ok(next)
 }
+
+/// Waits (at most 50 ms) until librdkafka has released every delivered message.
+///
+/// Call it after all delivery futures resolved and before `commit_transaction`. rust-rdkafka's
+/// commit flushes first, and its flush, finding anything still counted as in flight, polls in
+/// fixed 100 ms steps. A delivery future resolves a moment *before* the polling thread releases
+/// the message, so committing straight away costs ~100 ms per transaction (measured: 130 ms →
+/// 28 ms per one-record commit on the local broker).
+pub fn await_reports_released(producer: &rdkafka::producer::FutureProducer) {
+    use rdkafka::producer::Producer;
+    let deadline = Instant::now() + Duration::from_millis(50);
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
