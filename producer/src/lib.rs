@@ -83,6 +83,10 @@ pub struct Config {
     /// Most records appended in one group-commit transaction.
     #[arg(long, env = "FOLDLINE_MAX_BATCH_RECORDS", default_value_t = 5_000)]
     pub max_batch_records: usize,
+    /// How long an Idempotency-Key is remembered after its answer, in seconds (also when the
+    /// keys are rebuilt from the log: older keys are not loaded).
+    #[arg(long, env = "FOLDLINE_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    pub idempotency_ttl_secs: i64,
 }
 
 impl Config {
@@ -135,7 +139,7 @@ pub async fn run(
     let ops = Ops::new("producer", env!("CARGO_PKG_VERSION"), readiness);
     let metrics = Metrics::new(&ops.registry);
 
-    let store = Arc::new(Store::default());
+    let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
     let started = std::time::Instant::now();
     let events = log::replay(&config.brokers, &config.topic, &store, &codec, &metrics)
         .await

@@ -104,6 +104,14 @@ impl CommandService {
                 .collect();
             *guard = Some(by_index);
         }
+        if let Some(key) = &meta.idempotency_key {
+            match &result {
+                Ok(_) => self
+                    .store
+                    .remember_answer(key, chrono::Utc::now().timestamp_millis()),
+                Err(_) => self.store.forget_unanswered(key),
+            }
+        }
         if let Err(WriteError::Append(AppendError::OutcomeUnknown(_))) = &result {
             self.start_resync();
         }

@@ -143,7 +143,11 @@ fn create_producer(config: &WriterConfig) -> Result<FutureProducer, KafkaError> 
 fn is_fenced(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+        )
     )
 }
 
@@ -165,6 +169,16 @@ fn commit_loop(
                 }
                 Err(_) => break,
             }
+        }
+        if health.load(Ordering::Acquire) == RECOVERING {
+            // These requests decided on a state that may lack the batch whose outcome is
+            // unknown; only after the state is re-read from the log may writes go on.
+            for request in batch {
+                let _ = request.reply.send(Err(AppendError::Unavailable(
+                    "re-reading the log after a failed commit".into(),
+                )));
+            }
+            continue;
         }
         let started = std::time::Instant::now();
         let outcome = commit(&producer, &config, &batch);
@@ -288,8 +302,15 @@ fn commit(
 }
 
 fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> AppendError {
+    // A newer instance took over: say so, never re-initialise (that would fence it back).
+    if let Some((code, _)) = producer.client().fatal_error() {
+        if matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) {
+            return AppendError::Fenced;
+        }
+    }
     match producer.abort_transaction(config.commit_timeout) {
         Ok(()) => AppendError::Unavailable(reason),
+        Err(error) if is_fenced(&error) => AppendError::Fenced,
         Err(error) => AppendError::OutcomeUnknown(format!("{reason}; abort failed: {error}")),
     }
 }

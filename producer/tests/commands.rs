@@ -129,6 +129,21 @@ async fn problem(response: reqwest::Response, status: u16) -> Value {
     body
 }
 
+/// POSTs `body` as-is to `/products` with a JSON content type.
+async fn post_raw(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(format!("{url}/products"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn bad_requests_get_problem_json_and_append_nothing() {
     let config = common::config();
@@ -140,17 +155,7 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
 
     let send = |builder: reqwest::RequestBuilder| async move { builder.send().await.unwrap() };
     // 400: malformed JSON.
-    problem(
-        send(
-            client
-                .post(format!("{url}/products"))
-                .header("content-type", "application/json")
-                .body("{\"name\": "),
-        )
-        .await,
-        400,
-    )
-    .await;
+    problem(post_raw(&client, &url, "{\"name\": ").await, 400).await;
     // 415: not JSON.
     problem(
         send(
@@ -165,17 +170,7 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
     .await;
     // 413: body beyond the limit.
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
-    problem(
-        send(
-            client
-                .post(format!("{url}/products"))
-                .header("content-type", "application/json")
-                .body(huge),
-        )
-        .await,
-        413,
-    )
-    .await;
+    problem(post_raw(&client, &url, huge).await, 413).await;
     // 422: wrong types, unknown fields, numbers beyond 64 bits, broken rules.
     for body in [
         json!({"name": "x", "price_cents": "12", "stock": 1, "seller_id": "s"}),
@@ -193,17 +188,7 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
     // 422: a number beyond 64 bits.
     let too_big =
         r#"{"name": "x", "price_cents": 1180591620717411303424, "stock": 1, "seller_id": "s"}"#;
-    problem(
-        send(
-            client
-                .post(format!("{url}/products"))
-                .header("content-type", "application/json")
-                .body(too_big),
-        )
-        .await,
-        422,
-    )
-    .await;
+    problem(post_raw(&client, &url, too_big).await, 422).await;
     // 404: unknown product.
     problem(
         send(

@@ -75,3 +75,40 @@ fn every_schema_reads_all_its_committed_versions() {
         failures.join("\n")
     );
 }
+
+/// The gate itself must fail on an incompatible edit: the envelope as it is now, with a new
+/// required field (no default), is checked against the same git history.
+#[test]
+fn the_gate_rejects_a_required_field_added_to_the_envelope() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let top = PathBuf::from(git(crate_dir, &["rev-parse", "--show-toplevel"]).trim());
+    let relative = "schemas/avro/products-value.avsc";
+    let commits = git(&top, &["log", "--reverse", "--format=%H", "--", relative]);
+    let earlier: Vec<Schema> = commits
+        .lines()
+        .map(|c| Schema::parse_str(&git(&top, &["show", &format!("{c}:{relative}")])).unwrap())
+        .collect();
+    assert!(!earlier.is_empty(), "the envelope has history in git");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(top.join(relative)).unwrap()).unwrap();
+    let with_field = |json: &serde_json::Value, field: serde_json::Value| {
+        let mut json = json.clone();
+        json["fields"].as_array_mut().unwrap().push(field);
+        Schema::parse_str(&json.to_string()).unwrap()
+    };
+    let required = with_field(
+        &json,
+        serde_json::json!({"name": "tenant", "type": "string"}),
+    );
+    let problems = check(CompatibilityLevel::BackwardTransitive, &earlier, &required);
+    assert!(!problems.is_empty(), "a required field must fail the gate");
+    // The same field as optional with a default is a compatible change.
+    let optional = with_field(
+        &json,
+        serde_json::json!({"name": "tenant", "type": ["null", "string"], "default": null}),
+    );
+    assert_eq!(
+        check(CompatibilityLevel::BackwardTransitive, &earlier, &optional),
+        Vec::<String>::new()
+    );
+}

@@ -3,12 +3,14 @@
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON, `RUST_LOG` filter).
 //! - [`ops`]: the `/health`, `/ready` and `/metrics` routes with the contract's health shape,
 //!   and a per-route HTTP metrics layer labelled by the matched route.
+//! - [`problem`]: `application/problem+json` error responses.
 //! - [`shutdown`]: a future that resolves on SIGINT or SIGTERM.
 //! - [`kafka`]: client settings that work on both tansu (local) and Redpanda.
 //! - [`serve`]: bind and serve a router with graceful shutdown.
 
 pub mod kafka;
 pub mod ops;
+pub mod problem;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

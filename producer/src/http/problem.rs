@@ -1,103 +1,11 @@
-//! `application/problem+json` errors (RFC 9457). The client gets a stable `type`, a title
-//! and a detail it can act on; internal causes are logged, never echoed.
+//! The producer's errors as `application/problem+json` (the type is shared by every service).
 
-use axum::extract::rejection::JsonRejection;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::http::StatusCode;
+pub use foldline_service::problem::Problem;
 
 use crate::domain::DomainError;
 use crate::service::WriteError;
 use crate::writer::AppendError;
-
-#[derive(Debug)]
-pub struct Problem {
-    pub status: StatusCode,
-    pub slug: &'static str,
-    pub title: &'static str,
-    pub detail: String,
-    /// For batch requests: the index of the command that was refused.
-    pub index: Option<usize>,
-}
-
-impl Problem {
-    pub fn new(
-        status: StatusCode,
-        slug: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Problem {
-            status,
-            slug,
-            title,
-            detail: detail.into(),
-            index: None,
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("urn:foldline:problem:{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(index) = self.index {
-            body["command_index"] = json!(index);
-        }
-        let mut response = (self.status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-impl From<JsonRejection> for Problem {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the body as JSON with `Content-Type: application/json`",
-            ),
-            JsonRejection::JsonSyntaxError(e) => Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "Malformed JSON",
-                e.body_text(),
-            ),
-            JsonRejection::JsonDataError(e) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-body",
-                "The body does not have the expected fields and types",
-                e.body_text(),
-            ),
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Body too large",
-                other.body_text(),
-            ),
-            other => Problem::new(
-                other.status(),
-                "bad-request",
-                "Bad request",
-                other.body_text(),
-            ),
-        }
-    }
-}
 
 impl From<DomainError> for Problem {
     fn from(error: DomainError) -> Self {

@@ -1,0 +1,72 @@
+//! `foldline-query`: the query API over the Postgres read model (CONTRACT.md, :8082).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use foldline_postgres::model::ReadModel;
+use foldline_postgres::query::{routes, QueryState};
+use foldline_service::ops::Ops;
+
+#[derive(Parser)]
+#[command(
+    name = "foldline-query",
+    version,
+    about = "Query API over the Postgres read model"
+)]
+struct Cli {
+    /// PostgreSQL holding the read model.
+    #[arg(
+        long,
+        env = "FOLDLINE_DATABASE_URL",
+        default_value = "postgres://foldline@127.0.0.1:5432/foldline"
+    )]
+    database_url: String,
+    /// The topic whose positions `?after=P:O` names.
+    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
+    topic: String,
+    /// Address to listen on.
+    #[arg(long, env = "FOLDLINE_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
+    listen: String,
+    /// How long `?after=` waits by default (ms); `timeout_ms` changes it per request.
+    #[arg(long, env = "FOLDLINE_QUERY_WAIT_MS", default_value_t = 5000)]
+    default_wait_ms: u64,
+    /// Database connections.
+    #[arg(long, env = "FOLDLINE_QUERY_CONNECTIONS", default_value_t = 16)]
+    connections: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    foldline_service::telemetry::init("info");
+    let cli = Cli::parse();
+    let model = ReadModel::connect_lazy(&cli.database_url, cli.connections)?;
+    model.bootstrap().await?;
+    let readiness = {
+        let pool = model.pool.clone();
+        Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("database: {e}"))
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        })
+    };
+    let ops = Ops::new("query", env!("CARGO_PKG_VERSION"), readiness);
+    let state = Arc::new(QueryState {
+        model,
+        topic: cli.topic,
+        default_timeout: Duration::from_millis(cli.default_wait_ms),
+        max_timeout: Duration::from_secs(60),
+    });
+    let app = ops
+        .instrument(routes(state).merge(ops.routes()))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new());
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    foldline_service::serve::serve(listener, app, foldline_service::shutdown::signal()).await?;
+    Ok(())
+}

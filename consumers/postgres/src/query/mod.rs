@@ -1,0 +1,227 @@
+//! The query API over the live read model (CONTRACT.md): products, seller stats, analytics,
+//! and `?after=P:O` read-your-writes on every read.
+
+mod wait;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use foldline_service::problem::Problem;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::model::ReadModel;
+pub use wait::Position;
+
+pub struct QueryState {
+    pub model: ReadModel,
+    /// The topic whose positions `?after=` names.
+    pub topic: String,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+}
+
+pub fn routes(state: Arc<QueryState>) -> Router {
+    Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product))
+        .route("/sellers/{seller_id}/stats", get(seller_stats))
+        .route("/analytics/summary", get(analytics_summary))
+        .with_state(state)
+}
+
+/// `?after=P:O&timeout_ms=N`, accepted by every read.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    after: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    seller_id: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    after: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalyticsParams {
+    hours: Option<i64>,
+    after: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 1000;
+
+type Answer = Result<Json<Value>, Problem>;
+
+fn db_unavailable(error: sqlx::Error) -> Problem {
+    tracing::warn!(%error, "read model query failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database-unavailable",
+        "The read model is unavailable",
+        "the database did not answer; retry shortly",
+    )
+}
+
+fn bad_param(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Invalid query parameter",
+        detail,
+    )
+}
+
+type ProductRow = (String, String, i64, i64, String, i64, DateTime<Utc>);
+
+fn product_json(row: ProductRow) -> Value {
+    let (id, name, price_cents, stock, seller_id, version, updated_at) = row;
+    json!({
+        "id": id, "name": name, "price_cents": price_cents, "stock": stock,
+        "seller_id": seller_id, "version": version,
+        "updated_at": updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+const PRODUCT_COLUMNS: &str = "id, name, price_cents, stock, seller_id, version, updated_at";
+
+async fn list_products(
+    State(state): State<Arc<QueryState>>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad_param(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    let schema = wait::until_applied(&state, params.after.as_deref(), params.timeout_ms).await?;
+    // Keyset pagination by id: the cursor is the last id of the previous page.
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM {schema}.products
+         WHERE NOT deleted AND name IS NOT NULL
+           AND ($1::text IS NULL OR seller_id = $1) AND ($2::text IS NULL OR id > $2)
+         ORDER BY id LIMIT $3"
+    ))
+    .bind(&params.seller_id)
+    .bind(&params.cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.model.pool)
+    .await
+    .map_err(db_unavailable)?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(product_json)
+        .collect();
+    let next_cursor = if more {
+        items.last().map(|p| p["id"].clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+async fn get_product(
+    State(state): State<Arc<QueryState>>,
+    Path(id): Path<String>,
+    consistency: Result<Query<Consistency>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(c) = consistency?;
+    let schema = wait::until_applied(&state, c.after.as_deref(), c.timeout_ms).await?;
+    let row: Option<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM {schema}.products
+         WHERE id = $1 AND NOT deleted AND name IS NOT NULL"
+    ))
+    .bind(&id)
+    .fetch_optional(&state.model.pool)
+    .await
+    .map_err(db_unavailable)?;
+    row.map(|r| Json(product_json(r))).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Product not found",
+            format!("no product {id}"),
+        )
+    })
+}
+
+async fn seller_stats(
+    State(state): State<Arc<QueryState>>,
+    Path(seller_id): Path<String>,
+    consistency: Result<Query<Consistency>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(c) = consistency?;
+    let schema = wait::until_applied(&state, c.after.as_deref(), c.timeout_ms).await?;
+    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT products, total_stock, stock_value_cents, low_stock_products
+         FROM {schema}.seller_stats WHERE seller_id = $1"
+    ))
+    .bind(&seller_id)
+    .fetch_optional(&state.model.pool)
+    .await
+    .map_err(db_unavailable)?;
+    let (products, total_stock, stock_value_cents, low_stock_products) = row.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Seller not found",
+            format!("no products were ever listed by seller {seller_id}"),
+        )
+    })?;
+    Ok(Json(json!({
+        "products": products, "total_stock": total_stock,
+        "stock_value_cents": stock_value_cents, "low_stock_products": low_stock_products,
+    })))
+}
+
+async fn analytics_summary(
+    State(state): State<Arc<QueryState>>,
+    params: Result<Query<AnalyticsParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(params) = params?;
+    let hours = params.hours.unwrap_or(24);
+    if !(1..=24 * 366).contains(&hours) {
+        return Err(bad_param("hours must be 1 to 8784"));
+    }
+    let schema = wait::until_applied(&state, params.after.as_deref(), params.timeout_ms).await?;
+    let by_type: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT event_type, sum(events)::bigint FROM {schema}.event_counts GROUP BY event_type"
+    ))
+    .fetch_all(&state.model.pool)
+    .await
+    .map_err(db_unavailable)?;
+    let hourly: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(&format!(
+        "SELECT hour, sum(events)::bigint FROM {schema}.event_counts
+         WHERE hour >= date_trunc('hour', now()) - make_interval(hours => $1::int - 1)
+         GROUP BY hour ORDER BY hour"
+    ))
+    .bind(hours as i32)
+    .fetch_all(&state.model.pool)
+    .await
+    .map_err(db_unavailable)?;
+    let events_by_type: BTreeMap<String, i64> = by_type.into_iter().collect();
+    Ok(Json(json!({
+        "total_events": events_by_type.values().sum::<i64>(),
+        "events_by_type": events_by_type,
+        "hourly": hourly.into_iter().map(|(hour, events)| json!({
+            "hour": hour.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "events": events,
+        })).collect::<Vec<_>>(),
+    })))
+}

@@ -1,0 +1,102 @@
+//! `?after=P:O`: wait until the projection has applied that position, then read.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use foldline_service::problem::Problem;
+
+use super::{bad_param, db_unavailable, QueryState};
+
+/// A position in the topic, as the producer answers it: `partition:offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (p, o) = s.split_once(':').ok_or("expected P:O, for example 0:42")?;
+        let partition = p.parse().map_err(|_| format!("bad partition {p:?}"))?;
+        let offset = o.parse().map_err(|_| format!("bad offset {o:?}"))?;
+        if partition < 0 || offset < 0 {
+            return Err("partition and offset are not negative".into());
+        }
+        Ok(Position { partition, offset })
+    }
+}
+
+/// Waits (polling every 10 ms) until the live model's stored offset of the partition is past
+/// `after`, then returns the live schema to read from. 504 when `timeout_ms` passes first.
+pub async fn until_applied(
+    state: &QueryState,
+    after: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<String, Problem> {
+    let timeout = timeout_ms.map_or(state.default_timeout, Duration::from_millis);
+    if timeout > state.max_timeout {
+        return Err(bad_param(format!(
+            "timeout_ms is at most {}",
+            state.max_timeout.as_millis()
+        )));
+    }
+    let position: Option<Position> = match after {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e: String| bad_param(format!("after: {e}")))?,
+        ),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let schema = state.model.active().await.map_err(db_unavailable)?;
+        let Some(position) = position else {
+            return Ok(schema);
+        };
+        let applied: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT max(next_offset) FROM {schema}.consumer_offsets WHERE topic = $1 AND partition = $2"
+        ))
+        .bind(&state.topic)
+        .bind(position.partition)
+        .fetch_one(&state.model.pool)
+        .await
+        .map_err(db_unavailable)?;
+        if applied.is_some_and(|next| next > position.offset) {
+            return Ok(schema);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not-yet-applied",
+                "The read model has not reached that position yet",
+                format!(
+                    "position {}:{} not applied within {} ms",
+                    position.partition,
+                    position.offset,
+                    timeout.as_millis()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_as_partition_colon_offset() {
+        assert_eq!(
+            "2:41".parse(),
+            Ok(Position {
+                partition: 2,
+                offset: 41
+            })
+        );
+        assert!("2".parse::<Position>().is_err());
+        assert!("a:1".parse::<Position>().is_err());
+        assert!("1:-4".parse::<Position>().is_err());
+    }
+}

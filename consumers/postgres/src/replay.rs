@@ -1,0 +1,266 @@
+//! Zero-downtime rebuild: fold the log into a new (shadow) model schema while the live one
+//! keeps answering, catch up to the tail while holding the swap lock, swap the pointer in the
+//! same transaction, then drop the old schema.
+//!
+//! The events come from an [`EventSource`]. Today that is the topic; the S3 archive (for
+//! history the topic no longer holds) plugs in here as a second source that hands over to
+//! the topic where the archive ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use foldline_consumer_runtime::{Batch, Record, Written};
+use foldline_schemas::wire::EventCodec;
+use foldline_service::kafka;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+
+use crate::apply::{apply_batch, Target};
+use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
+
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub brokers: String,
+    pub registry_url: String,
+    pub topic: String,
+    pub group: String,
+    pub low_stock_threshold: i64,
+    pub batch_records: usize,
+    /// How long the old schema stays after the swap, for reads that began before it.
+    pub drop_grace: Duration,
+    pub show_progress: bool,
+}
+
+#[derive(Debug)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub dead: u64,
+    pub elapsed: Duration,
+    pub old_schema: String,
+    pub new_schema: String,
+}
+
+/// Where a rebuild reads its events: every record from `from` (partition → offset) to the
+/// current end, in batches, in log order per partition. Returns the next offsets.
+pub trait EventSource {
+    fn read(
+        &mut self,
+        from: &BTreeMap<i32, i64>,
+        batches: mpsc::Sender<Batch>,
+    ) -> impl std::future::Future<Output = anyhow::Result<BTreeMap<i32, i64>>> + Send;
+}
+
+/// The topic as an event source.
+pub struct TopicSource {
+    pub brokers: String,
+    pub topic: String,
+    pub codec: std::sync::Arc<EventCodec>,
+    pub batch_records: usize,
+}
+
+impl EventSource for TopicSource {
+    async fn read(
+        &mut self,
+        from: &BTreeMap<i32, i64>,
+        batches: mpsc::Sender<Batch>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        // Raw records flow through a bounded channel, so reading and decoding overlap and
+        // memory stays bounded.
+        let (raw_tx, mut raw_rx) = mpsc::channel::<OwnedMessage>(self.batch_records * 2);
+        let start: HashMap<i32, i64> = from.iter().map(|(p, o)| (*p, *o)).collect();
+        let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
+        let reader = tokio::spawn(async move {
+            kafka::read_to_end(&brokers, "foldline-replay", &topic, &start, |message| {
+                let raw_tx = raw_tx.clone();
+                async move {
+                    let _ = raw_tx.send(message).await;
+                }
+            })
+            .await
+        });
+        let mut position = from.clone();
+        let mut batch = Batch {
+            read_from: position.clone(),
+            ..Batch::default()
+        };
+        while let Some(message) = raw_rx.recv().await {
+            decode_into(&self.codec, &message, &mut batch).await;
+            if batch.records.len() >= self.batch_records {
+                position.extend(batch.next_offsets());
+                let full = std::mem::replace(
+                    &mut batch,
+                    Batch {
+                        read_from: position.clone(),
+                        ..Batch::default()
+                    },
+                );
+                batches.send(full).await?;
+            }
+        }
+        if !batch.is_empty() {
+            batches.send(batch).await?;
+        }
+        let next = reader.await??;
+        Ok(next.into_iter().collect())
+    }
+}
+
+/// Decodes one record; undecodable ones are skipped (the live projector dead-lettered them)
+/// but their offsets still count as consumed.
+async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Batch) {
+    let bytes = message.payload().unwrap_or_default();
+    batch.consumed(message.partition(), message.offset(), bytes.len());
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match codec.decode(bytes).await {
+            Ok(event) => {
+                batch.records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    event,
+                });
+                return;
+            }
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "schema registry unavailable during replay; waiting");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::debug!(%error, offset = message.offset(), "skipping an undecodable record");
+                return;
+            }
+        }
+    }
+}
+
+/// Rebuilds the read model from `source` into a new schema and swaps it in.
+pub async fn replay<S: EventSource + Send>(
+    model: &ReadModel,
+    config: &ReplayConfig,
+    mut source: S,
+) -> anyhow::Result<ReplayReport> {
+    let started = Instant::now();
+    let old_schema = model.bootstrap().await?;
+    let new_schema = new_schema_name();
+    model.create_model(&new_schema).await?;
+    tracing::info!(%old_schema, %new_schema, "replay: building a new model schema");
+    let progress = progress_bar(model, config, &old_schema).await;
+    let target = Target {
+        schema: &new_schema,
+        group: &config.group,
+        topic: &config.topic,
+        low_stock_threshold: config.low_stock_threshold,
+    };
+    let mut events = 0u64;
+    let mut dead = 0u64;
+
+    // Phase 1: the bulk, one transaction per batch, while the live model keeps serving.
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let from = BTreeMap::new();
+    let read = source.read(&from, tx);
+    let write = async {
+        while let Some(batch) = rx.recv().await {
+            let mut conn = model.pool.begin().await?;
+            expect_done(apply_batch(&mut conn, &target, &batch).await?)?;
+            conn.commit().await?;
+            count(&batch, &mut events, &mut dead, &progress);
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (next, written) = tokio::join!(read, write);
+    written?;
+    let next = next?;
+
+    // Phase 2: under the swap lock (the live projector waits), read what arrived meanwhile,
+    // then point readers and the projector at the new schema, all in one transaction.
+    let mut swap = model.pool.begin().await?;
+    sqlx::query(&format!(
+        "SELECT schema_name FROM {META_SCHEMA}.active_model FOR UPDATE"
+    ))
+    .execute(&mut *swap)
+    .await?;
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let read = source.read(&next, tx);
+    let write = async {
+        while let Some(batch) = rx.recv().await {
+            expect_done(apply_batch(&mut swap, &target, &batch).await?)?;
+            count(&batch, &mut events, &mut dead, &progress);
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (tail, written) = tokio::join!(read, write);
+    written?;
+    tail?;
+    swap_to(&mut swap, &new_schema).await?;
+    swap.commit().await?;
+    progress.finish_and_clear();
+    tracing::info!(%new_schema, events, "replay: swapped in the new model");
+
+    tokio::time::sleep(config.drop_grace).await;
+    model.drop_model(&old_schema).await?;
+    Ok(ReplayReport {
+        events,
+        dead,
+        elapsed: started.elapsed(),
+        old_schema,
+        new_schema,
+    })
+}
+
+fn expect_done(written: Written) -> anyhow::Result<()> {
+    match written {
+        Written::Done => Ok(()),
+        // A fresh schema read from the start has nothing to disagree with.
+        Written::Reseek(at) => anyhow::bail!("replay read out of order at {at:?}"),
+    }
+}
+
+fn count(batch: &Batch, events: &mut u64, dead: &mut u64, progress: &ProgressBar) {
+    let consumed: i64 = batch
+        .ranges
+        .values()
+        .map(|(first, last)| last - first + 1)
+        .sum();
+    *events += batch.records.len() as u64;
+    *dead += (consumed as u64).saturating_sub(batch.records.len() as u64);
+    progress.inc(consumed as u64);
+}
+
+async fn swap_to(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE {META_SCHEMA}.active_model SET schema_name = $1, swapped_at = now()"
+    ))
+    .bind(schema)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The live model's offsets tell how far the log reaches (watermarks are not trusted: tansu
+/// reports wrong ones), which gives the progress bar its length and ETA.
+async fn progress_bar(model: &ReadModel, config: &ReplayConfig, live: &str) -> ProgressBar {
+    let total: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT sum(next_offset)::bigint FROM {live}.consumer_offsets WHERE topic = $1"
+    ))
+    .bind(&config.topic)
+    .fetch_one(&model.pool)
+    .await
+    .unwrap_or(None);
+    if !config.show_progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total.unwrap_or(0).max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("replay {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
+            .expect("valid template"),
+    );
+    bar
+}

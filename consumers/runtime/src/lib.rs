@@ -1,0 +1,27 @@
+//! The consumer runtime shared by every Foldline consumer.
+//!
+//! A consumer is a [`Sink`] plus a [`RuntimeConfig`]. The runtime polls the topic in a consumer
+//! group, decodes each record through the schema registry (schemas cached by id), collects a
+//! [`Batch`] bounded by count, bytes and time, sends undecodable records to the dead-letter
+//! topic, and hands the batch to the sink. Offsets advance only after the sink has made the
+//! batch durable:
+//! - sinks that store offsets with their data (Postgres) check them in the same transaction and
+//!   answer [`Written::Reseek`] when the consumer is behind or ahead of them, so the effect is
+//!   exactly-once whatever the group's committed offsets say;
+//! - the group's offsets in Kafka are committed after every durable batch, as the place a
+//!   restarted or newly assigned consumer starts reading from.
+//!
+//! A transient sink error pauses the assigned partitions and retries with exponential backoff
+//! and jitter; nothing is skipped. Graceful shutdown finishes the batch in flight.
+
+mod batch;
+mod context;
+mod dead_letter;
+mod metrics;
+mod runner;
+mod sink;
+
+pub use batch::{Batch, Record};
+pub use metrics::RuntimeMetrics;
+pub use runner::{run, Consumer, RuntimeConfig};
+pub use sink::{Sink, SinkError, Written};

@@ -1,0 +1,84 @@
+//! What every consumer exposes on `/metrics`.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct RuntimeMetrics {
+    pub events: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub batch_records: Histogram,
+    pub batch_seconds: Histogram,
+    pub sink_retries: IntCounter,
+    pub reseeks: IntCounter,
+    /// Records behind the partition's end, from librdkafka's statistics (the broker's high
+    /// watermark: right on Redpanda, unreliable on tansu).
+    pub lag: IntGaugeVec,
+}
+
+impl RuntimeMetrics {
+    pub fn new(registry: &Registry) -> RuntimeMetrics {
+        let metrics = RuntimeMetrics {
+            events: IntCounter::new(
+                "consumer_events_total",
+                "Events handed to the sink and made durable",
+            )
+            .expect("valid metric"),
+            dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "consumer_dead_lettered_total",
+                    "Records sent to the dead-letter topic",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            batch_records: Histogram::with_opts(
+                HistogramOpts::new("consumer_batch_records", "Records per batch").buckets(vec![
+                    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
+                ]),
+            )
+            .expect("valid metric"),
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "consumer_batch_write_seconds",
+                    "Time the sink took to make a batch durable",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .expect("valid metric"),
+            sink_retries: IntCounter::new(
+                "consumer_sink_retries_total",
+                "Batch writes retried after a transient sink error",
+            )
+            .expect("valid metric"),
+            reseeks: IntCounter::new(
+                "consumer_reseeks_total",
+                "Times the sink's stored offsets moved the consumer",
+            )
+            .expect("valid metric"),
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag_records",
+                    "Records between the consumer's position and the partition's end",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+        };
+        for collector in [
+            Box::new(metrics.events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.dead_lettered.clone()),
+            Box::new(metrics.batch_records.clone()),
+            Box::new(metrics.batch_seconds.clone()),
+            Box::new(metrics.sink_retries.clone()),
+            Box::new(metrics.reseeks.clone()),
+            Box::new(metrics.lag.clone()),
+        ] {
+            registry.register(collector).expect("register once");
+        }
+        metrics
+    }
+}

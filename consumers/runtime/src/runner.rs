@@ -1,0 +1,412 @@
+//! The poll → decode → batch → sink → offsets loop.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use foldline_schemas::wire::EventCodec;
+use foldline_service::kafka;
+use foldline_service::ops::{Ops, ReadinessCheck};
+use rand::Rng;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::net::TcpListener;
+
+use crate::context::RuntimeContext;
+use crate::dead_letter::{DeadLetter, DeadLetterQueue};
+use crate::{Batch, Record, RuntimeMetrics, Sink, SinkError, Written};
+
+/// Settings every consumer shares; a consumer binary flattens them into its own config.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Schema registry (Confluent REST API).
+    #[arg(
+        long,
+        env = "FOLDLINE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry_url: String,
+    /// Topic to consume.
+    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
+    pub topic: String,
+    /// Where undecodable records go.
+    #[arg(long, env = "FOLDLINE_DLQ_TOPIC", default_value = "products.dlq")]
+    pub dead_letter_topic: String,
+    /// Most records per batch.
+    #[arg(long, env = "FOLDLINE_BATCH_RECORDS", default_value_t = 5000)]
+    pub max_batch_records: usize,
+    /// Most value bytes per batch.
+    #[arg(long, env = "FOLDLINE_BATCH_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_batch_bytes: usize,
+    /// Longest a batch waits for more records after its first one, in ms.
+    #[arg(long, env = "FOLDLINE_BATCH_WAIT_MS", default_value_t = 20)]
+    pub max_batch_wait_ms: u64,
+}
+
+/// What the runtime needs besides the shared settings.
+pub struct Consumer<S> {
+    pub service: &'static str,
+    pub version: &'static str,
+    pub group_id: String,
+    pub config: RuntimeConfig,
+    pub sink: S,
+}
+
+type Kafka = StreamConsumer<RuntimeContext>;
+
+/// Serves `/health`, `/ready`, `/metrics` on `listener` and runs the consumer until
+/// `shutdown` resolves; the batch in flight is finished first.
+pub async fn run<S: Sink>(
+    consumer: Consumer<S>,
+    ops: Option<Ops>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let joined = Arc::new(AtomicBool::new(false));
+    let generation = Arc::new(AtomicU64::new(0));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let ops = ops.unwrap_or_else(|| {
+        Ops::new(
+            consumer.service,
+            consumer.version,
+            readiness(joined.clone(), healthy.clone()),
+        )
+    });
+    let metrics = RuntimeMetrics::new(&ops.registry);
+    let config = &consumer.config;
+    let kafka: Kafka = kafka::base_config(&config.brokers, consumer.service)
+        .set("group.id", &consumer.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "5000")
+        // A sink outage pauses polling; allow a long one before the group gives up on us.
+        .set("max.poll.interval.ms", "3600000")
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(RuntimeContext {
+            topic: config.topic.clone(),
+            metrics: metrics.clone(),
+            joined: joined.clone(),
+            generation: generation.clone(),
+        })?;
+    kafka.subscribe(&[&config.topic])?;
+    let loop_state = Loop {
+        codec: EventCodec::new(&config.registry_url, &config.topic)?,
+        dead_letters: DeadLetterQueue::new(
+            &config.brokers,
+            &config.topic,
+            &config.dead_letter_topic,
+        )?,
+        kafka,
+        metrics,
+        healthy,
+        config: config.clone(),
+        generation,
+        read_from: Mutex::default(),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ops_server = tokio::spawn(foldline_service::serve::serve(
+        listener,
+        ops.instrument(ops.routes()),
+        {
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        },
+    ));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let result = loop_state.run(consumer.sink, stop_rx).await;
+    ops_server.abort();
+    result
+}
+
+fn readiness(joined: Arc<AtomicBool>, healthy: Arc<AtomicBool>) -> ReadinessCheck {
+    Arc::new(move || {
+        let joined = joined.load(Ordering::Acquire);
+        let healthy = healthy.load(Ordering::Acquire);
+        Box::pin(async move {
+            match (joined, healthy) {
+                (false, _) => Err("waiting for the consumer group to assign partitions".to_owned()),
+                (_, false) => Err("the sink is unavailable; retrying".to_owned()),
+                _ => Ok(()),
+            }
+        })
+    })
+}
+
+struct Loop {
+    codec: EventCodec,
+    dead_letters: DeadLetterQueue,
+    kafka: Kafka,
+    metrics: RuntimeMetrics,
+    healthy: Arc<AtomicBool>,
+    config: RuntimeConfig,
+    generation: Arc<AtomicU64>,
+    /// Where each partition is read on from, valid for one rebalance generation.
+    read_from: Mutex<(u64, BTreeMap<i32, i64>)>,
+}
+
+impl Loop {
+    async fn run<S: Sink>(
+        &self,
+        mut sink: S,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let first = tokio::select! {
+                message = self.kafka.recv() => message,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let mut batch = Batch {
+                read_from: self.known_positions(),
+                ..Batch::default()
+            };
+            let mut letters = Vec::new();
+            match first {
+                Ok(message) => self.take(&message, &mut batch, &mut letters).await,
+                Err(error) => {
+                    tracing::warn!(%error, "poll failed");
+                    continue;
+                }
+            }
+            let generation = self.generation.load(Ordering::Acquire);
+            self.fill(&mut batch, &mut letters).await;
+            if self.generation.load(Ordering::Acquire) != generation {
+                // A rebalance happened meanwhile: where partitions were read from is unknown.
+                batch.read_from.clear();
+            }
+            if !letters.is_empty() {
+                self.publish_dead_letters(&letters, &mut stop).await?;
+            }
+            if !self.write(&mut sink, &batch, &mut stop).await? {
+                break;
+            }
+        }
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    fn known_positions(&self) -> BTreeMap<i32, i64> {
+        let mut known = self.read_from.lock().expect("not poisoned");
+        let generation = self.generation.load(Ordering::Acquire);
+        if known.0 != generation {
+            *known = (generation, BTreeMap::new());
+        }
+        known.1.clone()
+    }
+
+    fn note_positions(&self, positions: BTreeMap<i32, i64>) {
+        let mut known = self.read_from.lock().expect("not poisoned");
+        let generation = self.generation.load(Ordering::Acquire);
+        if known.0 != generation {
+            *known = (generation, BTreeMap::new());
+        }
+        known.1.extend(positions);
+    }
+
+    /// Adds what arrives within the batch window, up to the count and byte limits.
+    async fn fill(&self, batch: &mut Batch, letters: &mut Vec<DeadLetter>) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.max_batch_wait_ms);
+        while batch.records.len() + letters.len() < self.config.max_batch_records
+            && batch.bytes < self.config.max_batch_bytes
+        {
+            match tokio::time::timeout_at(deadline, self.kafka.recv()).await {
+                Ok(Ok(message)) => self.take(&message, batch, letters).await,
+                Ok(Err(error)) => tracing::warn!(%error, "poll failed"),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Decodes one record into the batch, or into a dead letter when it cannot be decoded.
+    /// A registry that does not answer is waited for: that is not the record's fault.
+    async fn take(
+        &self,
+        message: &BorrowedMessage<'_>,
+        batch: &mut Batch,
+        letters: &mut Vec<DeadLetter>,
+    ) {
+        let (partition, offset) = (message.partition(), message.offset());
+        let payload = message.payload();
+        batch.consumed(partition, offset, payload.map_or(0, <[u8]>::len));
+        let letter = |reason: String| DeadLetter {
+            partition,
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            value: payload.map(<[u8]>::to_vec),
+            reason,
+        };
+        let Some(bytes) = payload else {
+            letters.push(letter("empty value (tombstone)".into()));
+            return;
+        };
+        let mut delay = Duration::from_millis(100);
+        let decoded = loop {
+            match self.codec.decode(bytes).await {
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, "schema registry unavailable; waiting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => break other,
+            }
+        };
+        match decoded {
+            Ok(event) => batch.records.push(Record {
+                partition,
+                offset,
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                timestamp_ms: message.timestamp().to_millis(),
+                event,
+            }),
+            Err(error) => {
+                tracing::warn!(partition, offset, %error, "undecodable record sent to the dead-letter topic");
+                letters.push(letter(error.to_string()));
+            }
+        }
+    }
+
+    async fn publish_dead_letters(
+        &self,
+        letters: &[DeadLetter],
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.dead_letters.publish(letters).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "dead-letter topic unavailable; retrying");
+                    if backoff(&mut delay, stop).await {
+                        anyhow::bail!("stopped while the dead-letter topic was unavailable");
+                    }
+                }
+            }
+        }
+        for letter in letters {
+            let reason = if letter.value.is_none() {
+                "empty"
+            } else {
+                "undecodable"
+            };
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[reason])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Writes the batch until it is durable (or the sink asks for a reseek). Returns false
+    /// when asked to stop while the sink was unavailable (the batch will be read again).
+    async fn write<S: Sink>(
+        &self,
+        sink: &mut S,
+        batch: &Batch,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let mut delay = Duration::from_millis(100);
+        let mut paused: Option<TopicPartitionList> = None;
+        let outcome = loop {
+            let started = Instant::now();
+            match sink.write(batch).await {
+                Ok(written) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break written;
+                }
+                Err(SinkError::Fatal(error)) => return Err(error),
+                Err(SinkError::Transient(error)) => {
+                    tracing::warn!(%error, "sink unavailable; partitions paused, retrying");
+                    self.healthy.store(false, Ordering::Release);
+                    self.metrics.sink_retries.inc();
+                    if paused.is_none() {
+                        let assignment = self.kafka.assignment()?;
+                        self.kafka.pause(&assignment)?;
+                        paused = Some(assignment);
+                    }
+                    if backoff(&mut delay, stop).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        if let Some(assignment) = paused {
+            self.kafka.resume(&assignment)?;
+            self.healthy.store(true, Ordering::Release);
+            tracing::info!("sink available again; partitions resumed");
+        }
+        match outcome {
+            Written::Done => {
+                self.metrics.events.inc_by(batch.records.len() as u64);
+                self.metrics
+                    .batch_records
+                    .observe(batch.records.len() as f64);
+                let next = batch.next_offsets();
+                self.commit(&next);
+                self.note_positions(next);
+            }
+            Written::Reseek(stored) => {
+                // Nothing of the batch was written: every partition of it is read again, from
+                // the sink's offset where it has one.
+                self.metrics.reseeks.inc();
+                let mut targets: BTreeMap<i32, i64> = batch
+                    .ranges
+                    .iter()
+                    .map(|(p, (first, _))| (*p, *first))
+                    .collect();
+                targets.extend(stored);
+                tracing::info!(?targets, "moving to the sink's stored offsets");
+                for (partition, offset) in &targets {
+                    self.kafka.seek(
+                        &self.config.topic,
+                        *partition,
+                        Offset::Offset(*offset),
+                        Duration::from_secs(10),
+                    )?;
+                }
+                self.note_positions(targets);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records progress in the group too, so a restart starts near where the sink is.
+    fn commit(&self, next: &BTreeMap<i32, i64>) {
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in next {
+            let _ =
+                list.add_partition_offset(&self.config.topic, *partition, Offset::Offset(*offset));
+        }
+        if let Err(error) = self.kafka.commit(&list, CommitMode::Async) {
+            tracing::debug!(%error, "group offset commit failed (the sink's offsets still hold)");
+        }
+    }
+}
+
+/// Sleeps `delay` plus jitter and doubles it (max 10 s); true when asked to stop meanwhile.
+async fn backoff(delay: &mut Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    let jitter = Duration::from_millis(rand::rng().random_range(0..=delay.as_millis() as u64 / 2));
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(*delay + jitter) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    *delay = (*delay * 2).min(Duration::from_secs(10));
+    stopped
+}
