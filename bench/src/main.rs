@@ -6,6 +6,8 @@
 //!   without producing: the HTTP stack's limit under the same load generator.
 
 mod bare_http;
+mod fill;
+mod project;
 mod raw_produce;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,16 @@ enum Command {
     RawProduce(raw_produce::Args),
     /// Serve POST /products and POST /commands that only parse the body and answer.
     BareHttp(bare_http::Args),
+    /// Pre-fill a topic with valid, registry-encoded product events.
+    Fill(fill::Args),
+    /// Read a topic to its end without decoding.
+    RawConsume(project::ConsumeArgs),
+    /// COPY rows shaped like the read model's products into Postgres.
+    RawCopy(project::CopyArgs),
+    /// Wait until the projection's stored offsets reach the topic's end; print the rate.
+    WatchProjection(project::WatchArgs),
+    /// Write at a fixed rate; time from each 2xx until the query API shows it.
+    WriteToVisible(project::VisibleArgs),
 }
 
 #[tokio::main]
@@ -31,5 +43,10 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::RawProduce(args) => raw_produce::run(args).await,
         Command::BareHttp(args) => bare_http::run(args).await,
+        Command::Fill(args) => fill::run(args).await,
+        Command::RawConsume(args) => project::raw_consume(args).await,
+        Command::RawCopy(args) => project::raw_copy(args).await,
+        Command::WatchProjection(args) => project::watch_projection(args).await,
+        Command::WriteToVisible(args) => project::write_to_visible(args).await,
     }
 }

@@ -304,7 +304,10 @@ fn commit(
 fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> AppendError {
     // A newer instance took over: say so, never re-initialise (that would fence it back).
     if let Some((code, _)) = producer.client().fatal_error() {
-        if matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) {
+        if matches!(
+            code,
+            RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
+        ) {
             return AppendError::Fenced;
         }
     }

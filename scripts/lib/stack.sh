@@ -111,21 +111,33 @@ wait_http() {
   die "$name is not ready at $url (see its log)"
 }
 
-# stop_all PIDDIR: TERM each process we started, wait, then KILL what is left.
+# stop_all PIDDIR: stops every process we started: services first, then the servers they
+# use (broker, S3, PostgreSQL), each with TERM (INT for PostgreSQL: a fast shutdown that does
+# not wait for clients), then KILL after 5 s.
 stop_all() {
-  local piddir="$1" f pid
+  local piddir="$1" f name
   [ -d "$piddir" ] || return 0
   for f in "$piddir"/*.pid; do
     [ -f "$f" ] || continue
-    pid="$(cat "$f")"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
-      log "stopped $(basename "$f" .pid) (pid $pid)"
-    fi
-    rm -f "$f"
+    name="$(basename "$f" .pid)"
+    case "$name" in broker|s3|postgres) continue ;; esac
+    stop_pid_file "$f" TERM
   done
+  for name in broker s3; do stop_pid_file "$piddir/$name.pid" TERM; done
+  stop_pid_file "$piddir/postgres.pid" INT
+}
+
+stop_pid_file() {
+  local f="$1" signal="$2" pid
+  [ -f "$f" ] || return 0
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -"$signal" "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    log "stopped $(basename "$f" .pid) (pid $pid)"
+  fi
+  rm -f "$f"
 }
 
 # --- servers -------------------------------------------------------------------------------

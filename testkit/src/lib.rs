@@ -6,6 +6,9 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
+pub mod postgres;
+pub mod process;
+
 /// Kafka bootstrap servers of the stack under test.
 pub fn brokers() -> String {
     std::env::var("FOLDLINE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())

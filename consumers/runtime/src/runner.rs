@@ -87,8 +87,12 @@ pub async fn run<S: Sink>(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "5000")
-        // A sink outage pauses polling; allow a long one before the group gives up on us.
-        .set("max.poll.interval.ms", "3600000")
+        // A crashed instance's partitions move to the others after this long.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        // A sink outage stops polling; after this long the group moves our partitions away
+        // (harmless: sinks check their stored offsets) and we join again once it is back.
+        .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "20")
         .create_with_context(RuntimeContext {
             topic: config.topic.clone(),

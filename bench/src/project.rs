@@ -1,0 +1,218 @@
+//! Baselines and probes for `scripts/bench project`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use sqlx::{Connection, PgConnection};
+
+#[derive(clap::Args)]
+pub struct ConsumeArgs {
+    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+}
+
+/// Reads the topic to its end without decoding: the broker's and client's read limit.
+pub async fn raw_consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut records = 0u64;
+    foldline_service::kafka::read_to_end(
+        &args.brokers,
+        "foldline-bench-consume",
+        &args.topic,
+        &HashMap::new(),
+        |_| {
+            records += 1;
+            async {}
+        },
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"records": records, "seconds": seconds, "rate": records as f64 / seconds})
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    #[arg(long, env = "FOLDLINE_DATABASE_URL")]
+    database_url: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+}
+
+/// COPYs `rows` product rows into a products table shaped like the read model's (in a scratch
+/// schema, dropped after): Postgres's own ingest limit on this machine.
+pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&args.database_url).await?;
+    sqlx::query("DROP SCHEMA IF EXISTS bench_copy CASCADE")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE SCHEMA bench_copy")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE bench_copy.products (id text PRIMARY KEY, name text, price_cents bigint, stock bigint,
+         seller_id text, version bigint NOT NULL, updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)",
+    )
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("CREATE INDEX ON bench_copy.products (seller_id, id) WHERE NOT deleted")
+        .execute(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY bench_copy.products (id, name, price_cents, stock, seller_id, version, updated_at, deleted) FROM STDIN")
+        .await?;
+    let mut chunk = String::with_capacity(1 << 20);
+    for i in 0..args.rows {
+        chunk.push_str(&format!(
+            "bench-{i:010}\tBench item {i}\t{}\t{}\tseller-{}\t{}\t2026-11-21 12:00:00+00\tf\n",
+            100 + i % 9000,
+            i % 100,
+            i % 500,
+            1 + i % 20
+        ));
+        if chunk.len() > (1 << 20) - 200 {
+            copy.send(chunk.as_bytes()).await?;
+            chunk.clear();
+        }
+    }
+    copy.send(chunk.as_bytes()).await?;
+    copy.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    sqlx::query("DROP SCHEMA bench_copy CASCADE")
+        .execute(&mut conn)
+        .await?;
+    println!(
+        "{}",
+        serde_json::json!({"rows": args.rows, "seconds": seconds, "rate": args.rows as f64 / seconds})
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    #[arg(long, env = "FOLDLINE_DATABASE_URL")]
+    database_url: String,
+    #[arg(long)]
+    topic: String,
+    /// The sum of the partitions' end offsets to wait for.
+    #[arg(long)]
+    end: i64,
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+/// Polls the live model's stored offsets: time from the first applied batch to `end`.
+pub async fn watch_projection(args: WatchArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut conn = PgConnection::connect(&args.database_url).await?;
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT sum(next_offset)::bigint FROM consumer_offsets WHERE topic = $1), 0)",
+        )
+        .bind(&args.topic)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0);
+        if first.is_none() && done > 0 {
+            first = Some((Instant::now(), done));
+        }
+        if done >= args.end {
+            let (at, base) = first.expect("progress seen");
+            let seconds = at.elapsed().as_secs_f64().max(0.001);
+            println!(
+                "{}",
+                serde_json::json!({"records": done - base, "seconds": seconds, "rate": (done - base) as f64 / seconds})
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "projection reached {done} of {} in time",
+            args.end
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The live schema may not exist yet right after start.
+        let schema: Option<String> =
+            sqlx::query_scalar("SELECT schema_name FROM foldline_meta.active_model")
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap_or(None);
+        if let Some(schema) = schema {
+            sqlx::query(&format!("SET search_path TO {schema}"))
+                .execute(&mut conn)
+                .await?;
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct VisibleArgs {
+    #[arg(long)]
+    producer_url: String,
+    #[arg(long)]
+    query_url: String,
+    /// Writes per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+}
+
+/// Writes at a fixed rate and, for each write, measures the time from its 2xx answer until
+/// the query API shows it (`?after=` its position).
+pub async fn write_to_visible(args: VisibleArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    let mut tasks = Vec::new();
+    let stop = Instant::now() + Duration::from_secs(args.seconds);
+    while Instant::now() < stop {
+        ticker.tick().await;
+        let (client, producer, query) = (
+            client.clone(),
+            args.producer_url.clone(),
+            args.query_url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let answer: serde_json::Value = client
+                .post(format!("{producer}/products"))
+                .json(&serde_json::json!({"name": "visible", "price_cents": 1, "stock": 9, "seller_id": "bench"}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let acknowledged = Instant::now();
+            let (id, position) = (answer["id"].as_str()?, answer["position"].as_str()?);
+            let response = client
+                .get(format!("{query}/products/{id}?after={position}&timeout_ms=10000"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then(|| acknowledged.elapsed())
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut failed = 0;
+    for task in tasks {
+        match task.await? {
+            Some(elapsed) => latencies.record(elapsed.as_micros() as u64)?,
+            None => failed += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"writes": latencies.len(), "failed": failed, "rate": args.rate,
+            "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0})
+    );
+    Ok(())
+}

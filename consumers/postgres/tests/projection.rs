@@ -1,0 +1,308 @@
+//! The Postgres projection on the real stack: it equals the fold of the topic after mixed
+//! loads, crashes, database restarts, poison records, two instances, and a replay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Stack;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_read_model_equals_the_fold_of_the_topic_and_answers_the_contract() {
+    let stack = Stack::start().await;
+    let _projector = stack.projector("g1").await;
+    let ids = stack.mixed_load(30, 80, 1).await;
+
+    // Read-your-writes: a write's position, then a read that waits for it.
+    let answer = stack
+        .write(
+            Method::POST,
+            &format!("/products/{}/stock", ids[0]),
+            json!({"delta": 7}),
+        )
+        .await;
+    if answer["status"] == 200 {
+        let position = answer["body"]["position"].as_str().unwrap();
+        let version = answer["body"]["version"].as_i64().unwrap();
+        let (status, product) = stack
+            .get(&format!("/products/{}?after={position}", ids[0]))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(product["version"], version, "the read saw the write");
+    }
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+
+    // Pagination walks every live product exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/products?limit=7&cursor={c}"),
+            None => "/products?limit=7".to_owned(),
+        };
+        let (status, page) = stack.get(&path).await;
+        assert_eq!(status, 200);
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_owned());
+            for field in [
+                "id",
+                "name",
+                "price_cents",
+                "stock",
+                "seller_id",
+                "version",
+                "updated_at",
+            ] {
+                assert!(item.get(field).is_some(), "{field} missing in {item}");
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "pages are in id order without repeats");
+    let (_, by_seller) = stack.get("/products?seller_id=seller-1&limit=1000").await;
+    assert!(by_seller["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["seller_id"] == "seller-1"));
+
+    // Errors: unknown product, position never reached (504), bad parameters (400).
+    assert_eq!(stack.get("/products/nope").await.0, 404);
+    assert_eq!(
+        stack
+            .get("/products/nope?after=0:999999&timeout_ms=300")
+            .await
+            .0,
+        504
+    );
+    assert_eq!(stack.get("/products?after=zero").await.0, 400);
+    assert_eq!(stack.get("/products?limit=0").await.0, 400);
+    assert_eq!(stack.get("/products?colour=red").await.0, 400);
+    assert_eq!(stack.get("/sellers/nobody/stats").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_kill_9_of_the_projector_mid_load_loses_nothing_and_counts_nothing_twice() {
+    let stack = Stack::start().await;
+    let mut projector = stack.projector("g1").await;
+    let ids = stack.mixed_load(30, 10, 2).await;
+    // Writes keep coming while the projector dies and comes back.
+    let writer = async {
+        for round in 0..6 {
+            for id in ids.iter().take(10) {
+                stack
+                    .write(
+                        Method::POST,
+                        &format!("/products/{id}/stock"),
+                        json!({"delta": 1 + round}),
+                    )
+                    .await;
+            }
+        }
+    };
+    let crash = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        projector.kill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stack.projector("g1").await
+    };
+    let ((), _restarted) = tokio::join!(writer, crash);
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+}
+
+#[tokio::test]
+async fn a_postgres_restart_pauses_the_projector_which_then_resumes() {
+    let stack = Stack::start().await;
+    let projector = stack.projector("g1").await;
+    let ids = stack.mixed_load(20, 10, 3).await;
+    let stopped = foldline_testkit::postgres::StoppedPostgres::stop();
+    // Written while the database is down: the projector must retry, not skip.
+    for id in ids.iter().take(10) {
+        stack
+            .write(
+                Method::POST,
+                &format!("/products/{id}/stock"),
+                json!({"delta": 2}),
+            )
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = reqwest::get(format!("{}/ready", projector.url))
+            .await
+            .unwrap();
+        if ready.status() == 503 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector must report not-ready while its database is down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stopped);
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+    projector.wait_ready(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_schema_ids_go_to_the_dead_letter_topic() {
+    let stack = Stack::start().await;
+    let _projector = stack.projector("g1").await;
+    let before = stack.mixed_load(5, 0, 4).await;
+    let raw: FutureProducer =
+        foldline_service::kafka::producer_config(&foldline_testkit::brokers(), "garbage")
+            .create()
+            .unwrap();
+    let unknown_schema = [0u8, 0, 0, 0x27, 0x0f, 2, 4, 6];
+    for (key, value) in [
+        ("garbage", &b"not avro at all"[..]),
+        ("unknown-schema", &unknown_schema[..]),
+    ] {
+        raw.send(
+            FutureRecord::to(&stack.topic)
+                .key(key)
+                .payload(value)
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let after = stack.mixed_load(5, 0, 5).await;
+    assert_eq!(before.len() + after.len(), 10);
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+
+    let mut letters = Vec::new();
+    foldline_service::kafka::read_to_end(
+        &foldline_testkit::brokers(),
+        "dlq-reader",
+        &stack.dlq,
+        &Default::default(),
+        |m| {
+            letters.push(m);
+            async {}
+        },
+    )
+    .await
+    .unwrap();
+    let keys: Vec<&[u8]> = letters.iter().filter_map(|m| m.key()).collect();
+    assert_eq!(keys, [&b"garbage"[..], &b"unknown-schema"[..]]);
+    assert_eq!(
+        letters[1].payload(),
+        Some(&unknown_schema[..]),
+        "the original bytes"
+    );
+    for letter in &letters {
+        use rdkafka::message::Headers;
+        let headers = letter.headers().unwrap();
+        let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
+        for name in [
+            "dlq-reason",
+            "dlq-source-topic",
+            "dlq-source-partition",
+            "dlq-source-offset",
+        ] {
+            assert!(names.contains(&name), "{name} missing: {names:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_projectors_in_one_group_still_give_the_exact_fold() {
+    let stack = Stack::start().await;
+    let _one = stack.projector("shared").await;
+    let _two = stack.projector("shared").await;
+    stack.mixed_load(30, 80, 6).await;
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+}
+
+#[tokio::test]
+async fn a_replay_swaps_in_a_complete_model_while_readers_keep_reading() {
+    let stack = Stack::start().await;
+    let projector = stack.projector("g1").await;
+    stack.mixed_load(30, 60, 7).await;
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    let total = events.len() as u64;
+
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let reading = reading.clone();
+        let url = stack.query.url.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while reading.load(std::sync::atomic::Ordering::Acquire) {
+                let response = reqwest::get(format!("{url}/analytics/summary"))
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body: serde_json::Value = response.json().await.unwrap();
+                answers.push((status, body["total_events"].as_u64()));
+            }
+            answers
+        })
+    };
+    let mut env = stack.projector_env("g1");
+    env.push((
+        "FOLDLINE_PROJECTOR_LISTEN",
+        format!("127.0.0.1:{}", foldline_testkit::process::free_port()),
+    ));
+    let output =
+        tokio::process::Command::new(foldline_testkit::process::binary("foldline-projector"))
+            .args(["replay", "--drop-grace-ms", "500"])
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .output()
+            .await
+            .unwrap();
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains(&format!("replayed {total} events")),
+        "{printed}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    reading.store(false, std::sync::atomic::Ordering::Release);
+    let answers = reader.await.unwrap();
+    assert!(
+        answers.len() > 3,
+        "the reader kept reading during the replay"
+    );
+    for (status, seen) in &answers {
+        assert_eq!(
+            (*status, *seen),
+            (200, Some(total)),
+            "every answer is from a complete model"
+        );
+    }
+    // The live projector goes on in the new model.
+    stack.mixed_load(3, 0, 8).await;
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+    drop(projector);
+}

@@ -1,0 +1,124 @@
+//! Foldline binaries as real child processes, for tests that kill -9 or restart them.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free loopback port (bound and released; fine for tests that start right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of a workspace binary: `$FOLDLINE_<NAME>_BIN` (scripts/test exports them), else
+/// `target/debug/<name>` next to the test executable.
+pub fn binary(name: &str) -> String {
+    let var = format!(
+        "FOLDLINE_{}_BIN",
+        name.trim_start_matches("foldline-")
+            .replace('-', "_")
+            .to_uppercase()
+    );
+    std::env::var(&var).unwrap_or_else(|_| {
+        let exe = std::env::current_exe().unwrap();
+        // target/debug/deps/<test> → target/debug/<name>
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+pub struct Service {
+    pub name: String,
+    /// `http://127.0.0.1:<port>` of the port given in `listen_var`.
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// Starts `bin` with `env`, listening where `listen_var` says (a free port), and waits
+    /// until `GET /ready` answers 200.
+    pub async fn start(bin: &str, listen_var: &str, env: &[(&str, String)]) -> Service {
+        Self::start_args(bin, &[], listen_var, env).await
+    }
+
+    pub async fn start_args(
+        bin: &str,
+        args: &[&str],
+        listen_var: &str,
+        env: &[(&str, String)],
+    ) -> Service {
+        let port = free_port();
+        let mut command = Command::new(binary(bin));
+        command
+            .args(args)
+            .env(listen_var, format!("127.0.0.1:{port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("FOLDLINE_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let service = Service {
+            name: bin.to_owned(),
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        service.wait_ready(Duration::from_secs(60)).await;
+        service
+    }
+
+    pub async fn wait_ready(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/ready", self.url)).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not ready in {limit:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; true when it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
