@@ -167,6 +167,7 @@ pub async fn run(
         config.brokers.clone(),
         config.topic.clone(),
     ));
+    service.start_resync_loop();
     loaded.store(true, Ordering::Release);
 
     let app = http::routes(service)

@@ -3,7 +3,6 @@
 //! its events are appended atomically, so either all of its commands happen or none.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +50,6 @@ pub struct CommandService {
     pub low_stock_threshold: i64,
     pub brokers: String,
     pub topic: String,
-    resyncing: AtomicBool,
 }
 
 impl CommandService {
@@ -72,7 +70,6 @@ impl CommandService {
             low_stock_threshold,
             brokers,
             topic,
-            resyncing: AtomicBool::new(false),
         }
     }
 
@@ -111,9 +108,6 @@ impl CommandService {
                     .remember_answer(key, chrono::Utc::now().timestamp_millis()),
                 Err(_) => self.store.forget_unanswered(key),
             }
-        }
-        if let Err(WriteError::Append(AppendError::OutcomeUnknown(_))) = &result {
-            self.start_resync();
         }
         result
     }
@@ -215,36 +209,40 @@ impl CommandService {
             .collect())
     }
 
-    /// After a commit with an unknown outcome: wait for the writer to reconnect, re-read the
-    /// log past what the state holds, then accept writes again.
-    fn start_resync(self: &Arc<Self>) {
-        if self.resyncing.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    /// Re-reads the log whenever the writer asks (after a commit with an unknown outcome and
+    /// a reconnect), then lets writes go on. Driven by the writer, not by the request that saw
+    /// the failure: that request may have timed out and been dropped meanwhile.
+    pub fn start_resync_loop(self: &Arc<Self>) {
         let service = self.clone();
         tokio::spawn(async move {
             loop {
-                match crate::log::replay(
-                    &service.brokers,
-                    &service.topic,
-                    &service.store,
-                    &service.codec,
-                    &service.metrics,
-                )
-                .await
-                {
-                    Ok(events) => {
-                        tracing::info!(events, "state re-read from the log after a failed commit");
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "resync from the log failed, retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                service.writer.resync_requested().await;
+                tracing::info!(from = ?service.store.next_offsets(), "re-reading the log after a failed commit");
+                loop {
+                    match crate::log::replay(
+                        &service.brokers,
+                        &service.topic,
+                        &service.store,
+                        &service.codec,
+                        &service.metrics,
+                    )
+                    .await
+                    {
+                        Ok(events) => {
+                            tracing::info!(
+                                events,
+                                "state re-read from the log after a failed commit"
+                            );
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "resync from the log failed, retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     }
                 }
+                service.writer.resume();
             }
-            service.writer.resume();
-            service.resyncing.store(false, Ordering::Release);
         });
     }
 }

@@ -65,6 +65,8 @@ const FENCED: u8 = 2;
 pub struct Writer {
     sender: mpsc::Sender<AppendRequest>,
     health: Arc<AtomicU8>,
+    /// Signalled by the committer once it reconnected after an unknown commit outcome.
+    resync: Arc<tokio::sync::Notify>,
 }
 
 pub struct WriterConfig {
@@ -81,12 +83,26 @@ impl Writer {
         let producer = create_producer(&config)?;
         let (sender, receiver) = mpsc::channel(config.max_batch_records.max(1024));
         let health = Arc::new(AtomicU8::new(READY));
-        let thread_health = health.clone();
+        let resync = Arc::new(tokio::sync::Notify::new());
+        let (thread_health, thread_resync) = (health.clone(), resync.clone());
         std::thread::Builder::new()
             .name("foldline-committer".into())
-            .spawn(move || commit_loop(config, producer, receiver, thread_health, metrics))
+            .spawn(move || {
+                commit_loop(
+                    config,
+                    producer,
+                    receiver,
+                    thread_health,
+                    thread_resync,
+                    metrics,
+                )
+            })
             .expect("spawn committer thread");
-        Ok(Writer { sender, health })
+        Ok(Writer {
+            sender,
+            health,
+            resync,
+        })
     }
 
     pub fn status(&self) -> Result<(), AppendError> {
@@ -117,6 +133,11 @@ impl Writer {
         let _ =
             self.health
                 .compare_exchange(RECOVERING, READY, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Resolves when the state must be re-read from the log before writes go on.
+    pub async fn resync_requested(&self) {
+        self.resync.notified().await;
     }
 
     pub fn is_recovering(&self) -> bool {
@@ -156,6 +177,7 @@ fn commit_loop(
     mut producer: FutureProducer,
     mut receiver: mpsc::Receiver<AppendRequest>,
     health: Arc<AtomicU8>,
+    resync: Arc<tokio::sync::Notify>,
     metrics: Metrics,
 ) {
     while let Some(first) = receiver.blocking_recv() {
@@ -204,6 +226,8 @@ fn commit_loop(
                     AppendError::OutcomeUnknown(_) => {
                         health.store(RECOVERING, Ordering::Release);
                         producer = reconnect(&config, &health);
+                        // notify_one keeps the signal if the resync loop is not waiting yet.
+                        resync.notify_one();
                     }
                 }
             }

@@ -160,6 +160,15 @@ where
                 if idle >= idle_limit {
                     return Err(SetupError::Timeout(idle_limit));
                 }
+                if idle >= Duration::from_secs(6) {
+                    tracing::warn!(
+                        topic,
+                        ?remaining,
+                        ?next,
+                        ?idle,
+                        "no end of partition yet; asking again"
+                    );
+                }
                 let mut again = TopicPartitionList::new();
                 for partition in &remaining {
                     again.add_partition_offset(
