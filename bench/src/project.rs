@@ -181,31 +181,36 @@ pub async fn write_to_visible(args: VisibleArgs) -> anyhow::Result<()> {
             args.query_url.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let answer: serde_json::Value = client
+            let response = client
                 .post(format!("{producer}/products"))
                 .json(&serde_json::json!({"name": "visible", "price_cents": 1, "stock": 9, "seller_id": "bench"}))
                 .send()
                 .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+                .map_err(|_| "write failed")?;
+            if response.status() != 201 {
+                return Err("write refused");
+            }
+            let answer: serde_json::Value = response.json().await.map_err(|_| "write failed")?;
             let acknowledged = Instant::now();
-            let (id, position) = (answer["id"].as_str()?, answer["position"].as_str()?);
+            let (id, position) = (answer["id"].as_str().unwrap_or(""), answer["position"].as_str().unwrap_or(""));
             let response = client
                 .get(format!("{query}/products/{id}?after={position}&timeout_ms=10000"))
                 .send()
                 .await
-                .ok()?;
-            (response.status() == 200).then(|| acknowledged.elapsed())
+                .map_err(|_| "read failed")?;
+            if response.status() == 200 {
+                Ok(acknowledged.elapsed())
+            } else {
+                Err("not visible in 10 s")
+            }
         }));
     }
     let mut latencies = Histogram::<u64>::new(3)?;
-    let mut failed = 0;
+    let mut failed: std::collections::BTreeMap<&str, u64> = Default::default();
     for task in tasks {
         match task.await? {
-            Some(elapsed) => latencies.record(elapsed.as_micros() as u64)?,
-            None => failed += 1,
+            Ok(elapsed) => latencies.record(elapsed.as_micros() as u64)?,
+            Err(why) => *failed.entry(why).or_default() += 1,
         }
     }
     println!(

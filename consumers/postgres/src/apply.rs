@@ -85,6 +85,11 @@ pub async fn apply_batch(
     .bind(&next)
     .execute(&mut *tx)
     .await?;
+    // Delivered at commit: wakes query APIs waiting on `?after=`.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(crate::query::progress::CHANNEL)
+        .execute(&mut *tx)
+        .await?;
     Ok(Written::Done)
 }
 

@@ -57,9 +57,10 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let ops = Ops::new("query", env!("CARGO_PKG_VERSION"), readiness);
+    let progress = foldline_postgres::query::progress::watch_progress(model.clone(), cli.topic);
     let state = Arc::new(QueryState {
         model,
-        topic: cli.topic,
+        progress,
         default_timeout: Duration::from_millis(cli.default_wait_ms),
         max_timeout: Duration::from_secs(60),
     });

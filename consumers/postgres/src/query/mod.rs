@@ -1,6 +1,7 @@
 //! The query API over the live read model (CONTRACT.md): products, seller stats, analytics,
 //! and `?after=P:O` read-your-writes on every read.
 
+pub mod progress;
 mod wait;
 
 use std::collections::BTreeMap;
@@ -21,8 +22,8 @@ pub use wait::Position;
 
 pub struct QueryState {
     pub model: ReadModel,
-    /// The topic whose positions `?after=` names.
-    pub topic: String,
+    /// How far the live model has got (see [`progress`]).
+    pub progress: tokio::sync::watch::Receiver<std::sync::Arc<progress::Progress>>,
     pub default_timeout: Duration,
     pub max_timeout: Duration,
 }

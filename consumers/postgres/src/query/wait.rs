@@ -27,8 +27,9 @@ impl std::str::FromStr for Position {
     }
 }
 
-/// Waits (polling every 10 ms) until the live model's stored offset of the partition is past
-/// `after`, then returns the live schema to read from. 504 when `timeout_ms` passes first.
+/// Waits until the live model's stored offset of the partition is past `after` (woken by the
+/// progress watcher, no query per waiter), then returns the live schema to read from. 504 when
+/// `timeout_ms` passes first.
 pub async fn until_applied(
     state: &QueryState,
     after: Option<&str>,
@@ -41,44 +42,41 @@ pub async fn until_applied(
             state.max_timeout.as_millis()
         )));
     }
-    let position: Option<Position> = match after {
-        None => None,
-        Some(text) => Some(
-            text.parse()
-                .map_err(|e: String| bad_param(format!("after: {e}")))?,
-        ),
+    let Some(after) = after else {
+        return state.model.active().await.map_err(db_unavailable);
     };
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let schema = state.model.active().await.map_err(db_unavailable)?;
-        let Some(position) = position else {
-            return Ok(schema);
-        };
-        let applied: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT max(next_offset) FROM {schema}.consumer_offsets WHERE topic = $1 AND partition = $2"
-        ))
-        .bind(&state.topic)
-        .bind(position.partition)
-        .fetch_one(&state.model.pool)
-        .await
-        .map_err(db_unavailable)?;
-        if applied.is_some_and(|next| next > position.offset) {
-            return Ok(schema);
+    let position: Position = after
+        .parse()
+        .map_err(|e: String| bad_param(format!("after: {e}")))?;
+    let mut progress = state.progress.clone();
+    let reached = tokio::time::timeout(timeout, async {
+        loop {
+            {
+                let current = progress.borrow_and_update();
+                if current.applied(position.partition, position.offset) {
+                    return Some(current.schema.clone());
+                }
+            }
+            if progress.changed().await.is_err() {
+                return None;
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "not-yet-applied",
-                "The read model has not reached that position yet",
-                format!(
-                    "position {}:{} not applied within {} ms",
-                    position.partition,
-                    position.offset,
-                    timeout.as_millis()
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    })
+    .await;
+    match reached {
+        Ok(Some(schema)) => Ok(schema),
+        Ok(None) => Err(db_unavailable(sqlx::Error::PoolClosed)),
+        Err(_) => Err(Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "not-yet-applied",
+            "The read model has not reached that position yet",
+            format!(
+                "position {}:{} not applied within {} ms",
+                position.partition,
+                position.offset,
+                timeout.as_millis()
+            ),
+        )),
     }
 }
 
