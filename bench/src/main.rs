@@ -35,6 +35,8 @@ enum Command {
     WatchProjection(project::WatchArgs),
     /// Write at a fixed rate; time from each 2xx until the query API shows it.
     WriteToVisible(project::VisibleArgs),
+    /// Time from a record's timestamp until a bare read_committed consumer receives it.
+    TailLatency(project::TailArgs),
 }
 
 #[tokio::main]
@@ -48,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
         Command::RawCopy(args) => project::raw_copy(args).await,
         Command::WatchProjection(args) => project::watch_projection(args).await,
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
+        Command::TailLatency(args) => project::tail_latency(args).await,
     }
 }

@@ -221,3 +221,44 @@ pub async fn write_to_visible(args: VisibleArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct TailArgs {
+    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+/// A bare read_committed consumer at the tail: how long after their timestamp records reach
+/// a client at all (the broker's share of write-to-visible).
+pub async fn tail_latency(args: TailArgs) -> anyhow::Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer =
+        foldline_service::kafka::assign_consumer_config(&args.brokers, "foldline-bench-tail")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "latest")
+            .create()?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        list.add_partition_offset(&args.topic, p, rdkafka::Offset::End)?;
+    }
+    consumer.assign(&list)?;
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let stop = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    while let Ok(Ok(message)) = tokio::time::timeout_at(stop, consumer.recv()).await {
+        if let Some(ts) = message.timestamp().to_millis() {
+            let now = chrono::Utc::now().timestamp_millis();
+            latencies.record((now - ts).max(0) as u64)?;
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"records": latencies.len(), "p50_ms": latencies.value_at_quantile(0.5),
+                           "p99_ms": latencies.value_at_quantile(0.99)})
+    );
+    Ok(())
+}
