@@ -1,13 +1,16 @@
-//! `foldline`: the operator's command line. Today: creating topics and registering schemas,
-//! which `scripts/up` uses to prepare the stack.
+//! `foldline`: the operator's command line. Topics (list, describe with group lag, consume
+//! decoded in the shape of `rpk topic consume`), schemas (register, list, check), the
+//! dead-letter topic (list, replay) and the front door to projection rebuilds.
 
-use anyhow::{bail, Context};
+mod dlq;
+mod registry;
+mod topic;
+
 use clap::{Parser, Subcommand};
-use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "foldline", version, about = "Foldline operator CLI")]
-struct Cli {
+pub struct Cli {
     /// Kafka bootstrap servers.
     #[arg(
         long,
@@ -30,74 +33,58 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Topics.
+    /// Topics: create, list, describe, consume.
     #[command(subcommand)]
-    Topic(TopicCommand),
-    /// Schemas in the registry.
+    Topic(topic::TopicCommand),
+    /// Schemas in the registry: register, list, check.
     #[command(subcommand)]
-    Schema(SchemaCommand),
-}
-
-#[derive(Subcommand)]
-enum TopicCommand {
-    /// Create a topic unless it exists (no time-based deletion).
-    Create {
-        name: String,
-        #[arg(long, short, default_value_t = 3)]
-        partitions: i32,
-    },
-}
-
-#[derive(Subcommand)]
-enum SchemaCommand {
-    /// Register an .avsc file under a subject (fails when incompatible).
-    Register {
-        subject: String,
-        file: std::path::PathBuf,
+    Schema(registry::SchemaCommand),
+    /// The dead-letter topic: list, replay.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Rebuild a projection from the log (runs `foldline-projector replay` for `postgres`).
+    Replay {
+        /// The projection to rebuild: postgres.
+        projection: String,
+        /// Arguments passed on to the rebuild (see `foldline-projector replay --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    foldline_service::telemetry::init("warn,rdkafka::client=off");
     let cli = Cli::parse();
     match cli.command {
-        Commands::Topic(TopicCommand::Create { name, partitions }) => {
-            foldline_service::kafka::ensure_topic(
-                &cli.brokers,
-                &name,
-                partitions,
-                &[("retention.ms", "-1")],
-            )
-            .await
-            .with_context(|| format!("creating topic {name} on {}", cli.brokers))?;
-            println!("topic {name} ready ({partitions} partitions)");
-        }
-        Commands::Schema(SchemaCommand::Register { subject, file }) => {
-            let schema = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let url = format!(
-                "{}/subjects/{subject}/versions",
-                cli.registry_url.trim_end_matches('/')
-            );
-            let response = reqwest::Client::new()
-                .post(&url)
-                .header("content-type", "application/vnd.schemaregistry.v1+json")
-                .json(&json!({"schema": schema}))
-                .send()
-                .await
-                .with_context(|| {
-                    format!("the schema registry at {} did not answer", cli.registry_url)
-                })?;
-            let status = response.status();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            if !status.is_success() {
-                bail!(
-                    "registering {subject} failed ({status}): {}",
-                    body["message"]
-                );
-            }
-            println!("{subject} registered with id {}", body["id"]);
-        }
+        Commands::Topic(command) => topic::run(command, &cli.brokers, &cli.registry_url).await,
+        Commands::Schema(command) => registry::run(command, &cli.registry_url).await,
+        Commands::Dlq(command) => dlq::run(command, &cli.brokers, &cli.registry_url).await,
+        Commands::Replay { projection, args } => replay(&projection, &args),
     }
+}
+
+/// The rebuild commands live with their projections; this finds them next to `foldline`.
+fn replay(projection: &str, args: &[String]) -> anyhow::Result<()> {
+    let binary = match projection {
+        "postgres" => "foldline-projector",
+        other => anyhow::bail!("unknown projection {other:?}: known are postgres (dynamodb and s3 come with their consumers)"),
+    };
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|dir| dir.join(binary))
+        .filter(|p| p.exists());
+    let program = path.map_or_else(|| binary.into(), |p| p.into_os_string());
+    let status = std::process::Command::new(&program)
+        .arg("replay")
+        .args(args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "running {binary}: {e} (build it with cargo build -p foldline-postgres)"
+            )
+        })?;
+    anyhow::ensure!(status.success(), "{binary} replay failed ({status})");
     Ok(())
 }

@@ -132,69 +132,124 @@ where
     F: FnMut(OwnedMessage) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let consumer: StreamConsumer = assign_consumer_config(brokers, client_id).create()?;
-    let partitions = partition_count(&consumer, topic, Duration::from_secs(30))?;
-    let mut assignment = TopicPartitionList::new();
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for partition in 0..partitions {
-        let offset = match start.get(&partition) {
-            Some(o) => Offset::Offset(*o),
-            None => Offset::Beginning,
-        };
-        assignment.add_partition_offset(topic, partition, offset)?;
-        next.insert(partition, start.get(&partition).copied().unwrap_or(0));
+    let mut reader = TopicReader::open(brokers, client_id, topic, start, None, false)?;
+    while let Some(message) = reader.next().await? {
+        on_message(message).await;
     }
-    consumer.assign(&assignment)?;
-    let mut remaining: std::collections::HashSet<i32> = (0..partitions).collect();
-    // librdkafka sometimes reports an end-of-partition as a global error without naming the
-    // partition (seen on tansu with freshly created topics), and it is then lost to us. When
-    // nothing arrives for a while, assigning the partitions still being read at their current
-    // offsets makes the client fetch again and report their ends anew.
-    let nudge_after = Duration::from_millis(1500);
-    let idle_limit = Duration::from_secs(60);
-    let mut idle = Duration::ZERO;
-    while !remaining.is_empty() {
-        match tokio::time::timeout(nudge_after, consumer.recv()).await {
-            Err(_) => {
-                idle += nudge_after;
-                if idle >= idle_limit {
-                    return Err(SetupError::Timeout(idle_limit));
+    Ok(reader.next_offsets().clone())
+}
+
+/// Reads chosen partitions of a topic from chosen offsets, committed records only, either up
+/// to the end of every partition (`follow = false`) or for ever.
+pub struct TopicReader {
+    consumer: StreamConsumer,
+    topic: String,
+    follow: bool,
+    remaining: std::collections::HashSet<i32>,
+    next: HashMap<i32, i64>,
+    idle: Duration,
+}
+
+impl TopicReader {
+    /// `partitions`: all of the topic's when `None`. `start`: offset per partition, the
+    /// beginning where missing.
+    pub fn open(
+        brokers: &str,
+        client_id: &str,
+        topic: &str,
+        start: &HashMap<i32, i64>,
+        partitions: Option<&[i32]>,
+        follow: bool,
+    ) -> Result<TopicReader, SetupError> {
+        let consumer: StreamConsumer = assign_consumer_config(brokers, client_id).create()?;
+        let count = partition_count(&consumer, topic, Duration::from_secs(30))?;
+        let chosen: Vec<i32> = match partitions {
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|p| **p < 0 || **p >= count) {
+                    return Err(SetupError::Topic {
+                        topic: topic.to_owned(),
+                        reason: format!("has no partition {bad} (it has {count})"),
+                    });
                 }
-                if idle >= Duration::from_secs(6) {
-                    tracing::warn!(
-                        topic,
-                        ?remaining,
-                        ?next,
-                        ?idle,
-                        "no end of partition yet; asking again"
-                    );
+                list.to_vec()
+            }
+            None => (0..count).collect(),
+        };
+        let mut assignment = TopicPartitionList::new();
+        let mut next = HashMap::new();
+        for partition in &chosen {
+            let offset = match start.get(partition) {
+                Some(o) => Offset::Offset(*o),
+                None => Offset::Beginning,
+            };
+            assignment.add_partition_offset(topic, *partition, offset)?;
+            next.insert(*partition, start.get(partition).copied().unwrap_or(0));
+        }
+        consumer.assign(&assignment)?;
+        Ok(TopicReader {
+            consumer,
+            topic: topic.to_owned(),
+            follow,
+            remaining: chosen.into_iter().collect(),
+            next,
+            idle: Duration::ZERO,
+        })
+    }
+
+    /// The next record, or `None` once every partition reached its end (never when following).
+    pub async fn next(&mut self) -> Result<Option<OwnedMessage>, SetupError> {
+        // librdkafka sometimes reports an end-of-partition as a global error without naming
+        // the partition (seen on tansu with freshly created topics), and it is then lost to
+        // us. When nothing arrives for a while, assigning the partitions still being read at
+        // their current offsets makes the client fetch again and report their ends anew.
+        let nudge_after = Duration::from_millis(1500);
+        let idle_limit = Duration::from_secs(60);
+        loop {
+            if !self.follow && self.remaining.is_empty() {
+                return Ok(None);
+            }
+            match tokio::time::timeout(nudge_after, self.consumer.recv()).await {
+                Err(_) if self.follow => {}
+                Err(_) => {
+                    self.idle += nudge_after;
+                    if self.idle >= idle_limit {
+                        return Err(SetupError::Timeout(idle_limit));
+                    }
+                    if self.idle >= Duration::from_secs(6) {
+                        tracing::warn!(topic = %self.topic, remaining = ?self.remaining, next = ?self.next,
+                            idle = ?self.idle, "no end of partition yet; asking again");
+                    }
+                    let mut again = TopicPartitionList::new();
+                    for partition in &self.remaining {
+                        again.add_partition_offset(
+                            &self.topic,
+                            *partition,
+                            Offset::Offset(self.next[partition]),
+                        )?;
+                    }
+                    self.consumer.assign(&again)?;
                 }
-                let mut again = TopicPartitionList::new();
-                for partition in &remaining {
-                    again.add_partition_offset(
-                        topic,
-                        *partition,
-                        Offset::Offset(next[partition]),
-                    )?;
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.idle = Duration::ZERO;
+                    self.remaining.remove(&partition);
                 }
-                consumer.assign(&again)?;
-            }
-            Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                idle = Duration::ZERO;
-                remaining.remove(&partition);
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, topic, "error while reading to the end, retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(Ok(message)) => {
-                idle = Duration::ZERO;
-                next.insert(message.partition(), message.offset() + 1);
-                on_message(message.detach()).await;
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, topic = %self.topic, "error while reading, retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Ok(message)) => {
+                    self.idle = Duration::ZERO;
+                    self.next.insert(message.partition(), message.offset() + 1);
+                    return Ok(Some(message.detach()));
+                }
             }
         }
     }
-    Ok(next)
+
+    /// Next offset per partition (after the last record returned).
+    pub fn next_offsets(&self) -> &HashMap<i32, i64> {
+        &self.next
+    }
 }
 
 /// Waits (at most 50 ms) until librdkafka has released every delivered message.
