@@ -56,7 +56,9 @@ install_python_tools() {
 }
 
 install_python_test_clients() {
-  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro" 2>/dev/null; then
+  # docker-compose (Debian) validates docker-compose.redpanda.yml; no Docker engine needed.
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml" 2>/dev/null; then
     log "installing Confluent's Python client and pytest"
     "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-test.txt"
   fi
