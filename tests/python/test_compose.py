@@ -20,8 +20,9 @@ COUNTERPART = {
     "producer": "producer",
     "projector": "projector",
     "query": "query",
+    "notifier": "notifier",
 }
-CONTRACT_PORTS = {9092, 8081, 8080, 8082, 5432, 9000, 8000}
+CONTRACT_PORTS = {9092, 8081, 8080, 8082, 8083, 5432, 9000, 8000}
 
 
 def config():
@@ -61,7 +62,7 @@ def test_the_contract_ports_are_published():
 
 def test_foldline_services_have_healthchecks_and_wait_for_their_dependencies():
     services = config()["services"]
-    for name in ("producer", "projector", "query"):
+    for name in ("producer", "projector", "query", "notifier"):
         service = services[name]
         assert "healthcheck" in service, name
         assert service.get("depends_on"), name

@@ -1,0 +1,183 @@
+//! `foldline-notifier`: live updates over Server-Sent Events (`GET /events/stream`) and a live
+//! page for people (`GET /`). Every instance reads all partitions itself (no consumer group),
+//! and an event's id is a cursor over all partitions, so clients can resume on any instance
+//! behind a load balancer.
+
+mod cursor;
+mod feed;
+mod sse;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use foldline_schemas::wire::EventCodec;
+use foldline_service::ops::Ops;
+use foldline_service::problem::Problem;
+use serde::Deserialize;
+
+use cursor::Cursor;
+use feed::Feed;
+use sse::{Backlog, Filter};
+
+#[derive(Parser)]
+#[command(
+    name = "foldline-notifier",
+    version,
+    about = "Live product events over Server-Sent Events, with a live page"
+)]
+struct Cli {
+    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(
+        long,
+        env = "FOLDLINE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    registry_url: String,
+    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
+    topic: String,
+    #[arg(
+        long,
+        env = "FOLDLINE_NOTIFIER_LISTEN",
+        default_value = "127.0.0.1:8083"
+    )]
+    listen: String,
+    /// Events a client may fall behind the live feed before it is told to reconnect.
+    #[arg(long, env = "FOLDLINE_SSE_BUFFER", default_value_t = 4096)]
+    buffer: usize,
+}
+
+struct AppState {
+    feed: Feed,
+    backlog: Arc<Backlog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamParams {
+    #[serde(rename = "type")]
+    types: Option<String>,
+    product_id: Option<String>,
+    /// For clients that cannot send the `Last-Event-ID` header.
+    last_event_id: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    foldline_service::telemetry::init("info,rdkafka::client=off");
+    let cli = Cli::parse();
+    let codec = Arc::new(EventCodec::new(&cli.registry_url, &cli.topic)?);
+    let feed = feed::start(
+        cli.brokers.clone(),
+        cli.topic.clone(),
+        codec.clone(),
+        cli.buffer,
+    );
+    let readiness = {
+        let caught_up = feed.caught_up.clone();
+        Arc::new(move || {
+            let ready = caught_up.load(Ordering::Acquire);
+            Box::pin(async move {
+                if ready {
+                    Ok(())
+                } else {
+                    Err("reading the topic up to its end".to_owned())
+                }
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        })
+    };
+    let ops = Ops::new("notifier", env!("CARGO_PKG_VERSION"), readiness);
+    let clients = prometheus::IntGauge::new("sse_clients", "Connected SSE clients")?;
+    ops.registry.register(Box::new(clients.clone()))?;
+    let state = Arc::new(AppState {
+        feed,
+        backlog: Arc::new(Backlog {
+            brokers: cli.brokers,
+            topic: cli.topic,
+            codec,
+        }),
+    });
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                clients.set(state.feed.clients() as i64);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/events/stream", get(stream))
+        .with_state(state)
+        .merge(ops.routes());
+    let app = ops.instrument(app);
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    foldline_service::serve::serve(listener, app, foldline_service::shutdown::signal()).await?;
+    Ok(())
+}
+
+async fn stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(params) = params?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id);
+    let resume = match last.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse::<Cursor>().map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-last-event-id",
+                "Invalid Last-Event-ID",
+                e,
+            )
+        })?),
+    };
+    let filter = Filter {
+        types: params.types.map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect::<HashSet<_>>()
+        }),
+        product_id: params.product_id,
+    };
+    let (live_cursor, live) = state.feed.subscribe();
+    let events = sse::client_stream(live_cursor, live, resume, filter, state.backlog.clone());
+    let mut response = Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("heartbeat"),
+        )
+        .into_response();
+    // Proxies must not buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", "no".parse().expect("valid header"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        "no-cache".parse().expect("valid header"),
+    );
+    Ok(response)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}

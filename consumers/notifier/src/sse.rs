@@ -1,0 +1,176 @@
+//! `GET /events/stream`: one client's stream. A resuming client (`Last-Event-ID`, or
+//! `?last_event_id=` for pages that cannot set headers) first gets what it missed, read back
+//! from the broker, then the live feed; its cursor skips anything it has already had, so there
+//! is no gap and no duplicate. A client that falls further behind than the feed's buffer gets
+//! a final `reconnect` event carrying its last id, and the stream ends.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::Event;
+use foldline_schemas::wire::EventCodec;
+use foldline_service::kafka::TopicReader;
+use futures::Stream;
+use rdkafka::Message;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::cursor::Cursor;
+use crate::feed::{decode, LiveEvent};
+
+/// `?type=A,B&product_id=X`.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub types: Option<HashSet<String>>,
+    pub product_id: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, event: &LiveEvent) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.contains(&event.event_type))
+            && self
+                .product_id
+                .as_ref()
+                .is_none_or(|p| *p == event.product_id)
+    }
+}
+
+pub struct Backlog {
+    pub brokers: String,
+    pub topic: String,
+    pub codec: Arc<EventCodec>,
+}
+
+enum Phase {
+    Start,
+    Backlog(Box<TopicReader>),
+    Live,
+    Done,
+}
+
+struct Client {
+    phase: Phase,
+    cursor: Cursor,
+    resume: Option<Cursor>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
+    filter: Filter,
+    backlog: Arc<Backlog>,
+}
+
+/// The events of one client, starting at `live_cursor` (where `live` starts), or — when
+/// resuming — at `resume`, with the stretch in between read from the broker.
+pub fn client_stream(
+    live_cursor: Cursor,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
+    resume: Option<Cursor>,
+    filter: Filter,
+    backlog: Arc<Backlog>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let client = Client {
+        phase: Phase::Start,
+        cursor: resume.clone().unwrap_or(live_cursor),
+        resume,
+        live,
+        filter,
+        backlog,
+    };
+    futures::stream::unfold(client, |mut client| async move {
+        let event = client.next_event().await?;
+        Some((Ok(event), client))
+    })
+}
+
+impl Client {
+    fn message(&mut self, event: &LiveEvent) -> Event {
+        Event::default()
+            .id(self.cursor.to_string())
+            .event(&event.event_type)
+            .data(&event.data)
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match &mut self.phase {
+                Phase::Start => {
+                    self.phase = match &self.resume {
+                        Some(from) => {
+                            let start = from.0.iter().map(|(p, o)| (*p, *o)).collect();
+                            match TopicReader::open(
+                                &self.backlog.brokers,
+                                "foldline-notifier-resume",
+                                &self.backlog.topic,
+                                &start,
+                                None,
+                                false,
+                            ) {
+                                Ok(reader) => Phase::Backlog(Box::new(reader)),
+                                Err(error) => {
+                                    tracing::warn!(%error, "cannot read back what a client missed");
+                                    Phase::Done
+                                }
+                            }
+                        }
+                        None => Phase::Live,
+                    };
+                    // Tell the client how soon to reconnect, and that the stream is open.
+                    return Some(
+                        Event::default()
+                            .retry(Duration::from_secs(2))
+                            .comment("connected"),
+                    );
+                }
+                Phase::Backlog(reader) => match reader.next().await {
+                    Ok(Some(message)) => {
+                        let Some(event) = decode(&self.backlog.codec, &message).await else {
+                            self.cursor.advance(message.partition(), message.offset());
+                            continue;
+                        };
+                        if let Some(sent) = self.deliver(&event) {
+                            return Some(sent);
+                        }
+                    }
+                    Ok(None) => self.phase = Phase::Live,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading back for a client failed");
+                        return Some(self.reconnect());
+                    }
+                },
+                Phase::Live => match self.live.recv().await {
+                    Ok(event) => {
+                        if let Some(sent) = self.deliver(&event) {
+                            return Some(sent);
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => return Some(self.reconnect()),
+                    Err(RecvError::Closed) => return None,
+                },
+                Phase::Done => return None,
+            }
+        }
+    }
+
+    /// Advances the cursor; the SSE message when the client has not had the event and wants it.
+    fn deliver(&mut self, event: &LiveEvent) -> Option<Event> {
+        if self.cursor.has_seen(event.partition, event.offset) {
+            return None;
+        }
+        self.cursor.advance(event.partition, event.offset);
+        self.filter.matches(event).then(|| self.message(event))
+    }
+
+    /// The last word to a client that fell behind: reconnect from here.
+    fn reconnect(&mut self) -> Event {
+        self.phase = Phase::Done;
+        Event::default()
+            .id(self.cursor.to_string())
+            .event("reconnect")
+            .data(
+                serde_json::json!({"last_event_id": self.cursor.to_string(),
+                "reason": "fell behind the live feed; reconnect with this Last-Event-ID"})
+                .to_string(),
+            )
+    }
+}

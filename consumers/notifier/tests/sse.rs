@@ -1,0 +1,313 @@
+//! The notifier on the real stack: resume without gap or duplicate across partitions, filters,
+//! many clients, and a client that stops reading.
+
+use std::time::Duration;
+
+use foldline_testkit::process::Service;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+struct Stack {
+    topic: String,
+    producer: Service,
+    notifier: Service,
+}
+
+async fn stack(buffer: usize) -> Stack {
+    let topic = foldline_testkit::unique("products");
+    let producer = Service::start(
+        "foldline-producer",
+        "FOLDLINE_PRODUCER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.clone()),
+            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("sse")),
+        ],
+    )
+    .await;
+    let notifier = Service::start(
+        "foldline-notifier",
+        "FOLDLINE_NOTIFIER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.clone()),
+            ("FOLDLINE_SSE_BUFFER", buffer.to_string()),
+        ],
+    )
+    .await;
+    Stack {
+        topic,
+        producer,
+        notifier,
+    }
+}
+
+impl Stack {
+    /// Creates `n` products in one batch (they spread over the partitions); returns their ids.
+    async fn create(&self, n: usize, stock: i64) -> Vec<String> {
+        let commands: Vec<Value> = (0..n)
+            .map(|i| json!({"op": "create", "name": format!("p{i}"), "price_cents": 1, "stock": stock, "seller_id": "s"}))
+            .collect();
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/commands", self.producer.url))
+            .json(&json!({"commands": commands}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// One client for the whole test: building one loads the TLS roots, which for a thousand
+/// clients would take longer than the test.
+fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new).clone()
+}
+
+#[derive(Debug, Clone)]
+struct Message {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// Reads SSE messages (comments and retry-only frames skipped) until `count` arrived or
+/// `limit` passed.
+async fn read(
+    url: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+    limit: Duration,
+) -> Vec<Message> {
+    let mut request = http().get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while messages.len() < count {
+        let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, body.next()).await else {
+            break;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (None, None, None);
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_owned())
+                }
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_owned())
+                }
+                if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(v.trim().to_owned())
+                }
+            }
+            if let (Some(event), Some(data)) = (event, data) {
+                messages.push(Message {
+                    id,
+                    event,
+                    data: serde_json::from_str(&data).unwrap(),
+                });
+            }
+        }
+    }
+    messages
+}
+
+fn positions(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m.data["position"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_resumes_after_a_disconnect_without_gap_or_duplicate() {
+    let stack = stack(4096).await;
+    let url = format!("{}/events/stream", stack.notifier.url);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { read(&url, None, 6, Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.create(12, 10).await;
+    let first = first.await.unwrap();
+    assert_eq!(first.len(), 6, "got {first:?}");
+    let last = first.last().unwrap().id.clone().unwrap();
+    // While away: more events, some read back from the broker on resume.
+    stack.create(9, 10).await;
+    let resumed = read(&url, Some(&last), 15, Duration::from_secs(30)).await;
+
+    let mut seen = positions(&first);
+    seen.extend(positions(&resumed));
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no duplicate: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        21,
+        "no gap: 21 events written, {} received",
+        seen.len()
+    );
+    let partitions: std::collections::HashSet<&str> =
+        seen.iter().map(|p| p.split(':').next().unwrap()).collect();
+    assert!(partitions.len() > 1, "the events span several partitions");
+    assert!(first
+        .iter()
+        .all(|m| m.event == "ProductCreated" && m.id.is_some()));
+    // A bad Last-Event-ID is refused clearly.
+    let bad = reqwest::Client::new()
+        .get(&url)
+        .header("last-event-id", "zero")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn filters_by_type_and_product() {
+    let stack = stack(4096).await;
+    let url = format!("{}/events/stream", stack.notifier.url);
+    let ids = stack.create(2, 6).await;
+    let low = tokio::spawn({
+        let url = format!("{url}?type=LowStockWarning");
+        async move { read(&url, None, 1, Duration::from_secs(30)).await }
+    });
+    let one = tokio::spawn({
+        let url = format!("{url}?product_id={}", ids[1]);
+        async move {
+            // The creation may still be on its way through the live feed; read up to the warning.
+            let mut got = read(&url, None, 3, Duration::from_secs(15)).await;
+            got.retain(|m| m.event != "ProductCreated");
+            got
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::new();
+    for id in &ids {
+        // 6 → 4 crosses the threshold (5): StockAdjusted + LowStockWarning for each product.
+        client
+            .post(format!("{}/products/{id}/stock", stack.producer.url))
+            .json(&json!({"delta": -2}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let low = low.await.unwrap();
+    assert_eq!(low.len(), 1);
+    assert_eq!(low[0].event, "LowStockWarning");
+    let one = one.await.unwrap();
+    assert_eq!(
+        one.iter().map(|m| m.event.as_str()).collect::<Vec<_>>(),
+        ["StockAdjusted", "LowStockWarning"]
+    );
+    assert!(one.iter().all(|m| m.data["product_id"] == ids[1].as_str()));
+    let _ = &stack.topic;
+}
+
+#[tokio::test]
+async fn a_thousand_clients_all_receive_every_event() {
+    let stack = stack(4096).await;
+    let url = format!("{}/events/stream", stack.notifier.url);
+    let clients: Vec<_> = (0..1000)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { read(&url, None, 5, Duration::from_secs(60)).await })
+        })
+        .collect();
+    // Wait until they are all connected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", stack.notifier.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let connected = metrics
+            .lines()
+            .find(|l| l.starts_with("sse_clients "))
+            .unwrap_or("")
+            .to_owned();
+        if connected == "sse_clients 1000" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clients did not all connect: {connected}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ids = stack.create(5, 10).await;
+    for client in clients {
+        let got = client.await.unwrap();
+        let mut products: Vec<String> = got
+            .iter()
+            .map(|m| m.data["product_id"].as_str().unwrap().to_owned())
+            .collect();
+        products.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(products, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_delays_no_one_and_is_told_to_reconnect() {
+    // Enough events to fill the stalled connection's socket buffers many times over, so the
+    // server can no longer write to it and it falls behind the 256-event buffer (bursts of
+    // 100, so a client that reads keeps up).
+    const BATCHES: usize = 100;
+    const PER_BATCH: usize = 100;
+    let stack = stack(256).await;
+    let url = format!("{}/events/stream", stack.notifier.url);
+    // The stalled client: connects, reads the headers, then reads nothing for a while.
+    let stalled = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    let reader = tokio::spawn({
+        let url = url.clone();
+        async move { read(&url, None, BATCHES * PER_BATCH, Duration::from_secs(120)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..BATCHES {
+        stack.create(PER_BATCH, 10).await;
+    }
+    let others = reader.await.unwrap();
+    assert_eq!(
+        others.len(),
+        BATCHES * PER_BATCH,
+        "a reading client got everything despite the stalled one"
+    );
+    assert!(others.iter().all(|m| m.event == "ProductCreated"));
+    // When the stalled client reads at last, its stream ends with the reconnect event.
+    let mut body = stalled.bytes_stream();
+    let mut text = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(10), body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("event: reconnect"),
+        "the stalled client is told to reconnect"
+    );
+    assert!(text.contains("last_event_id"));
+}
