@@ -58,7 +58,9 @@ install_python_tools() {
 install_python_test_clients() {
   # docker-compose (Debian) validates docker-compose.redpanda.yml; no Docker engine needed.
   command -v docker-compose >/dev/null || apt_install docker-compose
-  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml" 2>/dev/null; then
+  # Debian's Chromium and its driver for the live page's browser test.
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
+  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml, selenium" 2>/dev/null; then
     log "installing Confluent's Python client and pytest"
     "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-test.txt"
   fi
