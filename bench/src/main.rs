@@ -9,6 +9,7 @@ mod bare_http;
 mod fill;
 mod project;
 mod raw_produce;
+mod sse;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,8 @@ enum Command {
     WriteToVisible(project::VisibleArgs),
     /// Time from a record's timestamp until a bare read_committed consumer receives it.
     TailLatency(project::TailArgs),
+    /// N SSE clients on the notifier while writes go through the producer.
+    SseClients(sse::Args),
 }
 
 #[tokio::main]
@@ -51,5 +54,6 @@ async fn main() -> anyhow::Result<()> {
         Command::WatchProjection(args) => project::watch_projection(args).await,
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
         Command::TailLatency(args) => project::tail_latency(args).await,
+        Command::SseClients(args) => sse::run(args).await,
     }
 }
