@@ -139,7 +139,7 @@ fn positions(messages: &[Message]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_client_resumes_after_a_disconnect_without_gap_or_duplicate() {
+async fn a_client_resumes_on_another_instance_after_a_disconnect_without_gap_or_duplicate() {
     let stack = stack(4096).await;
     let url = format!("{}/events/stream", stack.notifier.url);
     let first = tokio::spawn({
@@ -151,9 +151,22 @@ async fn a_client_resumes_after_a_disconnect_without_gap_or_duplicate() {
     let first = first.await.unwrap();
     assert_eq!(first.len(), 6, "got {first:?}");
     let last = first.last().unwrap().id.clone().unwrap();
-    // While away: more events, some read back from the broker on resume.
+    // While away: more events, some read back from the broker on resume — and the client
+    // comes back through another notifier instance (as behind a load balancer).
     stack.create(9, 10).await;
-    let resumed = read(&url, Some(&last), 15, Duration::from_secs(30)).await;
+    let other = Service::start(
+        "foldline-notifier",
+        "FOLDLINE_NOTIFIER_LISTEN",
+        &[("FOLDLINE_TOPIC", stack.topic.clone())],
+    )
+    .await;
+    let resumed = read(
+        &format!("{}/events/stream", other.url),
+        Some(&last),
+        15,
+        Duration::from_secs(30),
+    )
+    .await;
 
     let mut seen = positions(&first);
     seen.extend(positions(&resumed));
