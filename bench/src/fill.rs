@@ -14,16 +14,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(
-        long,
-        env = "FOLDLINE_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry_url: String,
-    #[arg(long)]
-    topic: String,
+    #[command(flatten)]
+    log: foldline_service::config::EventLog,
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
     #[arg(long, default_value_t = 50_000)]
@@ -31,11 +23,16 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    foldline_service::kafka::ensure_topic(&args.brokers, &args.topic, 3, &[("retention.ms", "-1")])
-        .await?;
-    let codec = EventCodec::new(&args.registry_url, &args.topic)?;
+    foldline_service::kafka::ensure_topic(
+        &args.log.brokers,
+        &args.log.topic,
+        3,
+        &[("retention.ms", "-1")],
+    )
+    .await?;
+    let codec = EventCodec::new(&args.log.registry_url, &args.log.topic)?;
     let producer: FutureProducer =
-        foldline_service::kafka::producer_config(&args.brokers, "foldline-bench-fill")
+        foldline_service::kafka::producer_config(&args.log.brokers, "foldline-bench-fill")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -98,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             note(pending.next().await, &mut next)?;
         }
         let key = ids[i].clone();
-        let topic = args.topic.clone();
+        let topic = args.log.topic.clone();
         let producer = producer.clone();
         pending.push(async move {
             producer

@@ -94,36 +94,28 @@ async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let partitions = crate::topic::partition_count(brokers, topic)?;
-    let group = admin_consumer(brokers, REPLAY_GROUP)?;
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let committed = group.committed_offsets(list, Duration::from_secs(10))?;
-    let start: HashMap<i32, i64> = committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect();
+    let all: Vec<i32> = (0..partitions).collect();
+    let start = crate::topic::committed_offsets(brokers, REPLAY_GROUP, topic, &all)?;
     let producer: FutureProducer = kafka::producer_config(brokers, "foldline-cli-dlq")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()?;
     let mut reader = TopicReader::open(brokers, "foldline-cli-dlq", topic, &start, None, false)?;
     let (mut moved, mut kept) = (0, 0);
+    // One codec per source topic: it caches the schemas it fetched from the registry.
+    let mut codecs: HashMap<String, EventCodec> = HashMap::new();
     while let Some(message) = reader.next().await? {
         let Some(source) = header(&message, "dlq-source-topic") else {
             kept += 1;
             continue;
         };
         let decodes = match message.payload() {
-            Some(bytes) => EventCodec::new(registry, source)?
-                .decode(bytes)
-                .await
-                .is_ok(),
+            Some(bytes) => {
+                if !codecs.contains_key(source) {
+                    codecs.insert(source.to_owned(), EventCodec::new(registry, source)?);
+                }
+                codecs[source].decode(bytes).await.is_ok()
+            }
             None => false,
         };
         let mut line = describe(&message);
@@ -170,7 +162,7 @@ async fn replay(
         for (p, next) in reader.next_offsets() {
             done.add_partition_offset(topic, *p, Offset::Offset(*next))?;
         }
-        group
+        admin_consumer(brokers, REPLAY_GROUP)?
             .commit(&done, CommitMode::Sync)
             .context("recording replay progress")?;
     }

@@ -104,6 +104,29 @@ pub fn partition_count(brokers: &str, topic: &str) -> anyhow::Result<i32> {
         .with_context(|| format!("topic {topic} does not exist"))
 }
 
+/// The offsets `group` committed for `partitions` of `topic` (partitions without one left out).
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let member = admin_consumer(brokers, group)?;
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = member.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 fn describe(brokers: &str, topic: &str) -> anyhow::Result<()> {
     let consumer = admin_consumer(brokers, "foldline-cli")?;
     let metadata = consumer
@@ -138,22 +161,11 @@ fn describe(brokers: &str, topic: &str) -> anyhow::Result<()> {
         }
     };
     for group in groups {
-        let member = admin_consumer(brokers, &group)?;
-        let mut list = TopicPartitionList::new();
-        for p in &partitions {
-            list.add_partition(topic, *p);
-        }
-        let Ok(committed) = member.committed_offsets(list, Duration::from_secs(10)) else {
+        let Ok(committed) = committed_offsets(brokers, &group, topic, &partitions) else {
             continue;
         };
-        let rows: Vec<(i32, i64)> = committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect();
+        let mut rows: Vec<(i32, i64)> = committed.into_iter().collect();
+        rows.sort();
         if rows.is_empty() {
             continue;
         }

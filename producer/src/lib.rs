@@ -41,19 +41,9 @@ use crate::writer::{Writer, WriterConfig};
     about = "Foldline write API: commands in, Avro events out"
 )]
 pub struct Config {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-    /// Schema registry (Confluent REST API).
-    #[arg(
-        long,
-        env = "FOLDLINE_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
-    /// Topic the events are appended to.
-    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
-    pub topic: String,
+    /// Brokers, registry and the topic the events are appended to.
+    #[command(flatten)]
+    pub log: foldline_service::config::EventLog,
     /// Partitions of the topic when the producer has to create it.
     #[arg(long, env = "FOLDLINE_TOPIC_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
@@ -104,14 +94,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     foldline_service::kafka::ensure_topic(
-        &config.brokers,
-        &config.topic,
+        &config.log.brokers,
+        &config.log.topic,
         config.partitions,
         &[("retention.ms", "-1")],
     )
     .await
     .context("creating the topic")?;
-    let codec = Arc::new(EventCodec::new(&config.registry_url, &config.topic)?);
+    let codec = Arc::new(EventCodec::new(
+        &config.log.registry_url,
+        &config.log.topic,
+    )?);
     let schema_id = codec
         .writer_schema_id()
         .await
@@ -123,17 +116,16 @@ pub async fn run(
     let readiness = {
         let loaded = loaded.clone();
         let writer_slot = writer_slot.clone();
-        Arc::new(move || {
+        foldline_service::ops::readiness(move || {
             let loaded = loaded.load(Ordering::Acquire);
             let writer = writer_slot.get().map(Writer::status);
-            Box::pin(async move {
+            async move {
                 match (loaded, writer) {
                     (false, _) | (_, None) => Err("reading the log".to_owned()),
                     (true, Some(Err(e))) => Err(e.to_string()),
                     (true, Some(Ok(()))) => Ok(()),
                 }
-            })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            }
         })
     };
     let ops = Ops::new("producer", env!("CARGO_PKG_VERSION"), readiness);
@@ -141,15 +133,21 @@ pub async fn run(
 
     let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
     let started = std::time::Instant::now();
-    let events = log::replay(&config.brokers, &config.topic, &store, &codec, &metrics)
-        .await
-        .context("reading the log")?;
+    let events = log::replay(
+        &config.log.brokers,
+        &config.log.topic,
+        &store,
+        &codec,
+        &metrics,
+    )
+    .await
+    .context("reading the log")?;
     tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded from the log");
 
     let writer = Writer::start(
         WriterConfig {
-            brokers: config.brokers.clone(),
-            topic: config.topic.clone(),
+            brokers: config.log.brokers.clone(),
+            topic: config.log.topic.clone(),
             transactional_id: config.transactional_id.clone(),
             max_batch_records: config.max_batch_records,
             commit_timeout: Duration::from_secs(10),
@@ -164,8 +162,8 @@ pub async fn run(
         codec,
         metrics,
         config.low_stock_threshold,
-        config.brokers.clone(),
-        config.topic.clone(),
+        config.log.brokers.clone(),
+        config.log.topic.clone(),
     ));
     service.start_resync_loop();
     loaded.store(true, Ordering::Release);

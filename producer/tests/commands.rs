@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn every_command_succeeds_with_id_version_position_and_etag() {
     let config = common::config();
-    let topic = config.topic.clone();
+    let topic = config.log.topic.clone();
     let producer = Producer::start(config).await;
     let client = reqwest::Client::new();
 
@@ -147,7 +147,7 @@ async fn post_raw(
 #[tokio::test]
 async fn bad_requests_get_problem_json_and_append_nothing() {
     let config = common::config();
-    let topic = config.topic.clone();
+    let topic = config.log.topic.clone();
     let producer = Producer::start(config).await;
     let client = reqwest::Client::new();
     let url = producer.url.clone();

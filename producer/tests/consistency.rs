@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn fifty_concurrent_decrements_on_stock_20_give_20_successes_and_30_conflicts() {
     let config = common::config();
-    let topic = config.topic.clone();
+    let topic = config.log.topic.clone();
     let producer = Producer::start(config).await;
     let id = producer.create(20).await;
     let mut tasks = Vec::new();
@@ -56,7 +56,7 @@ async fn fifty_concurrent_decrements_on_stock_20_give_20_successes_and_30_confli
 #[tokio::test]
 async fn an_idempotency_key_appends_once_also_after_a_restart() {
     let config = common::config();
-    let topic = config.topic.clone();
+    let topic = config.log.topic.clone();
     let producer = Producer::start(config.clone()).await;
     let id = producer.create(10).await;
     let send = |url: String| {
@@ -105,7 +105,7 @@ async fn an_idempotency_key_appends_once_also_after_a_restart() {
     restarted.stop().await;
     let third = Producer::start({
         let mut c = common::config();
-        c.topic = topic.clone();
+        c.log.topic = topic.clone();
         c
     })
     .await;
@@ -158,9 +158,9 @@ async fn a_restart_keeps_all_state() {
 async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
     let mut broker = foldline_testkit::OwnBroker::start();
     let mut config = common::config();
-    config.brokers = broker.brokers();
+    config.log.brokers = broker.brokers();
     config.request_timeout_ms = 20_000;
-    let topic = config.topic.clone();
+    let topic = config.log.topic.clone();
     let producer = Producer::start(config).await;
     let url = producer.url.clone();
 
@@ -243,7 +243,7 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     let config = common::config();
-    let topic = config.topic.clone();
+    let topic = config.log.topic.clone();
     let first = Producer::start(config.clone()).await;
     let id = first.create(10).await;
 

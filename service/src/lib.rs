@@ -1,5 +1,6 @@
 //! # Layout
 //! Shared plumbing for every Foldline binary, so each service only writes its own logic:
+//! - [`config`]: settings shared by several binaries (brokers, registry, topic).
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON, `RUST_LOG` filter).
 //! - [`ops`]: the `/health`, `/ready` and `/metrics` routes with the contract's health shape,
 //!   and a per-route HTTP metrics layer labelled by the matched route.
@@ -8,6 +9,7 @@
 //! - [`kafka`]: client settings that work on both tansu (local) and Redpanda.
 //! - [`serve`]: bind and serve a router with graceful shutdown.
 
+pub mod config;
 pub mod kafka;
 pub mod ops;
 pub mod problem;

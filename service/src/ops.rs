@@ -23,6 +23,15 @@ use serde_json::json;
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Wraps an async check into a [`ReadinessCheck`].
+pub fn readiness<F, Fut>(check: F) -> ReadinessCheck
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(check()))
+}
+
 #[derive(Clone)]
 pub struct Ops {
     pub service: &'static str,

@@ -35,16 +35,8 @@ use sse::{Backlog, Filter};
     about = "Live product events over Server-Sent Events, with a live page"
 )]
 struct Cli {
-    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(
-        long,
-        env = "FOLDLINE_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry_url: String,
-    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
-    topic: String,
+    #[command(flatten)]
+    log: foldline_service::config::EventLog,
     #[arg(
         long,
         env = "FOLDLINE_NOTIFIER_LISTEN",
@@ -75,25 +67,24 @@ struct StreamParams {
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("info,rdkafka::client=off");
     let cli = Cli::parse();
-    let codec = Arc::new(EventCodec::new(&cli.registry_url, &cli.topic)?);
+    let codec = Arc::new(EventCodec::new(&cli.log.registry_url, &cli.log.topic)?);
     let feed = feed::start(
-        cli.brokers.clone(),
-        cli.topic.clone(),
+        cli.log.brokers.clone(),
+        cli.log.topic.clone(),
         codec.clone(),
         cli.buffer,
     );
     let readiness = {
         let caught_up = feed.caught_up.clone();
-        Arc::new(move || {
+        foldline_service::ops::readiness(move || {
             let ready = caught_up.load(Ordering::Acquire);
-            Box::pin(async move {
+            async move {
                 if ready {
                     Ok(())
                 } else {
                     Err("reading the topic up to its end".to_owned())
                 }
-            })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            }
         })
     };
     let ops = Ops::new("notifier", env!("CARGO_PKG_VERSION"), readiness);
@@ -102,8 +93,8 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         feed,
         backlog: Arc::new(Backlog {
-            brokers: cli.brokers,
-            topic: cli.topic,
+            brokers: cli.log.brokers,
+            topic: cli.log.topic,
             codec,
         }),
     });

@@ -65,8 +65,8 @@ pub async fn apply_batch(
         .filter(|r| r.offset >= stored[&r.partition])
         .map(|r| &r.event);
     let changes = fold_batch(fresh);
-    upsert_products(tx, target, &changes.products).await?;
-    refresh_seller_stats(tx, target, &changes.products).await?;
+    let sellers = upsert_products(tx, target, &changes.products).await?;
+    refresh_seller_stats(tx, target, sellers).await?;
     add_event_counts(tx, s, &changes.event_counts).await?;
 
     let (advanced, next): (Vec<i32>, Vec<i64>) = batch
@@ -93,13 +93,15 @@ pub async fn apply_batch(
     Ok(Written::Done)
 }
 
+/// Upserts the changed rows; returns the sellers of the rows that changed (the ones whose
+/// stats need recomputing), in one round trip.
 async fn upsert_products(
     tx: &mut PgConnection,
     target: &Target<'_>,
     changes: &[ProductChange],
-) -> Result<(), sqlx::Error> {
+) -> Result<BTreeSet<String>, sqlx::Error> {
     if changes.is_empty() {
-        return Ok(());
+        return Ok(BTreeSet::new());
     }
     let s = target.schema;
     let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
@@ -111,7 +113,7 @@ async fn upsert_products(
     let updated: Vec<DateTime<Utc>> = changes.iter().map(|c| c.updated_at).collect();
     let deleted: Vec<bool> = changes.iter().map(|c| c.deleted).collect();
     // The version guard makes a stale change (already applied) a no-op.
-    sqlx::query(&format!(
+    let changed: Vec<Option<String>> = sqlx::query_scalar(&format!(
         "INSERT INTO {s}.products AS p
              (id, name, price_cents, stock, seller_id, version, updated_at, deleted)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[],
@@ -124,7 +126,8 @@ async fn upsert_products(
              version = EXCLUDED.version,
              updated_at = EXCLUDED.updated_at,
              deleted = EXCLUDED.deleted
-         WHERE p.version < EXCLUDED.version"
+         WHERE p.version < EXCLUDED.version
+         RETURNING p.seller_id"
     ))
     .bind(&ids)
     .bind(&names)
@@ -134,30 +137,22 @@ async fn upsert_products(
     .bind(&versions)
     .bind(&updated)
     .bind(&deleted)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    Ok(changed.into_iter().flatten().collect())
 }
 
-/// Recomputes the stats of every seller whose products the batch touched.
+/// Recomputes the stats of every seller whose products the batch changed.
 async fn refresh_seller_stats(
     tx: &mut PgConnection,
     target: &Target<'_>,
-    changes: &[ProductChange],
+    sellers: BTreeSet<String>,
 ) -> Result<(), sqlx::Error> {
-    if changes.is_empty() {
+    if sellers.is_empty() {
         return Ok(());
     }
     let s = target.schema;
-    let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
-    let sellers: BTreeSet<String> = sqlx::query_scalar::<_, String>(&format!(
-        "SELECT DISTINCT seller_id FROM {s}.products WHERE id = ANY($1) AND seller_id IS NOT NULL"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    // Sorted (a BTreeSet): every instance takes the locks below in the same order.
     let sellers: Vec<String> = sellers.into_iter().collect();
     // Instances owning other partitions may touch the same seller at the same time. Taking
     // a lock per seller (in one order: no deadlock) before counting makes the count statement

@@ -23,9 +23,7 @@ use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
-    pub brokers: String,
-    pub registry_url: String,
-    pub topic: String,
+    pub log: foldline_service::config::EventLog,
     pub group: String,
     pub low_stock_threshold: i64,
     pub batch_records: usize,
@@ -156,7 +154,7 @@ pub async fn replay<S: EventSource + Send>(
     let target = Target {
         schema: &new_schema,
         group: &config.group,
-        topic: &config.topic,
+        topic: &config.log.topic,
         low_stock_threshold: config.low_stock_threshold,
     };
     let mut events = 0u64;
@@ -239,8 +237,13 @@ async fn swap_to(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Erro
         "UPDATE {META_SCHEMA}.active_model SET schema_name = $1, swapped_at = now()"
     ))
     .bind(schema)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // Delivered at commit: query APIs switch to the new schema at once.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(crate::query::progress::CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -250,7 +253,7 @@ async fn progress_bar(model: &ReadModel, config: &ReplayConfig, live: &str) -> P
     let total: Option<i64> = sqlx::query_scalar(&format!(
         "SELECT sum(next_offset)::bigint FROM {live}.consumer_offsets WHERE topic = $1"
     ))
-    .bind(&config.topic)
+    .bind(&config.log.topic)
     .fetch_one(&model.pool)
     .await
     .unwrap_or(None);

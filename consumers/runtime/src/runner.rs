@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use foldline_schemas::wire::EventCodec;
+use foldline_service::config::EventLog;
 use foldline_service::kafka;
 use foldline_service::ops::{Ops, ReadinessCheck};
 use rand::Rng;
@@ -22,19 +23,9 @@ use crate::{Batch, Record, RuntimeMetrics, Sink, SinkError, Written};
 /// Settings every consumer shares; a consumer binary flattens them into its own config.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "FOLDLINE_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-    /// Schema registry (Confluent REST API).
-    #[arg(
-        long,
-        env = "FOLDLINE_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
-    /// Topic to consume.
-    #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
-    pub topic: String,
+    /// Brokers, registry and the topic to consume.
+    #[command(flatten)]
+    pub log: EventLog,
     /// Where undecodable records go.
     #[arg(long, env = "FOLDLINE_DLQ_TOPIC", default_value = "products.dlq")]
     pub dead_letter_topic: String,
@@ -80,7 +71,7 @@ pub async fn run<S: Sink>(
     });
     let metrics = RuntimeMetrics::new(&ops.registry);
     let config = &consumer.config;
-    let kafka: Kafka = kafka::base_config(&config.brokers, consumer.service)
+    let kafka: Kafka = kafka::base_config(&config.log.brokers, consumer.service)
         .set("group.id", &consumer.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -95,17 +86,17 @@ pub async fn run<S: Sink>(
         .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "20")
         .create_with_context(RuntimeContext {
-            topic: config.topic.clone(),
+            topic: config.log.topic.clone(),
             metrics: metrics.clone(),
             joined: joined.clone(),
             generation: generation.clone(),
         })?;
-    kafka.subscribe(&[&config.topic])?;
+    kafka.subscribe(&[&config.log.topic])?;
     let loop_state = Loop {
-        codec: EventCodec::new(&config.registry_url, &config.topic)?,
+        codec: EventCodec::new(&config.log.registry_url, &config.log.topic)?,
         dead_letters: DeadLetterQueue::new(
-            &config.brokers,
-            &config.topic,
+            &config.log.brokers,
+            &config.log.topic,
             &config.dead_letter_topic,
         )?,
         kafka,
@@ -137,16 +128,16 @@ pub async fn run<S: Sink>(
 }
 
 fn readiness(joined: Arc<AtomicBool>, healthy: Arc<AtomicBool>) -> ReadinessCheck {
-    Arc::new(move || {
+    foldline_service::ops::readiness(move || {
         let joined = joined.load(Ordering::Acquire);
         let healthy = healthy.load(Ordering::Acquire);
-        Box::pin(async move {
+        async move {
             match (joined, healthy) {
                 (false, _) => Err("waiting for the consumer group to assign partitions".to_owned()),
                 (_, false) => Err("the sink is unavailable; retrying".to_owned()),
                 _ => Ok(()),
             }
-        })
+        }
     })
 }
 
@@ -379,7 +370,7 @@ impl Loop {
                 tracing::info!(?targets, "moving to the sink's stored offsets");
                 for (partition, offset) in &targets {
                     self.kafka.seek(
-                        &self.config.topic,
+                        &self.config.log.topic,
                         *partition,
                         Offset::Offset(*offset),
                         Duration::from_secs(10),
@@ -395,8 +386,11 @@ impl Loop {
     fn commit(&self, next: &BTreeMap<i32, i64>) {
         let mut list = TopicPartitionList::new();
         for (partition, offset) in next {
-            let _ =
-                list.add_partition_offset(&self.config.topic, *partition, Offset::Offset(*offset));
+            let _ = list.add_partition_offset(
+                &self.config.log.topic,
+                *partition,
+                Offset::Offset(*offset),
+            );
         }
         if let Err(error) = self.kafka.commit(&list, CommitMode::Async) {
             tracing::debug!(%error, "group offset commit failed (the sink's offsets still hold)");

@@ -1,6 +1,7 @@
 //! The REST commands of the contract: `POST /products`, `PATCH /products/{id}`,
 //! `POST /products/{id}/stock`, `DELETE /products/{id}` and the batch `POST /commands`.
 
+pub mod bodies;
 mod headers;
 pub mod problem;
 
@@ -12,12 +13,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::domain::Command;
 use crate::service::{CommandService, PlannedCommand};
 use crate::store::Answer;
+use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
 use problem::Problem;
 
 /// Most commands one `POST /commands` may carry.
@@ -30,112 +31,6 @@ pub fn routes(service: Arc<CommandService>) -> Router {
         .route("/products/{id}/stock", post(adjust_stock))
         .route("/commands", post(batch))
         .with_state(service)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    price_cents: i64,
-    stock: i64,
-    seller_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    price_cents: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StockBody {
-    delta: i64,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    commands: Vec<BatchCommand>,
-}
-
-/// A command of a batch; `if_match` is the per-command form of the `If-Match` header.
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum BatchCommand {
-    Create {
-        name: String,
-        price_cents: i64,
-        stock: i64,
-        seller_id: String,
-    },
-    Update {
-        id: String,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        price_cents: Option<i64>,
-        #[serde(default)]
-        if_match: Option<i64>,
-    },
-    AdjustStock {
-        id: String,
-        delta: i64,
-        #[serde(default)]
-        reason: Option<String>,
-        #[serde(default)]
-        if_match: Option<i64>,
-    },
-    Delete {
-        id: String,
-        #[serde(default)]
-        if_match: Option<i64>,
-    },
-}
-
-impl BatchCommand {
-    fn plan(self) -> PlannedCommand {
-        let (product_id, command, expected_version) = match self {
-            BatchCommand::Create {
-                name,
-                price_cents,
-                stock,
-                seller_id,
-            } => (
-                None,
-                Command::Create {
-                    name,
-                    price_cents,
-                    stock,
-                    seller_id,
-                },
-                None,
-            ),
-            BatchCommand::Update {
-                id,
-                name,
-                price_cents,
-                if_match,
-            } => (Some(id), Command::Update { name, price_cents }, if_match),
-            BatchCommand::AdjustStock {
-                id,
-                delta,
-                reason,
-                if_match,
-            } => (Some(id), Command::AdjustStock { delta, reason }, if_match),
-            BatchCommand::Delete { id, if_match } => (Some(id), Command::Delete, if_match),
-        };
-        PlannedCommand {
-            product_id,
-            command,
-            expected_version,
-        }
-    }
 }
 
 fn answer_response(status: StatusCode, answer: &Answer, location: bool) -> Response {

@@ -22,9 +22,9 @@ pub struct Producer {
 /// A producer on a fresh random topic (and transactional id).
 pub fn config() -> Config {
     let mut config = Config::local();
-    config.brokers = foldline_testkit::brokers();
-    config.registry_url = foldline_testkit::registry_url();
-    config.topic = foldline_testkit::unique("products");
+    config.log.brokers = foldline_testkit::brokers();
+    config.log.registry_url = foldline_testkit::registry_url();
+    config.log.topic = foldline_testkit::unique("products");
     config.transactional_id = foldline_testkit::unique("producer");
     config
 }

@@ -70,9 +70,7 @@ async fn main() -> anyhow::Result<()> {
             batch_records,
         }) => {
             let config = ReplayConfig {
-                brokers: cli.runtime.brokers.clone(),
-                registry_url: cli.runtime.registry_url.clone(),
-                topic: cli.runtime.topic.clone(),
+                log: cli.runtime.log.clone(),
                 group: cli.group.clone(),
                 low_stock_threshold: cli.low_stock_threshold,
                 batch_records,
@@ -80,9 +78,12 @@ async fn main() -> anyhow::Result<()> {
                 show_progress: true,
             };
             let source = TopicSource {
-                brokers: config.brokers.clone(),
-                topic: config.topic.clone(),
-                codec: Arc::new(EventCodec::new(&config.registry_url, &config.topic)?),
+                brokers: config.log.brokers.clone(),
+                topic: config.log.topic.clone(),
+                codec: Arc::new(EventCodec::new(
+                    &config.log.registry_url,
+                    &config.log.topic,
+                )?),
                 batch_records,
             };
             let report = replay(&model, &config, source).await?;
@@ -104,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             let sink = PostgresSink {
                 model,
                 group: cli.group.clone(),
-                topic: cli.runtime.topic.clone(),
+                topic: cli.runtime.log.topic.clone(),
                 low_stock_threshold: cli.low_stock_threshold,
             };
             let consumer = Consumer {

@@ -44,16 +44,15 @@ async fn main() -> anyhow::Result<()> {
     model.bootstrap().await?;
     let readiness = {
         let pool = model.pool.clone();
-        Arc::new(move || {
+        foldline_service::ops::readiness(move || {
             let pool = pool.clone();
-            Box::pin(async move {
+            async move {
                 sqlx::query("SELECT 1")
                     .execute(&pool)
                     .await
                     .map(|_| ())
                     .map_err(|e| format!("database: {e}"))
-            })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            }
         })
     };
     let ops = Ops::new("query", env!("CARGO_PKG_VERSION"), readiness);

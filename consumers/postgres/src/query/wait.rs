@@ -43,6 +43,12 @@ pub async fn until_applied(
         )));
     }
     let Some(after) = after else {
+        // The watcher knows the live schema (a swap notifies it), so a plain read costs no
+        // extra round trip; only before its first read does it ask the database.
+        let known = state.progress.borrow().schema.clone();
+        if !known.is_empty() {
+            return Ok(known);
+        }
         return state.model.active().await.map_err(db_unavailable);
     };
     let position: Position = after
