@@ -111,3 +111,15 @@ impl Drop for OwnBroker {
         self.kill();
     }
 }
+
+/// Every committed record of `topic` on `brokers`, in log order per partition.
+pub async fn read_all(brokers: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut records = Vec::new();
+    foldline_service::kafka::read_to_end(brokers, "test-reader", topic, &Default::default(), |m| {
+        records.push(m);
+        std::future::ready(())
+    })
+    .await
+    .expect("read the topic to its end");
+    records
+}

@@ -86,10 +86,7 @@ pub async fn apply_batch(
     .execute(&mut *tx)
     .await?;
     // Delivered at commit: wakes query APIs waiting on `?after=`.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(crate::query::progress::CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+    crate::query::progress::notify(tx).await?;
     Ok(Written::Done)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use foldline_consumer_runtime::{Batch, Record, Written};
 use foldline_schemas::wire::EventCodec;
-use foldline_service::kafka;
+use foldline_service::kafka::TopicReader;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -65,26 +65,24 @@ impl EventSource for TopicSource {
         from: &BTreeMap<i32, i64>,
         batches: mpsc::Sender<Batch>,
     ) -> anyhow::Result<BTreeMap<i32, i64>> {
-        // Raw records flow through a bounded channel, so reading and decoding overlap and
-        // memory stays bounded.
-        let (raw_tx, mut raw_rx) = mpsc::channel::<OwnedMessage>(self.batch_records * 2);
+        // librdkafka prefetches in its own threads, and full batches go to the writer through
+        // the bounded `batches` channel: reading, decoding and writing overlap, memory stays
+        // bounded.
         let start: HashMap<i32, i64> = from.iter().map(|(p, o)| (*p, *o)).collect();
-        let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
-        let reader = tokio::spawn(async move {
-            kafka::read_to_end(&brokers, "foldline-replay", &topic, &start, |message| {
-                let raw_tx = raw_tx.clone();
-                async move {
-                    let _ = raw_tx.send(message).await;
-                }
-            })
-            .await
-        });
+        let mut reader = TopicReader::open(
+            &self.brokers,
+            "foldline-replay",
+            &self.topic,
+            &start,
+            None,
+            false,
+        )?;
         let mut position = from.clone();
         let mut batch = Batch {
             read_from: position.clone(),
             ..Batch::default()
         };
-        while let Some(message) = raw_rx.recv().await {
+        while let Some(message) = reader.next().await? {
             decode_into(&self.codec, &message, &mut batch).await;
             if batch.records.len() >= self.batch_records {
                 position.extend(batch.next_offsets());
@@ -101,8 +99,11 @@ impl EventSource for TopicSource {
         if !batch.is_empty() {
             batches.send(batch).await?;
         }
-        let next = reader.await??;
-        Ok(next.into_iter().collect())
+        Ok(reader
+            .next_offsets()
+            .iter()
+            .map(|(p, o)| (*p, *o))
+            .collect())
     }
 }
 
@@ -240,10 +241,7 @@ async fn swap_to(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Erro
     .execute(&mut *conn)
     .await?;
     // Delivered at commit: query APIs switch to the new schema at once.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(crate::query::progress::CHANNEL)
-        .execute(&mut *conn)
-        .await?;
+    crate::query::progress::notify(conn).await?;
     Ok(())
 }
 

@@ -191,19 +191,7 @@ async fn garbage_and_unknown_schema_ids_go_to_the_dead_letter_topic() {
     stack.wait_caught_up(events.len()).await;
     stack.assert_model_equals_fold(&events).await;
 
-    let mut letters = Vec::new();
-    foldline_service::kafka::read_to_end(
-        &foldline_testkit::brokers(),
-        "dlq-reader",
-        &stack.dlq,
-        &Default::default(),
-        |m| {
-            letters.push(m);
-            async {}
-        },
-    )
-    .await
-    .unwrap();
+    let letters = foldline_testkit::read_all(&foldline_testkit::brokers(), &stack.dlq).await;
     let keys: Vec<&[u8]> = letters.iter().filter_map(|m| m.key()).collect();
     assert_eq!(keys, [&b"garbage"[..], &b"unknown-schema"[..]]);
     assert_eq!(

@@ -98,15 +98,8 @@ impl Producer {
 /// Every event of `topic` with its partition and offset, decoded through the registry.
 pub async fn read_topic(brokers: &str, topic: &str) -> Vec<(Envelope, i32, i64)> {
     let codec = EventCodec::new(&foldline_testkit::registry_url(), topic).unwrap();
-    let mut raw = Vec::new();
-    foldline_service::kafka::read_to_end(brokers, "test-reader", topic, &HashMap::new(), |m| {
-        raw.push(m);
-        std::future::ready(())
-    })
-    .await
-    .unwrap();
     let mut events = Vec::new();
-    for message in raw {
+    for message in foldline_testkit::read_all(brokers, topic).await {
         let envelope = codec.decode(message.payload().unwrap()).await.unwrap();
         events.push((envelope, message.partition(), message.offset()));
     }

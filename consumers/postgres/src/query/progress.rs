@@ -30,6 +30,15 @@ impl Progress {
     }
 }
 
+/// Tells every query API that the model moved (delivered when the transaction commits).
+pub async fn notify(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Starts the watcher; the receiver always holds the latest snapshot.
 pub fn watch_progress(model: ReadModel, topic: String) -> watch::Receiver<Arc<Progress>> {
     let (tx, rx) = watch::channel(Arc::new(Progress::default()));

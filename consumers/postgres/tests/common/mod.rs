@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use foldline_producer::domain::{evolve, Product};
@@ -269,21 +269,8 @@ impl Stack {
     /// Every decodable event of the topic, in log order per partition.
     pub async fn topic_events(&self) -> Vec<Envelope> {
         let codec = EventCodec::new(&foldline_testkit::registry_url(), &self.topic).unwrap();
-        let mut raw = Vec::new();
-        foldline_service::kafka::read_to_end(
-            &foldline_testkit::brokers(),
-            "test-reader",
-            &self.topic,
-            &HashMap::new(),
-            |m| {
-                raw.push(m);
-                async {}
-            },
-        )
-        .await
-        .unwrap();
         let mut events = Vec::new();
-        for message in raw {
+        for message in foldline_testkit::read_all(&foldline_testkit::brokers(), &self.topic).await {
             if let Ok(event) = codec.decode(message.payload().unwrap_or_default()).await {
                 events.push(event);
             }
