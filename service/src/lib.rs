@@ -8,7 +8,10 @@
 //! - [`shutdown`]: a future that resolves on SIGINT or SIGTERM.
 //! - [`kafka`]: client settings that work on both tansu (local) and Redpanda.
 //! - [`serve`]: bind and serve a router with graceful shutdown.
+//! - `aws` (feature `aws`): AWS SDK settings for S3- and DynamoDB-compatible servers.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod config;
 pub mod kafka;
 pub mod ops;

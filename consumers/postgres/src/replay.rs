@@ -219,6 +219,7 @@ fn expect_done(written: Written) -> anyhow::Result<()> {
         Written::Done => Ok(()),
         // A fresh schema read from the start has nothing to disagree with.
         Written::Reseek(at) => anyhow::bail!("replay read out of order at {at:?}"),
+        Written::Partly(_) => anyhow::bail!("apply_batch never holds records back"),
     }
 }
 

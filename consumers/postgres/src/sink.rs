@@ -36,8 +36,9 @@ impl PostgresSink {
         };
         let written = apply_batch(&mut tx, &target, batch).await?;
         match written {
-            Written::Done => tx.commit().await?,
             Written::Reseek(_) => tx.rollback().await?,
+            // apply_batch never holds records back.
+            Written::Done | Written::Partly(_) => tx.commit().await?,
         }
         Ok(written)
     }

@@ -27,6 +27,10 @@ pub struct Batch {
     /// batch's first record hold no data (transaction markers), so a sink that stored exactly
     /// this offset can accept the batch although its first offset is higher.
     pub read_from: BTreeMap<i32, i64>,
+    /// The consumer group's rebalance generation the batch was read in. After a rebalance
+    /// every partition is read again from the group's committed offsets, so a sink that holds
+    /// records back drops them when this changes.
+    pub generation: u64,
 }
 
 impl Batch {

@@ -11,6 +11,10 @@
 //! - the group's offsets in Kafka are committed after every durable batch, as the place a
 //!   restarted or newly assigned consumer starts reading from.
 //!
+//! A sink may also hold records back to write bigger objects (the S3 archive): it answers
+//! [`Written::Partly`] with what is durable, and the runtime calls [`Sink::flush`] when the
+//! topic is idle and before shutdown, committing only what the sink reports durable.
+//!
 //! A transient sink error pauses the assigned partitions and retries with exponential backoff
 //! and jitter; nothing is skipped. Graceful shutdown finishes the batch in flight.
 
@@ -24,4 +28,4 @@ mod sink;
 pub use batch::{Batch, Record};
 pub use metrics::RuntimeMetrics;
 pub use runner::{run, Consumer, RuntimeConfig};
-pub use sink::{Sink, SinkError, Written};
+pub use sink::{Flush, Sink, SinkError, Written};

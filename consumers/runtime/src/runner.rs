@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::context::RuntimeContext;
 use crate::dead_letter::{DeadLetter, DeadLetterQueue};
-use crate::{Batch, Record, RuntimeMetrics, Sink, SinkError, Written};
+use crate::{Batch, Flush, Record, RuntimeMetrics, Sink, SinkError, Written};
 
 /// Settings every consumer shares; a consumer binary flattens them into its own config.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,7 +38,14 @@ pub struct RuntimeConfig {
     /// Longest a batch waits for more records after its first one, in ms.
     #[arg(long, env = "FOLDLINE_BATCH_WAIT_MS", default_value_t = 20)]
     pub max_batch_wait_ms: u64,
+    /// After this long without records the sink is asked to flush what it holds back, in ms.
+    #[arg(long, env = "FOLDLINE_IDLE_FLUSH_MS", default_value_t = 1000)]
+    pub idle_flush_ms: u64,
 }
+
+/// How long a stopping consumer keeps trying to flush what its sink holds back; after that it
+/// stops anyway (what was not flushed is read again from the group's offsets on restart).
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
 /// What the runtime needs besides the shared settings.
 pub struct Consumer<S> {
@@ -70,6 +77,7 @@ pub async fn run<S: Sink>(
         )
     });
     let metrics = RuntimeMetrics::new(&ops.registry);
+    consumer.sink.register_metrics(&ops.registry);
     let config = &consumer.config;
     let kafka: Kafka = kafka::base_config(&config.log.brokers, consumer.service)
         .set("group.id", &consumer.group_id)
@@ -159,13 +167,23 @@ impl Loop {
         mut sink: S,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        let idle = Duration::from_millis(self.config.idle_flush_ms);
         loop {
             let first = tokio::select! {
-                message = self.kafka.recv() => message,
+                message = self.kafka.recv() => Some(message),
+                _ = tokio::time::sleep(idle) => None,
                 _ = stop.wait_for(|s| *s) => break,
             };
+            let Some(first) = first else {
+                if !self.flush(&mut sink, Flush::Idle, &mut stop).await? {
+                    break;
+                }
+                continue;
+            };
+            let generation = self.generation.load(Ordering::Acquire);
             let mut batch = Batch {
                 read_from: self.known_positions(),
+                generation,
                 ..Batch::default()
             };
             let mut letters = Vec::new();
@@ -176,11 +194,12 @@ impl Loop {
                     continue;
                 }
             }
-            let generation = self.generation.load(Ordering::Acquire);
             self.fill(&mut batch, &mut letters).await;
-            if self.generation.load(Ordering::Acquire) != generation {
+            let now = self.generation.load(Ordering::Acquire);
+            if now != generation {
                 // A rebalance happened meanwhile: where partitions were read from is unknown.
                 batch.read_from.clear();
+                batch.generation = now;
             }
             if !letters.is_empty() {
                 self.publish_dead_letters(&letters, &mut stop).await?;
@@ -189,8 +208,23 @@ impl Loop {
                 break;
             }
         }
+        self.flush_before_shutdown(&mut sink).await;
         tracing::info!("consumer stopped");
         Ok(())
+    }
+
+    /// Gives the sink a bounded time to write out what it holds back, then commits that.
+    async fn flush_before_shutdown<S: Sink>(&self, sink: &mut S) {
+        // The run's stop signal has fired; retries here get a fresh one and a time limit.
+        let (_keep, mut never) = tokio::sync::watch::channel(false);
+        let flushed =
+            tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.flush(sink, Flush::Shutdown, &mut never))
+                .await;
+        match flushed {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "flush before shutdown failed"),
+            Err(_) => tracing::warn!("flush before shutdown timed out; the rest is read again on restart"),
+        }
     }
 
     fn known_positions(&self) -> BTreeMap<i32, i64> {
@@ -315,47 +349,21 @@ impl Loop {
         batch: &Batch,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
-        let mut delay = Duration::from_millis(100);
-        let mut paused: Option<TopicPartitionList> = None;
-        let outcome = loop {
-            let started = Instant::now();
-            match sink.write(batch).await {
-                Ok(written) => {
-                    self.metrics
-                        .batch_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    break written;
-                }
-                Err(SinkError::Fatal(error)) => return Err(error),
-                Err(SinkError::Transient(error)) => {
-                    tracing::warn!(%error, "sink unavailable; partitions paused, retrying");
-                    self.healthy.store(false, Ordering::Release);
-                    self.metrics.sink_retries.inc();
-                    if paused.is_none() {
-                        let assignment = self.kafka.assignment()?;
-                        self.kafka.pause(&assignment)?;
-                        paused = Some(assignment);
-                    }
-                    if backoff(&mut delay, stop).await {
-                        return Ok(false);
-                    }
-                }
-            }
+        let Some(Outcome::Written(written)) = self.call(sink, Call::Write(batch), stop).await?
+        else {
+            return Ok(false);
         };
-        if let Some(assignment) = paused {
-            self.kafka.resume(&assignment)?;
-            self.healthy.store(true, Ordering::Release);
-            tracing::info!("sink available again; partitions resumed");
-        }
-        match outcome {
+        match written {
             Written::Done => {
-                self.metrics.events.inc_by(batch.records.len() as u64);
-                self.metrics
-                    .batch_records
-                    .observe(batch.records.len() as f64);
+                self.count(batch);
                 let next = batch.next_offsets();
                 self.commit(&next);
                 self.note_positions(next);
+            }
+            Written::Partly(durable) => {
+                self.count(batch);
+                self.commit(&durable);
+                self.note_positions(batch.next_offsets());
             }
             Written::Reseek(stored) => {
                 // Nothing of the batch was written: every partition of it is read again, from
@@ -382,8 +390,88 @@ impl Loop {
         Ok(true)
     }
 
+    /// Asks the sink to flush what it holds back and commits what it reports durable.
+    /// Returns false when asked to stop while the sink was unavailable.
+    async fn flush<S: Sink>(
+        &self,
+        sink: &mut S,
+        why: Flush,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let Some(Outcome::Flushed(durable)) = self.call(sink, Call::Flush(why), stop).await?
+        else {
+            return Ok(false);
+        };
+        if !durable.is_empty() {
+            // Before shutdown the commit must reach the group before the consumer closes.
+            match why {
+                Flush::Idle => self.commit(&durable),
+                Flush::Shutdown => self.commit_with(&durable, CommitMode::Sync),
+            }
+        }
+        Ok(true)
+    }
+
+    fn count(&self, batch: &Batch) {
+        self.metrics.events.inc_by(batch.records.len() as u64);
+        self.metrics
+            .batch_records
+            .observe(batch.records.len() as f64);
+    }
+
+    /// Calls the sink until it answers; a transient error pauses the assigned partitions and
+    /// retries with backoff. `None` when asked to stop meanwhile.
+    async fn call<S: Sink>(
+        &self,
+        sink: &mut S,
+        call: Call<'_>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<Outcome>> {
+        let mut delay = Duration::from_millis(100);
+        let mut paused: Option<TopicPartitionList> = None;
+        let outcome = loop {
+            let started = Instant::now();
+            let result = match call {
+                Call::Write(batch) => sink.write(batch).await.map(Outcome::Written),
+                Call::Flush(why) => sink.flush(why).await.map(Outcome::Flushed),
+            };
+            match result {
+                Ok(outcome) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break outcome;
+                }
+                Err(SinkError::Fatal(error)) => return Err(error),
+                Err(SinkError::Transient(error)) => {
+                    tracing::warn!(%error, "sink unavailable; partitions paused, retrying");
+                    self.healthy.store(false, Ordering::Release);
+                    self.metrics.sink_retries.inc();
+                    if paused.is_none() {
+                        let assignment = self.kafka.assignment()?;
+                        self.kafka.pause(&assignment)?;
+                        paused = Some(assignment);
+                    }
+                    if backoff(&mut delay, stop).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        if let Some(assignment) = paused {
+            self.kafka.resume(&assignment)?;
+            self.healthy.store(true, Ordering::Release);
+            tracing::info!("sink available again; partitions resumed");
+        }
+        Ok(Some(outcome))
+    }
+
     /// Records progress in the group too, so a restart starts near where the sink is.
     fn commit(&self, next: &BTreeMap<i32, i64>) {
+        self.commit_with(next, CommitMode::Async);
+    }
+
+    fn commit_with(&self, next: &BTreeMap<i32, i64>, mode: CommitMode) {
         let mut list = TopicPartitionList::new();
         for (partition, offset) in next {
             let _ = list.add_partition_offset(
@@ -392,10 +480,21 @@ impl Loop {
                 Offset::Offset(*offset),
             );
         }
-        if let Err(error) = self.kafka.commit(&list, CommitMode::Async) {
+        if let Err(error) = self.kafka.commit(&list, mode) {
             tracing::debug!(%error, "group offset commit failed (the sink's offsets still hold)");
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Write(&'a Batch),
+    Flush(Flush),
+}
+
+enum Outcome {
+    Written(Written),
+    Flushed(BTreeMap<i32, i64>),
 }
 
 /// Sleeps `delay` plus jitter and doubles it (max 10 s); true when asked to stop meanwhile.

@@ -9,6 +9,23 @@ pub trait Sink: Send + 'static {
     /// must be idempotent (or check stored offsets, which makes it so).
     fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<Written, SinkError>> + Send;
 
+    /// Called when no record arrived for the idle interval (`why` = [`Flush::Idle`]) and once
+    /// before shutdown ([`Flush::Shutdown`]). A sink that holds records back to write bigger
+    /// objects (answering [`Written::Partly`]) makes what is due durable here and returns the
+    /// next offsets that are now durable, per partition; they are committed to the group.
+    fn flush(
+        &mut self,
+        why: Flush,
+    ) -> impl Future<Output = Result<BTreeMap<i32, i64>, SinkError>> + Send {
+        let _ = why;
+        async { Ok(BTreeMap::new()) }
+    }
+
+    /// Adds the sink's own metrics to the consumer's `/metrics`.
+    fn register_metrics(&self, registry: &prometheus::Registry) {
+        let _ = registry;
+    }
+
     /// Whether the sink's own dependency answers now (for `/ready`).
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send {
         async { Ok(()) }
@@ -22,6 +39,19 @@ pub enum Written {
     /// The sink's stored offsets say the consumer must read these partitions from these
     /// offsets instead; nothing of the batch was written.
     Reseek(BTreeMap<i32, i64>),
+    /// The sink holds (part of) the batch back: only offsets below these next offsets, per
+    /// partition, are durable and may be committed. The rest is made durable by a later
+    /// `write` or `flush`; if the process dies first it is read again from the group's offsets.
+    Partly(BTreeMap<i32, i64>),
+}
+
+/// Why [`Sink::flush`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Nothing arrived for a while: write out what is due by age.
+    Idle,
+    /// The consumer is stopping: write out everything held.
+    Shutdown,
 }
 
 #[derive(Debug, thiserror::Error)]

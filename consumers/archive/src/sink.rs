@@ -1,0 +1,332 @@
+//! The archiver: a sink that collects each partition's records into an Avro file and uploads
+//! it when it is full (records, bytes) or old enough, then reports the file's range durable.
+//!
+//! The archive is its own offset store: the listing of a partition's keys says where its
+//! archive ends. After a start or a rebalance the sink lists the bucket once, skips records
+//! the archive already holds and asks to re-read (`Reseek`) when the consumer is ahead of it,
+//! so a file always starts where the previous one ended and a range written again after a
+//! crash lands on the same key with the same records.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use foldline_consumer_runtime::{Batch, Flush, Record, Sink, SinkError, Written};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+use crate::file::{Compression, FileWriter};
+use crate::layout::FileRange;
+use crate::store::{ArchiveStore, StoreError};
+
+/// When a file is closed and uploaded.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Rotation {
+    /// Most records per file.
+    #[arg(long, env = "FOLDLINE_ARCHIVE_FILE_RECORDS", default_value_t = 100_000)]
+    pub max_records: usize,
+    /// Most (compressed) bytes per file.
+    #[arg(long, env = "FOLDLINE_ARCHIVE_FILE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_bytes: usize,
+    /// Longest a file stays open after its first record, in seconds.
+    #[arg(long, env = "FOLDLINE_ARCHIVE_FILE_SECONDS", default_value_t = 300.0)]
+    pub max_seconds: f64,
+    /// Block compression.
+    #[arg(long, env = "FOLDLINE_ARCHIVE_COMPRESSION", value_enum, default_value_t = Compression::Deflate)]
+    pub compression: Compression,
+}
+
+pub struct ArchiveSink {
+    store: ArchiveStore,
+    rotation: Rotation,
+    /// Per partition, valid for one rebalance generation.
+    partitions: BTreeMap<i32, PartitionFiles>,
+    generation: Option<u64>,
+    /// The archive's end per partition, listed once per generation.
+    listed: Option<BTreeMap<i32, i64>>,
+    metrics: ArchiveMetrics,
+}
+
+struct PartitionFiles {
+    partition: i32,
+    /// Offsets below this are in uploaded files.
+    durable: i64,
+    /// Where the next file starts: the end of the last closed file.
+    next_start: i64,
+    /// Offsets below this are in a file (open, closed or uploaded).
+    appended: i64,
+    open: Option<OpenFile>,
+    /// Closed files waiting for their upload, in offset order.
+    closed: VecDeque<ClosedFile>,
+}
+
+struct OpenFile {
+    start: i64,
+    last: i64,
+    /// UTC date of the first event; `None` while the file holds only dead-lettered offsets.
+    date: Option<NaiveDate>,
+    opened: Instant,
+    writer: FileWriter,
+}
+
+struct ClosedFile {
+    range: FileRange,
+    bytes: Vec<u8>,
+    records: usize,
+}
+
+impl ArchiveSink {
+    pub fn new(store: ArchiveStore, rotation: Rotation) -> ArchiveSink {
+        ArchiveSink {
+            store,
+            rotation,
+            partitions: BTreeMap::new(),
+            generation: None,
+            listed: None,
+            metrics: ArchiveMetrics::new(),
+        }
+    }
+
+    /// The archive's end per partition (listed at most once per generation).
+    async fn archived_end(&mut self, partition: i32) -> Result<Option<i64>, StoreError> {
+        if self.listed.is_none() {
+            let listing = self.store.list().await?;
+            self.listed = Some(
+                listing
+                    .into_iter()
+                    .filter_map(|(p, files)| files.last().map(|f| (p, f.next())))
+                    .collect(),
+            );
+        }
+        Ok(self.listed.as_ref().and_then(|l| l.get(&partition).copied()))
+    }
+
+    /// Where each of the batch's partitions stands; the partitions the consumer must re-read
+    /// from the archive's end, if any.
+    async fn positions(&mut self, batch: &Batch) -> Result<BTreeMap<i32, i64>, StoreError> {
+        if self.generation != Some(batch.generation) {
+            // After a rebalance every partition is read again from the group's offsets, which
+            // never pass what was uploaded: what was held back is read again.
+            self.generation = Some(batch.generation);
+            self.partitions.clear();
+            self.listed = None;
+        }
+        let mut reseek = BTreeMap::new();
+        for (&partition, &(first, _)) in &batch.ranges {
+            if !self.partitions.contains_key(&partition) {
+                let start = self.archived_end(partition).await?.unwrap_or(first);
+                self.partitions
+                    .insert(partition, PartitionFiles::starting_at(partition, start));
+            }
+            let appended = self.partitions[&partition].appended;
+            if !batch.continues_from(partition, appended) {
+                reseek.insert(partition, appended);
+            }
+        }
+        Ok(reseek)
+    }
+
+    fn append(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        let compression = self.rotation.compression;
+        for record in &batch.records {
+            let files = self.partitions.get_mut(&record.partition).expect("positioned");
+            if record.offset >= files.appended {
+                files.open_file(compression).add(record)?;
+            }
+        }
+        for (&partition, &(_, last)) in &batch.ranges {
+            let files = self.partitions.get_mut(&partition).expect("positioned");
+            if last >= files.appended {
+                // Dead-lettered offsets at the end belong to the open file's range too.
+                files.open_file(compression).last = last;
+                files.appended = last + 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every open file that is full or old enough (all of them with `all`).
+    fn rotate(&mut self, all: bool) -> anyhow::Result<()> {
+        let max_age = Duration::from_secs_f64(self.rotation.max_seconds.max(0.0));
+        for files in self.partitions.values_mut() {
+            let due = files.open.as_ref().is_some_and(|f| {
+                all || f.writer.records >= self.rotation.max_records
+                    || f.writer.bytes() >= self.rotation.max_bytes
+                    || f.opened.elapsed() >= max_age
+            });
+            if due {
+                files.close()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads closed files, partitions side by side, each in offset order.
+    async fn upload(&mut self) -> Result<(), StoreError> {
+        let store = &self.store;
+        let metrics = &self.metrics;
+        let uploads = self
+            .partitions
+            .values_mut()
+            .filter(|f| !f.closed.is_empty())
+            .map(|files| async move {
+                while let Some(file) = files.closed.front() {
+                    let started = Instant::now();
+                    store.put(&file.range.key(&store.prefix), file.bytes.clone()).await?;
+                    metrics.upload_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.files.inc();
+                    metrics.bytes.inc_by(file.bytes.len() as u64);
+                    metrics.records.inc_by(file.records as u64);
+                    files.durable = file.range.next();
+                    files.closed.pop_front();
+                }
+                Ok::<_, StoreError>(())
+            });
+        let results = futures::future::join_all(uploads).await;
+        self.metrics.held_records.set(
+            self.partitions
+                .values()
+                .map(|f| f.held_records() as i64)
+                .sum(),
+        );
+        results.into_iter().collect()
+    }
+
+    fn durable(&self) -> BTreeMap<i32, i64> {
+        self.partitions
+            .iter()
+            .map(|(p, f)| (*p, f.durable))
+            .collect()
+    }
+}
+
+impl PartitionFiles {
+    fn starting_at(partition: i32, offset: i64) -> PartitionFiles {
+        PartitionFiles {
+            partition,
+            durable: offset,
+            next_start: offset,
+            appended: offset,
+            open: None,
+            closed: VecDeque::new(),
+        }
+    }
+
+    fn open_file(&mut self, compression: Compression) -> &mut OpenFile {
+        let start = self.next_start;
+        self.open.get_or_insert_with(|| OpenFile {
+            start,
+            last: start - 1,
+            date: None,
+            opened: Instant::now(),
+            writer: FileWriter::new(compression),
+        })
+    }
+
+    fn close(&mut self) -> anyhow::Result<()> {
+        let Some(file) = self.open.take() else {
+            return Ok(());
+        };
+        let range = FileRange {
+            partition: self.partition,
+            first: file.start,
+            last: file.last,
+            date: file.date.unwrap_or_else(|| Utc::now().date_naive()),
+        };
+        self.next_start = file.last + 1;
+        let records = file.writer.records;
+        self.closed.push_back(ClosedFile {
+            range,
+            bytes: file.writer.finish()?,
+            records,
+        });
+        Ok(())
+    }
+
+    fn held_records(&self) -> usize {
+        self.open.as_ref().map_or(0, |f| f.writer.records)
+            + self.closed.iter().map(|f| f.records).sum::<usize>()
+    }
+}
+
+impl OpenFile {
+    fn add(&mut self, record: &Record) -> anyhow::Result<()> {
+        self.writer.append(record)?;
+        self.last = record.offset;
+        self.date.get_or_insert(record.event.occurred_at.date_naive());
+        Ok(())
+    }
+}
+
+impl Sink for ArchiveSink {
+    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        let reseek = self.positions(batch).await.map_err(store_error)?;
+        if !reseek.is_empty() {
+            return Ok(Written::Reseek(reseek));
+        }
+        // Idempotent on a retry of the same batch: offsets already appended are skipped.
+        self.append(batch).map_err(SinkError::Fatal)?;
+        self.rotate(false).map_err(SinkError::Fatal)?;
+        self.upload().await.map_err(store_error)?;
+        Ok(Written::Partly(self.durable()))
+    }
+
+    async fn flush(&mut self, why: Flush) -> Result<BTreeMap<i32, i64>, SinkError> {
+        self.rotate(why == Flush::Shutdown).map_err(SinkError::Fatal)?;
+        self.upload().await.map_err(store_error)?;
+        Ok(self.durable())
+    }
+
+    fn register_metrics(&self, registry: &Registry) {
+        self.metrics.register(registry);
+    }
+}
+
+fn store_error(error: StoreError) -> SinkError {
+    if error.is_transient() {
+        SinkError::Transient(error.into())
+    } else {
+        SinkError::Fatal(error.into())
+    }
+}
+
+#[derive(Clone)]
+struct ArchiveMetrics {
+    files: IntCounter,
+    bytes: IntCounter,
+    records: IntCounter,
+    held_records: IntGauge,
+    upload_seconds: Histogram,
+}
+
+impl ArchiveMetrics {
+    fn new() -> ArchiveMetrics {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        ArchiveMetrics {
+            files: counter("archive_files_total", "Archive files uploaded"),
+            bytes: counter("archive_bytes_total", "Bytes of archive files uploaded"),
+            records: counter("archive_records_total", "Records in uploaded archive files"),
+            held_records: IntGauge::new(
+                "archive_held_records",
+                "Records in files not uploaded yet (open or waiting for S3)",
+            )
+            .expect("valid metric"),
+            upload_seconds: Histogram::with_opts(
+                HistogramOpts::new("archive_upload_seconds", "Time to upload one file")
+                    .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid")),
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn register(&self, registry: &Registry) {
+        for metric in [
+            Box::new(self.files.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.bytes.clone()),
+            Box::new(self.records.clone()),
+            Box::new(self.held_records.clone()),
+            Box::new(self.upload_seconds.clone()),
+        ] {
+            let _ = registry.register(metric);
+        }
+    }
+}
