@@ -75,7 +75,10 @@ impl FileWriter {
                 "timestamp".into(),
                 optional(record.timestamp_ms.map(Value::TimestampMillis)),
             ),
-            ("key".into(), optional(record.key.clone().map(Value::String))),
+            (
+                "key".into(),
+                optional(record.key.clone().map(Value::String)),
+            ),
             ("event".into(), envelope_to_value(&record.event)),
         ]);
         self.writer.append_value(value)?;
@@ -222,7 +225,10 @@ mod tests {
             let read = read_file(&file.finish().unwrap()).unwrap();
             assert_eq!(read.len(), 2);
             for (a, b) in read.iter().zip(&written) {
-                assert_eq!((a.partition, a.offset, &a.key), (b.partition, b.offset, &b.key));
+                assert_eq!(
+                    (a.partition, a.offset, &a.key),
+                    (b.partition, b.offset, &b.key)
+                );
                 assert_eq!(a.timestamp_ms, b.timestamp_ms);
                 assert_eq!(a.event, b.event);
             }

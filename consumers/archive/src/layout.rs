@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn continuity_finds_gaps_and_overlaps() {
-        assert_eq!(check_continuity(&[range(0, 0, 9), range(0, 10, 19)]), Ok(()));
+        assert_eq!(
+            check_continuity(&[range(0, 0, 9), range(0, 10, 19)]),
+            Ok(())
+        );
         assert_eq!(
             check_continuity(&[range(0, 0, 9), range(0, 11, 19)]),
             Err(Continuity::Gap {

@@ -37,12 +37,9 @@ impl ArchiveReader {
                     "the archive misses offsets between two files"
                 ),
                 // Read anyway: offsets already read are skipped, so nothing is doubled.
-                Err(Continuity::Overlap { first, second }) => tracing::warn!(
-                    partition,
-                    ?first,
-                    ?second,
-                    "two archive files overlap"
-                ),
+                Err(Continuity::Overlap { first, second }) => {
+                    tracing::warn!(partition, ?first, ?second, "two archive files overlap")
+                }
             }
         }
         Ok(ArchiveReader { store, files })
@@ -71,10 +68,7 @@ impl ArchiveReader {
 
     /// Streams the files holding offsets at or after `from` (per partition; absent = 0),
     /// partition by partition in offset order, a few files ahead.
-    pub fn stream(
-        &self,
-        from: &BTreeMap<i32, i64>,
-    ) -> mpsc::Receiver<anyhow::Result<FileRecords>> {
+    pub fn stream(&self, from: &BTreeMap<i32, i64>) -> mpsc::Receiver<anyhow::Result<FileRecords>> {
         let (tx, rx) = mpsc::channel(2);
         let store = self.store.clone();
         let wanted: Vec<(FileRange, i64)> = self
@@ -94,7 +88,11 @@ impl ArchiveReader {
                 let read = fetch(&store, range).await;
                 let sent = match read {
                     Ok(mut records) => {
-                        let floor = next.get(&range.partition).copied().unwrap_or(start).max(start);
+                        let floor = next
+                            .get(&range.partition)
+                            .copied()
+                            .unwrap_or(start)
+                            .max(start);
                         records.retain(|r| r.offset >= floor);
                         next.insert(range.partition, range.next().max(floor));
                         tx.send(Ok(FileRecords { range, records })).await

@@ -97,7 +97,10 @@ impl ArchiveSink {
                     .collect(),
             );
         }
-        Ok(self.listed.as_ref().and_then(|l| l.get(&partition).copied()))
+        Ok(self
+            .listed
+            .as_ref()
+            .and_then(|l| l.get(&partition).copied()))
     }
 
     /// Where each of the batch's partitions stands; the partitions the consumer must re-read
@@ -125,12 +128,28 @@ impl ArchiveSink {
         Ok(reseek)
     }
 
+    /// Adds the batch's records to their partitions' open files, closing a file as soon as it
+    /// is full, so files keep to the record and byte limits whatever the batch size.
     fn append(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        let compression = self.rotation.compression;
+        let (compression, max_records, max_bytes) = (
+            self.rotation.compression,
+            self.rotation.max_records.max(1),
+            self.rotation.max_bytes,
+        );
         for record in &batch.records {
-            let files = self.partitions.get_mut(&record.partition).expect("positioned");
-            if record.offset >= files.appended {
-                files.open_file(compression).add(record)?;
+            let files = self
+                .partitions
+                .get_mut(&record.partition)
+                .expect("positioned");
+            if record.offset < files.appended {
+                continue; // already in a file: a redelivery or a retried batch
+            }
+            let file = files.open_file(compression);
+            file.add(record)?;
+            let full = file.writer.records >= max_records || file.writer.bytes() >= max_bytes;
+            files.appended = record.offset + 1;
+            if full {
+                files.close()?;
             }
         }
         for (&partition, &(_, last)) in &batch.ranges {
@@ -144,7 +163,7 @@ impl ArchiveSink {
         Ok(())
     }
 
-    /// Closes every open file that is full or old enough (all of them with `all`).
+    /// Closes every open file that is old enough or full (all of them with `all`).
     fn rotate(&mut self, all: bool) -> anyhow::Result<()> {
         let max_age = Duration::from_secs_f64(self.rotation.max_seconds.max(0.0));
         for files in self.partitions.values_mut() {
@@ -171,8 +190,12 @@ impl ArchiveSink {
             .map(|files| async move {
                 while let Some(file) = files.closed.front() {
                     let started = Instant::now();
-                    store.put(&file.range.key(&store.prefix), file.bytes.clone()).await?;
-                    metrics.upload_seconds.observe(started.elapsed().as_secs_f64());
+                    store
+                        .put(&file.range.key(&store.prefix), file.bytes.clone())
+                        .await?;
+                    metrics
+                        .upload_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     metrics.files.inc();
                     metrics.bytes.inc_by(file.bytes.len() as u64);
                     metrics.records.inc_by(file.records as u64);
@@ -252,7 +275,8 @@ impl OpenFile {
     fn add(&mut self, record: &Record) -> anyhow::Result<()> {
         self.writer.append(record)?;
         self.last = record.offset;
-        self.date.get_or_insert(record.event.occurred_at.date_naive());
+        self.date
+            .get_or_insert(record.event.occurred_at.date_naive());
         Ok(())
     }
 }
@@ -271,7 +295,8 @@ impl Sink for ArchiveSink {
     }
 
     async fn flush(&mut self, why: Flush) -> Result<BTreeMap<i32, i64>, SinkError> {
-        self.rotate(why == Flush::Shutdown).map_err(SinkError::Fatal)?;
+        self.rotate(why == Flush::Shutdown)
+            .map_err(SinkError::Fatal)?;
         self.upload().await.map_err(store_error)?;
         Ok(self.durable())
     }

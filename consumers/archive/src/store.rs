@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -17,7 +17,11 @@ use crate::layout::FileRange;
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreConfig {
     /// S3 API endpoint (empty: AWS itself).
-    #[arg(long, env = "FOLDLINE_S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "FOLDLINE_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:9000"
+    )]
     pub s3_endpoint: String,
     /// Bucket of the archive.
     #[arg(long, env = "FOLDLINE_ARCHIVE_BUCKET", default_value = "event-archive")]
@@ -86,13 +90,17 @@ impl ArchiveStore {
         {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error) => match classify("create bucket", error) {
                 // Created meanwhile by someone else.
-                CallError::Refused(detail) if detail.contains("BucketAlreadyOwnedByYou") => {
-                    Ok(())
-                }
+                CallError::Refused(detail) if detail.contains("BucketAlreadyOwnedByYou") => Ok(()),
                 other => Err(other),
             },
         }
@@ -158,7 +166,12 @@ impl ArchiveStore {
         result
     }
 
-    async fn upload_parts(&self, key: &str, upload_id: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         let mut parts = Vec::new();
         for (index, chunk) in bytes.chunks(self.part_size).enumerate() {
             let number = index as i32 + 1;

@@ -217,13 +217,17 @@ impl Loop {
     async fn flush_before_shutdown<S: Sink>(&self, sink: &mut S) {
         // The run's stop signal has fired; retries here get a fresh one and a time limit.
         let (_keep, mut never) = tokio::sync::watch::channel(false);
-        let flushed =
-            tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.flush(sink, Flush::Shutdown, &mut never))
-                .await;
+        let flushed = tokio::time::timeout(
+            SHUTDOWN_FLUSH_LIMIT,
+            self.flush(sink, Flush::Shutdown, &mut never),
+        )
+        .await;
         match flushed {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "flush before shutdown failed"),
-            Err(_) => tracing::warn!("flush before shutdown timed out; the rest is read again on restart"),
+            Err(_) => {
+                tracing::warn!("flush before shutdown timed out; the rest is read again on restart")
+            }
         }
     }
 
@@ -398,8 +402,7 @@ impl Loop {
         why: Flush,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
-        let Some(Outcome::Flushed(durable)) = self.call(sink, Call::Flush(why), stop).await?
-        else {
+        let Some(Outcome::Flushed(durable)) = self.call(sink, Call::Flush(why), stop).await? else {
             return Ok(false);
         };
         if !durable.is_empty() {

@@ -29,7 +29,11 @@ struct Cli {
     #[arg(long, env = "FOLDLINE_ARCHIVER_GROUP", default_value = DEFAULT_GROUP)]
     group: String,
     /// Address of /health, /ready and /metrics.
-    #[arg(long, env = "FOLDLINE_ARCHIVER_LISTEN", default_value = "127.0.0.1:9102")]
+    #[arg(
+        long,
+        env = "FOLDLINE_ARCHIVER_LISTEN",
+        default_value = "127.0.0.1:9102"
+    )]
     listen: String,
     #[command(subcommand)]
     command: Option<Command>,

@@ -1,0 +1,165 @@
+//! The recent-events sink: every event of a batch as two items, written with BatchWriteItem
+//! in requests of 25 (DynamoDB's limit), several requests in flight, unprocessed items
+//! retried with exponential backoff and jitter. The batch is acknowledged (and its offsets
+//! committed) only when every item is written; items are deterministic, so a batch written
+//! twice leaves the same table.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+use aws_sdk_dynamodb::Client;
+use foldline_consumer_runtime::{Batch, Sink, SinkError, Written};
+use foldline_service::aws::CallError;
+use futures::{StreamExt, TryStreamExt};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use rand::Rng;
+
+use crate::items::{items_for, Item};
+
+/// DynamoDB's most items per BatchWriteItem.
+pub const ITEMS_PER_REQUEST: usize = 25;
+/// Rounds of retrying unprocessed items before the batch is handed back as a transient error
+/// (the runtime then pauses and retries the whole batch, which is harmless).
+const UNPROCESSED_ROUNDS: u32 = 8;
+
+pub struct RecentEventsSink {
+    pub client: Client,
+    pub table: String,
+    pub ttl: chrono::Duration,
+    /// BatchWriteItem requests in flight at once.
+    pub concurrency: usize,
+    metrics: WriterMetrics,
+}
+
+impl RecentEventsSink {
+    pub fn new(client: Client, table: String, ttl: chrono::Duration, concurrency: usize) -> Self {
+        RecentEventsSink {
+            client,
+            table,
+            ttl,
+            concurrency: concurrency.max(1),
+            metrics: WriterMetrics::new(),
+        }
+    }
+}
+
+impl Sink for RecentEventsSink {
+    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        let items: Vec<Item> = batch
+            .records
+            .iter()
+            .flat_map(|record| items_for(record, self.ttl))
+            .collect();
+        let requests: Vec<Vec<Item>> = items
+            .chunks(ITEMS_PER_REQUEST)
+            .map(<[Item]>::to_vec)
+            .collect();
+        futures::stream::iter(requests)
+            .map(|chunk| write_items(&self.client, &self.table, chunk, &self.metrics))
+            .buffer_unordered(self.concurrency)
+            .try_collect::<()>()
+            .await
+            .map_err(|error| {
+                if error.is_transient() {
+                    SinkError::Transient(error.into())
+                } else {
+                    SinkError::Fatal(error.into())
+                }
+            })?;
+        Ok(Written::Done)
+    }
+
+    fn register_metrics(&self, registry: &Registry) {
+        self.metrics.register(registry);
+    }
+}
+
+/// Writes up to 25 items, retrying what DynamoDB leaves unprocessed (throttling).
+pub async fn write_items(
+    client: &Client,
+    table: &str,
+    items: Vec<Item>,
+    metrics: &WriterMetrics,
+) -> Result<(), CallError> {
+    let mut pending: Vec<WriteRequest> = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .expect("an item is set");
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    let mut delay = Duration::from_millis(50);
+    for round in 0..=UNPROCESSED_ROUNDS {
+        let count = pending.len() as u64;
+        let started = Instant::now();
+        let answer = client
+            .batch_write_item()
+            .request_items(table, std::mem::take(&mut pending))
+            .send()
+            .await
+            .map_err(|e| CallError::classify("batch write item", e))?;
+        metrics
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
+        pending = answer
+            .unprocessed_items()
+            .and_then(|u| u.get(table))
+            .cloned()
+            .unwrap_or_default();
+        metrics.items.inc_by(count - pending.len() as u64);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        metrics.unprocessed.inc_by(pending.len() as u64);
+        if round < UNPROCESSED_ROUNDS {
+            let jitter = rand::rng().random_range(0..=delay.as_millis() as u64);
+            tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    Err(CallError::Unavailable(format!(
+        "{} items still unprocessed after {UNPROCESSED_ROUNDS} retries",
+        pending.len()
+    )))
+}
+
+#[derive(Clone)]
+pub struct WriterMetrics {
+    items: IntCounter,
+    unprocessed: IntCounter,
+    request_seconds: Histogram,
+}
+
+impl WriterMetrics {
+    pub fn new() -> WriterMetrics {
+        WriterMetrics {
+            items: IntCounter::new("dynamodb_items_written_total", "Items written")
+                .expect("valid metric"),
+            unprocessed: IntCounter::new(
+                "dynamodb_unprocessed_items_total",
+                "Items DynamoDB left unprocessed and that were retried",
+            )
+            .expect("valid metric"),
+            request_seconds: Histogram::with_opts(
+                HistogramOpts::new("dynamodb_batch_write_seconds", "BatchWriteItem latency")
+                    .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid")),
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn register(&self, registry: &Registry) {
+        let _ = registry.register(Box::new(self.items.clone()));
+        let _ = registry.register(Box::new(self.unprocessed.clone()));
+        let _ = registry.register(Box::new(self.request_seconds.clone()));
+    }
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        WriterMetrics::new()
+    }
+}
