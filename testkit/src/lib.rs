@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub mod postgres;
 pub mod process;
+pub mod s3;
 
 /// Kafka bootstrap servers of the stack under test.
 pub fn brokers() -> String {

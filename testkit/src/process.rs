@@ -55,10 +55,18 @@ impl Service {
         env: &[(&str, String)],
     ) -> Service {
         let port = free_port();
+        let mut env = env.to_vec();
+        env.push((listen_var, format!("127.0.0.1:{port}")));
+        let service = Service::spawn(bin, args, &env, port);
+        service.wait_ready(Duration::from_secs(60)).await;
+        service
+    }
+
+    /// Starts `bin` whose ops port is `port` (set in `env`) without waiting for readiness.
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, String)], port: u16) -> Service {
         let mut command = Command::new(binary(bin));
         command
             .args(args)
-            .env(listen_var, format!("127.0.0.1:{port}"))
             .env(
                 "RUST_LOG",
                 std::env::var("FOLDLINE_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
@@ -70,13 +78,11 @@ impl Service {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        let service = Service {
+        Service {
             name: bin.to_owned(),
             url: format!("http://127.0.0.1:{port}"),
             child: Some(child),
-        };
-        service.wait_ready(Duration::from_secs(60)).await;
-        service
+        }
     }
 
     pub async fn wait_ready(&self, limit: Duration) {

@@ -13,6 +13,9 @@ use foldline_service::aws::{AwsEndpoint, CallError};
 
 use crate::layout::FileRange;
 
+/// S3's smallest part but for the last one (s3s-fs and MinIO enforce it too).
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
 /// Where the archive is, and how files are uploaded.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreConfig {
@@ -32,7 +35,7 @@ pub struct StoreConfig {
     /// Files at least this big go up as multipart uploads, in bytes.
     #[arg(long, env = "FOLDLINE_ARCHIVE_MULTIPART_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub multipart_threshold: usize,
-    /// Size of each part of a multipart upload, in bytes (S3 wants ≥ 5 MiB but for the last).
+    /// Size of each part of a multipart upload, in bytes (at least 5 MiB, S3's minimum).
     #[arg(long, env = "FOLDLINE_ARCHIVE_PART_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub part_size: usize,
     #[command(flatten)]
@@ -74,7 +77,7 @@ impl ArchiveStore {
             bucket: config.bucket.clone(),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             multipart_threshold: config.multipart_threshold.max(1),
-            part_size: config.part_size.max(1),
+            part_size: config.part_size.max(MIN_PART_SIZE),
         }
     }
 

@@ -2,13 +2,14 @@
 //! keeps answering, catch up to the tail while holding the swap lock, swap the pointer in the
 //! same transaction, then drop the old schema.
 //!
-//! The events come from an [`EventSource`]. Today that is the topic; the S3 archive (for
-//! history the topic no longer holds) plugs in here as a second source that hands over to
-//! the topic where the archive ends.
+//! The events come from an [`EventSource`]: the topic ([`TopicSource`]), or the S3 archive
+//! followed by the topic from where the archive ends ([`ArchiveThenTopic`]), for history the
+//! topic no longer holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use foldline_archive::read::ArchiveReader;
 use foldline_consumer_runtime::{Batch, Record, Written};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::kafka::TopicReader;
@@ -104,6 +105,50 @@ impl EventSource for TopicSource {
             .iter()
             .map(|(p, o)| (*p, *o))
             .collect())
+    }
+}
+
+/// The S3 archive, then the topic from where the archive ends. Each file is cut into batches
+/// of at most `batch_records`; a file's range (which includes dead-lettered offsets and
+/// transaction markers) counts as read, so the topic continues right after it.
+pub struct ArchiveThenTopic {
+    pub archive: ArchiveReader,
+    pub topic: TopicSource,
+}
+
+impl EventSource for ArchiveThenTopic {
+    async fn read(
+        &mut self,
+        from: &BTreeMap<i32, i64>,
+        batches: mpsc::Sender<Batch>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let mut position = from.clone();
+        let mut files = self.archive.stream(from);
+        while let Some(file) = files.recv().await {
+            let file = file?;
+            let partition = file.range.partition;
+            let mut records = file.records.into_iter().peekable();
+            while records.peek().is_some() || position.get(&partition) < Some(&file.range.next()) {
+                // The archive's history starts where its first file starts: nothing before it
+                // can be read any more, so the rebuild reads on from there without a break.
+                let read_from = position.get(&partition).copied().unwrap_or(0);
+                let mut batch = Batch {
+                    read_from: BTreeMap::from([(partition, read_from)]),
+                    ..Batch::default()
+                };
+                for record in records.by_ref().take(self.topic.batch_records.max(1)) {
+                    batch.consumed(partition, record.offset, 0);
+                    batch.records.push(record);
+                }
+                if records.peek().is_none() {
+                    // The file's range ends with it, whatever its last record's offset.
+                    batch.consumed(partition, file.range.last, 0);
+                }
+                position.extend(batch.next_offsets());
+                batches.send(batch).await?;
+            }
+        }
+        self.topic.read(&position, batches).await
     }
 }
 

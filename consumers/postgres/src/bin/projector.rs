@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_postgres::model::ReadModel;
-use foldline_postgres::replay::{replay, ReplayConfig, TopicSource};
+use foldline_archive::read::ArchiveReader;
+use foldline_archive::store::{ArchiveStore, StoreConfig};
+use foldline_postgres::replay::{replay, ArchiveThenTopic, ReplayConfig, TopicSource};
 use foldline_postgres::sink::PostgresSink;
 use foldline_postgres::DEFAULT_GROUP;
 use foldline_schemas::wire::EventCodec;
@@ -56,6 +58,13 @@ enum Command {
         /// Records per write transaction.
         #[arg(long, default_value_t = 20_000)]
         batch_records: usize,
+        /// Read the S3 archive first, then the topic from where the archive ends: for
+        /// history the topic no longer holds.
+        #[arg(long)]
+        from_archive: bool,
+        /// The archive (with --from-archive).
+        #[command(flatten)]
+        archive: StoreConfig,
     },
 }
 
@@ -68,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Replay {
             drop_grace_ms,
             batch_records,
+            from_archive,
+            archive,
         }) => {
             let config = ReplayConfig {
                 log: cli.runtime.log.clone(),
@@ -86,7 +97,13 @@ async fn main() -> anyhow::Result<()> {
                 )?),
                 batch_records,
             };
-            let report = replay(&model, &config, source).await?;
+            let report = if from_archive {
+                let archive = ArchiveReader::open(ArchiveStore::connect(&archive).await).await?;
+                tracing::info!(ends = ?archive.ends(), "replay: reading the archive, then the topic");
+                replay(&model, &config, ArchiveThenTopic { archive, topic: source }).await?
+            } else {
+                replay(&model, &config, source).await?
+            };
             let rate = report.events as f64 / report.elapsed.as_secs_f64().max(0.001);
             println!(
                 "replayed {} events ({} undecodable skipped) in {:.1} s ({rate:.0} events/s): {} replaced {}",
