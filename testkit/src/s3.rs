@@ -39,7 +39,10 @@ impl OwnS3 {
         let child = Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", &key("AWS_ACCESS_KEY_ID", "foldline")])
-            .args(["--secret-key", &key("AWS_SECRET_ACCESS_KEY", "foldline-secret")])
+            .args([
+                "--secret-key",
+                &key("AWS_SECRET_ACCESS_KEY", "foldline-secret"),
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

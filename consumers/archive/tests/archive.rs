@@ -72,7 +72,10 @@ impl Setup {
                 ("FOLDLINE_ARCHIVER_LISTEN", format!("127.0.0.1:{port}")),
                 ("FOLDLINE_TOPIC", self.topic.clone()),
                 ("FOLDLINE_DLQ_TOPIC", format!("{}.dlq", self.topic)),
-                ("FOLDLINE_ARCHIVER_GROUP", format!("{}-archiver", self.topic)),
+                (
+                    "FOLDLINE_ARCHIVER_GROUP",
+                    format!("{}-archiver", self.topic),
+                ),
                 ("FOLDLINE_S3_ENDPOINT", self.s3.url()),
                 ("FOLDLINE_ARCHIVE_BUCKET", self.bucket.clone()),
                 ("FOLDLINE_ARCHIVE_FILE_RECORDS", "25".into()),
@@ -89,8 +92,10 @@ impl Setup {
         let mut ids: Vec<String> = Vec::new();
         for round in 0..rounds {
             let mut commands: Vec<serde_json::Value> = (0..5)
-                .map(|i| json!({"op": "create", "name": format!("n{round}-{i}"), "price_cents": 100,
-                               "stock": 50, "seller_id": "s-1"}))
+                .map(|i| {
+                    json!({"op": "create", "name": format!("n{round}-{i}"), "price_cents": 100,
+                               "stock": 50, "seller_id": "s-1"})
+                })
                 .collect();
             commands.extend(
                 ids.iter()
@@ -119,7 +124,11 @@ impl Setup {
         let mut events = BTreeSet::new();
         for m in foldline_testkit::read_all(&foldline_testkit::brokers(), topic).await {
             let event = codec.decode(m.payload().unwrap()).await.unwrap();
-            assert_eq!(m.key(), Some(event.product_id.as_bytes()), "keyed by product");
+            assert_eq!(
+                m.key(),
+                Some(event.product_id.as_bytes()),
+                "keyed by product"
+            );
             events.insert((m.partition(), m.offset(), event.event_id.to_string()));
         }
         events
@@ -135,7 +144,10 @@ impl Setup {
             if archived.len() >= expected.len() {
                 let distinct: Events = archived.iter().cloned().collect();
                 assert_eq!(distinct.len(), archived.len(), "an event is in two files");
-                assert_eq!(distinct, expected, "the archive holds exactly the topic's events");
+                assert_eq!(
+                    distinct, expected,
+                    "the archive holds exactly the topic's events"
+                );
                 for (partition, ranges) in &files {
                     assert_eq!(ranges[0].first, 0, "partition {partition} starts at 0");
                     assert_eq!(check_continuity(ranges), Ok(()), "partition {partition}");
@@ -208,7 +220,9 @@ async fn an_s3_outage_pauses_the_archiver_which_then_resumes_without_gap_or_over
     setup.load(6).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = reqwest::get(format!("{}/ready", archiver.url)).await.unwrap();
+        let ready = reqwest::get(format!("{}/ready", archiver.url))
+            .await
+            .unwrap();
         if ready.status() == 503 {
             break;
         }
@@ -254,7 +268,10 @@ async fn restore_republishes_the_archive_in_order_per_partition() {
     };
     let original = per_partition(Setup::events_of(&setup.topic).await);
     let restored = per_partition(Setup::events_of(&target).await);
-    assert_eq!(restored, original, "same events, same partitions, same order");
+    assert_eq!(
+        restored, original,
+        "same events, same partitions, same order"
+    );
     let total: usize = original.values().map(Vec::len).sum();
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -277,12 +294,23 @@ async fn list_prints_the_files_and_fails_on_a_gap() {
         .lines()
         .map(str::to_owned)
         .collect();
-    let expected: Vec<String> = files.values().flatten().map(|f| f.key("products")).collect();
+    let expected: Vec<String> = files
+        .values()
+        .flatten()
+        .map(|f| f.key("products"))
+        .collect();
     assert_eq!(listed, expected);
 
     // A file missing in the middle of a partition is a gap.
-    let ranges = files.values().find(|r| r.len() >= 3).expect("a partition with 3 files");
-    let path = setup.s3.dir.join(&setup.bucket).join(ranges[1].key("products"));
+    let ranges = files
+        .values()
+        .find(|r| r.len() >= 3)
+        .expect("a partition with 3 files");
+    let path = setup
+        .s3
+        .dir
+        .join(&setup.bucket)
+        .join(ranges[1].key("products"));
     std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     let output = setup.archiver_command(&["list"]).await;
     assert_eq!(output.status.code(), Some(1));

@@ -10,15 +10,18 @@ use foldline_consumer_runtime::Record;
 pub type Item = HashMap<String, AttributeValue>;
 
 /// The event's two items: under `product#<id>` and under `day#<YYYY-MM-DD>` (UTC). The sort
-/// key is the event time (ISO 8601, milliseconds, UTC: sorts as text) plus the event id, so it
-/// is ordered by time and unique per event. `ttl` counts from the event time, not from when
+/// key is `<time>#<version>#<event id>`: the event time (ISO 8601, milliseconds, UTC: sorts as
+/// text), then the product version (zero-padded; events of one command share their
+/// millisecond, and a product's items must still come in version order), then the event id,
+/// so it is unique per event and the same on every redelivery and after a restore. `ttl` counts from the event time, not from when
 /// it was written, so a rewrite does not extend it.
 pub fn items_for(record: &Record, ttl: Duration) -> [Item; 2] {
     let event = &record.event;
     let at = event.occurred_at;
     let sort_key = format!(
-        "{}#{}",
+        "{}#{:019}#{}",
         at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        event.version,
         event.event_id
     );
     let data = serde_json::to_value(&event.payload)
@@ -93,18 +96,18 @@ mod tests {
     #[test]
     fn given_an_event_then_one_item_per_product_and_one_per_utc_day() {
         // 2026-11-21T23:59:59.999Z
-        let [product, day] = items_for(&record(1_795_823_999_999, 7), Duration::days(30));
+        let [product, day] = items_for(&record(1_795_305_599_999, 7), Duration::days(30));
         assert_eq!(text(&product, "pk"), "product#p-1");
         assert_eq!(text(&day, "pk"), "day#2026-11-21");
         for item in [&product, &day] {
             assert_eq!(
                 text(item, "sk"),
-                "2026-11-21T23:59:59.999Z#00000000-0000-0000-0000-000000000007"
+                "2026-11-21T23:59:59.999Z#0000000000000000003#00000000-0000-0000-0000-000000000007"
             );
             assert_eq!(text(item, "event_type"), "StockAdjusted");
             assert_eq!(text(item, "version"), "3");
             assert_eq!(text(item, "position"), "2:41");
-            assert_eq!(text(item, "ttl"), (1_795_823_999 + 30 * 86_400).to_string());
+            assert_eq!(text(item, "ttl"), (1_795_305_599 + 30 * 86_400).to_string());
             let data: serde_json::Value = serde_json::from_str(&text(item, "data")).unwrap();
             assert_eq!(
                 data,
@@ -115,16 +118,16 @@ mod tests {
 
     #[test]
     fn given_the_same_event_twice_then_the_same_items() {
-        let a = items_for(&record(1_795_823_999_999, 7), Duration::days(30));
-        let b = items_for(&record(1_795_823_999_999, 7), Duration::days(30));
+        let a = items_for(&record(1_795_305_599_999, 7), Duration::days(30));
+        let b = items_for(&record(1_795_305_599_999, 7), Duration::days(30));
         assert_eq!(a, b);
     }
 
     #[test]
     fn sort_keys_order_by_time_and_differ_per_event() {
-        let earlier = items_for(&record(1_795_823_999_998, 9), Duration::days(30));
-        let later = items_for(&record(1_795_823_999_999, 1), Duration::days(30));
-        let same_time_other_event = items_for(&record(1_795_823_999_999, 2), Duration::days(30));
+        let earlier = items_for(&record(1_795_305_599_998, 9), Duration::days(30));
+        let later = items_for(&record(1_795_305_599_999, 1), Duration::days(30));
+        let same_time_other_event = items_for(&record(1_795_305_599_999, 2), Duration::days(30));
         assert!(text(&earlier[1], "sk") < text(&later[1], "sk"));
         assert_ne!(text(&later[1], "sk"), text(&same_time_other_event[1], "sk"));
     }

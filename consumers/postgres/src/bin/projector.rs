@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use foldline_consumer_runtime::{Consumer, RuntimeConfig};
-use foldline_postgres::model::ReadModel;
 use foldline_archive::read::ArchiveReader;
 use foldline_archive::store::{ArchiveStore, StoreConfig};
+use foldline_consumer_runtime::{Consumer, RuntimeConfig};
+use foldline_postgres::model::ReadModel;
 use foldline_postgres::replay::{replay, ArchiveThenTopic, ReplayConfig, TopicSource};
 use foldline_postgres::sink::PostgresSink;
 use foldline_postgres::DEFAULT_GROUP;
@@ -100,7 +100,15 @@ async fn main() -> anyhow::Result<()> {
             let report = if from_archive {
                 let archive = ArchiveReader::open(ArchiveStore::connect(&archive).await).await?;
                 tracing::info!(ends = ?archive.ends(), "replay: reading the archive, then the topic");
-                replay(&model, &config, ArchiveThenTopic { archive, topic: source }).await?
+                replay(
+                    &model,
+                    &config,
+                    ArchiveThenTopic {
+                        archive,
+                        topic: source,
+                    },
+                )
+                .await?
             } else {
                 replay(&model, &config, source).await?
             };

@@ -1,0 +1,214 @@
+//! The recent-events consumer on a real DynamoDB API (moto, started by scripts/test).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use foldline_service::aws::AwsEndpoint;
+use foldline_testkit::process::Service;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+fn endpoint() -> String {
+    std::env::var("FOLDLINE_DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into())
+}
+
+async fn client() -> aws_sdk_dynamodb::Client {
+    let aws = AwsEndpoint {
+        region: "us-east-1".into(),
+        local_access_key: "foldline".into(),
+        local_secret_key: "foldline-secret".into(),
+    };
+    foldline_recent_events::client(&aws, &endpoint()).await
+}
+
+/// Every item of the table, as sorted text, so two scans compare exactly.
+async fn scan(client: &aws_sdk_dynamodb::Client, table: &str) -> BTreeSet<String> {
+    let mut items = BTreeSet::new();
+    let mut pages = client.scan().table_name(table).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for item in page.unwrap().items() {
+            let sorted: BTreeMap<_, _> = item.iter().collect();
+            items.insert(format!("{sorted:?}"));
+        }
+    }
+    items
+}
+
+async fn wait_for_items(client: &aws_sdk_dynamodb::Client, table: &str, want: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .ok()
+            .map(|_| ());
+        if got.is_some() && scan(client, table).await.len() >= want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {want} items"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn metric(service: &Service, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", service.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Sets the group's committed offsets back to 0 on every partition (the group is empty).
+fn reset_group(group: &str, topic: &str) {
+    let consumer: BaseConsumer =
+        foldline_service::kafka::base_config(&foldline_testkit::brokers(), "test-reset")
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..3 {
+        offsets
+            .add_partition_offset(topic, partition, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test]
+async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
+    let topic = foldline_testkit::unique("recent");
+    let table = foldline_testkit::unique("RecentEvents");
+    let group = format!("{topic}-recent");
+    let producer = Service::start(
+        "foldline-producer",
+        "FOLDLINE_PRODUCER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.clone()),
+            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("tx")),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut versions: BTreeMap<String, i64> = BTreeMap::new();
+    for round in 0..6 {
+        let mut commands: Vec<serde_json::Value> = (0..4)
+            .map(|i| {
+                json!({"op": "create", "name": format!("n{round}-{i}"), "price_cents": 5,
+                           "stock": 6, "seller_id": "s-1"})
+            })
+            .collect();
+        commands.extend(
+            versions
+                .keys()
+                .take(4)
+                .map(|id| json!({"op": "adjust_stock", "id": id, "delta": -1})),
+        );
+        let answer: serde_json::Value = http
+            .post(format!("{}/commands", producer.url))
+            .json(&json!({"commands": commands}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for result in answer["results"].as_array().unwrap() {
+            versions.insert(
+                result["id"].as_str().unwrap().to_owned(),
+                result["version"].as_i64().unwrap(),
+            );
+        }
+    }
+    let events = foldline_testkit::read_all(&foldline_testkit::brokers(), &topic)
+        .await
+        .len();
+    let env = vec![
+        ("FOLDLINE_TOPIC", topic.clone()),
+        ("FOLDLINE_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("FOLDLINE_DYNAMODB_ENDPOINT", endpoint()),
+        ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
+        ("FOLDLINE_RECENT_EVENTS_GROUP", group.clone()),
+        // Small batches: several BatchWriteItem rounds per batch and several batches.
+        ("FOLDLINE_BATCH_RECORDS", "30".into()),
+    ];
+    let mut consumer = Service::start(
+        "foldline-recent-events",
+        "FOLDLINE_RECENT_EVENTS_LISTEN",
+        &env,
+    )
+    .await;
+    let client = client().await;
+    wait_for_items(&client, &table, 2 * events).await;
+    let first = scan(&client, &table).await;
+    assert_eq!(
+        first.len(),
+        2 * events,
+        "one item per product and one per day, per event"
+    );
+
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.time_to_live_status()),
+        Some(&TimeToLiveStatus::Enabled)
+    );
+    for (id, version) in &versions {
+        let items = client
+            .query()
+            .table_name(&table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("product#{id}")))
+            .send()
+            .await
+            .unwrap();
+        let got: Vec<i64> = items
+            .items()
+            .iter()
+            .map(|i| i["version"].as_n().unwrap().parse().unwrap())
+            .collect();
+        let expected: Vec<i64> = (1..=*version).collect();
+        assert_eq!(got, expected, "product {id}: every event, in time order");
+    }
+
+    // Redelivery: stop, reset the group to offset 0, start again: everything is written again.
+    assert!(consumer.terminate(), "graceful shutdown");
+    reset_group(&group, &topic);
+    let consumer = Service::start(
+        "foldline-recent-events",
+        "FOLDLINE_RECENT_EVENTS_LISTEN",
+        &env,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while metric(&consumer, "consumer_events_total").await < events as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "not redelivered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        metric(&consumer, "dynamodb_items_written_total").await,
+        (2 * events) as f64,
+        "every item was written again"
+    );
+    assert_eq!(
+        scan(&client, &table).await,
+        first,
+        "and the table is the same"
+    );
+}
