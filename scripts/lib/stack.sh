@@ -60,7 +60,7 @@ install_python_test_clients() {
   command -v docker-compose >/dev/null || apt_install docker-compose
   # Debian's Chromium and its driver for the live page's browser test.
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
-  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml, selenium" 2>/dev/null; then
+  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml, selenium, boto3" 2>/dev/null; then
     log "installing Confluent's Python client and pytest"
     "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-test.txt"
   fi
@@ -75,9 +75,20 @@ install_s3s() {
   export S3S_BIN
 }
 
+# moto's server: the local DynamoDB API (pinned; its dependencies resolved by pip).
+install_dynamodb() {
+  MOTO_BIN="$VENV/bin/moto_server"
+  if [ ! -x "$MOTO_BIN" ]; then
+    log "installing moto (the local DynamoDB API)"
+    "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-dynamodb.txt"
+  fi
+  export MOTO_BIN
+}
+
 install_all() {
   install_system_packages
   install_python_tools
+  install_dynamodb
   install_s3s
 }
 
@@ -124,10 +135,10 @@ stop_all() {
   for f in "$piddir"/*.pid; do
     [ -f "$f" ] || continue
     name="$(basename "$f" .pid)"
-    case "$name" in broker|s3|postgres) continue ;; esac
+    case "$name" in broker|s3|postgres|dynamodb) continue ;; esac
     stop_pid_file "$f" TERM
   done
-  for name in broker s3; do stop_pid_file "$piddir/$name.pid" TERM; done
+  for name in broker s3 dynamodb; do stop_pid_file "$piddir/$name.pid" TERM; done
   stop_pid_file "$piddir/postgres.pid" INT
 }
 
@@ -153,6 +164,14 @@ start_s3() {
   start_process s3 "$data/logs" "$data/pids" -- "$S3S_BIN" --host 127.0.0.1 --port "$port" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$data/s3"
   wait_port s3 "$port"
+}
+
+# start_dynamodb DATA PORT: moto's DynamoDB API (in memory: the recent-events consumer
+# re-creates its table and a new group, or a reset one, fills it again from the log).
+start_dynamodb() {
+  local data="$1" port="$2"
+  start_process dynamodb "$data/logs" "$data/pids" -- "$MOTO_BIN" -H 127.0.0.1 -p "$port"
+  wait_port dynamodb "$port"
 }
 
 # start_broker DATA PORT S3PORT: tansu keeping its log in the S3 bucket `tansu`.

@@ -50,6 +50,9 @@ pub trait EventSource {
         from: &BTreeMap<i32, i64>,
         batches: mpsc::Sender<Batch>,
     ) -> impl std::future::Future<Output = anyhow::Result<BTreeMap<i32, i64>>> + Send;
+
+    /// Records skipped so far because they could not be decoded.
+    fn undecodable(&self) -> u64;
 }
 
 /// The topic as an event source.
@@ -58,6 +61,7 @@ pub struct TopicSource {
     pub topic: String,
     pub codec: std::sync::Arc<EventCodec>,
     pub batch_records: usize,
+    pub undecodable: u64,
 }
 
 impl EventSource for TopicSource {
@@ -84,7 +88,9 @@ impl EventSource for TopicSource {
             ..Batch::default()
         };
         while let Some(message) = reader.next().await? {
-            decode_into(&self.codec, &message, &mut batch).await;
+            if !decode_into(&self.codec, &message, &mut batch).await {
+                self.undecodable += 1;
+            }
             if batch.records.len() >= self.batch_records {
                 position.extend(batch.next_offsets());
                 let full = std::mem::replace(
@@ -105,6 +111,10 @@ impl EventSource for TopicSource {
             .iter()
             .map(|(p, o)| (*p, *o))
             .collect())
+    }
+
+    fn undecodable(&self) -> u64 {
+        self.undecodable
     }
 }
 
@@ -148,13 +158,54 @@ impl EventSource for ArchiveThenTopic {
                 batches.send(batch).await?;
             }
         }
-        self.topic.read(&position, batches).await
+        let start = self.topic_start(position.clone())?;
+        let mut next = self.topic.read(&start, batches).await?;
+        // Where the archive reaches further than the topic, the archive's end is next.
+        for (partition, end) in position {
+            let at = next.entry(partition).or_insert(end);
+            *at = (*at).max(end);
+        }
+        Ok(next)
+    }
+
+    fn undecodable(&self) -> u64 {
+        self.topic.undecodable
+    }
+}
+
+impl ArchiveThenTopic {
+    /// Where the topic read starts: where the archive ends, unless the topic ends before that
+    /// (it was re-created after a loss, or is a restored copy): then from its end. Starting
+    /// lower than needed is harmless — records the new model holds are skipped — so the
+    /// broker's high watermark (too low on tansu) is only used to come down.
+    fn topic_start(&self, mut position: BTreeMap<i32, i64>) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            foldline_service::kafka::base_config(&self.topic.brokers, "foldline-replay")
+                .create()?;
+        for (partition, offset) in position.iter_mut() {
+            let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+                &consumer,
+                &self.topic.topic,
+                *partition,
+                Duration::from_secs(10),
+            )?;
+            if high < *offset {
+                tracing::info!(
+                    partition,
+                    archive_end = *offset,
+                    topic_end = high,
+                    "the topic ends before the archive does: reading it from its end"
+                );
+                *offset = high;
+            }
+        }
+        Ok(position)
     }
 }
 
 /// Decodes one record; undecodable ones are skipped (the live projector dead-lettered them)
 /// but their offsets still count as consumed.
-async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Batch) {
+async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Batch) -> bool {
     let bytes = message.payload().unwrap_or_default();
     batch.consumed(message.partition(), message.offset(), bytes.len());
     let mut delay = Duration::from_millis(100);
@@ -170,7 +221,7 @@ async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Bat
                     timestamp_ms: message.timestamp().to_millis(),
                     event,
                 });
-                return;
+                return true;
             }
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, "schema registry unavailable during replay; waiting");
@@ -179,7 +230,7 @@ async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Bat
             }
             Err(error) => {
                 tracing::debug!(%error, offset = message.offset(), "skipping an undecodable record");
-                return;
+                return false;
             }
         }
     }
@@ -204,7 +255,6 @@ pub async fn replay<S: EventSource + Send>(
         low_stock_threshold: config.low_stock_threshold,
     };
     let mut events = 0u64;
-    let mut dead = 0u64;
 
     // Phase 1: the bulk, one transaction per batch, while the live model keeps serving.
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
@@ -215,7 +265,7 @@ pub async fn replay<S: EventSource + Send>(
             let mut conn = model.pool.begin().await?;
             expect_done(apply_batch(&mut conn, &target, &batch).await?)?;
             conn.commit().await?;
-            count(&batch, &mut events, &mut dead, &progress);
+            count(&batch, &mut events, &progress);
         }
         Ok::<_, anyhow::Error>(())
     };
@@ -236,7 +286,7 @@ pub async fn replay<S: EventSource + Send>(
     let write = async {
         while let Some(batch) = rx.recv().await {
             expect_done(apply_batch(&mut swap, &target, &batch).await?)?;
-            count(&batch, &mut events, &mut dead, &progress);
+            count(&batch, &mut events, &progress);
         }
         Ok::<_, anyhow::Error>(())
     };
@@ -252,7 +302,7 @@ pub async fn replay<S: EventSource + Send>(
     model.drop_model(&old_schema).await?;
     Ok(ReplayReport {
         events,
-        dead,
+        dead: source.undecodable(),
         elapsed: started.elapsed(),
         old_schema,
         new_schema,
@@ -268,15 +318,14 @@ fn expect_done(written: Written) -> anyhow::Result<()> {
     }
 }
 
-fn count(batch: &Batch, events: &mut u64, dead: &mut u64, progress: &ProgressBar) {
-    let consumed: i64 = batch
+fn count(batch: &Batch, events: &mut u64, progress: &ProgressBar) {
+    let offsets: i64 = batch
         .ranges
         .values()
         .map(|(first, last)| last - first + 1)
         .sum();
     *events += batch.records.len() as u64;
-    *dead += (consumed as u64).saturating_sub(batch.records.len() as u64);
-    progress.inc(consumed as u64);
+    progress.inc(offsets as u64);
 }
 
 async fn swap_to(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {

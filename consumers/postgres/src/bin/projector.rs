@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                     &config.log.topic,
                 )?),
                 batch_records,
+                undecodable: 0,
             };
             let report = if from_archive {
                 let archive = ArchiveReader::open(ArchiveStore::connect(&archive).await).await?;

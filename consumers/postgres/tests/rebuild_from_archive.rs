@@ -1,0 +1,118 @@
+//! Rebuilding the read model from the S3 archive followed by the topic gives the same model as
+//! rebuilding from the topic alone — and the archive alone brings back history that the topic
+//! no longer holds.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Stack;
+use foldline_testkit::process::Service;
+use foldline_testkit::s3::OwnS3;
+
+async fn replay(stack: &Stack, args: &[&str], env: &[(&str, String)]) -> String {
+    let mut all = stack.projector_env("g1");
+    all.push((
+        "FOLDLINE_PROJECTOR_LISTEN",
+        format!("127.0.0.1:{}", foldline_testkit::process::free_port()),
+    ));
+    let mut command =
+        tokio::process::Command::new(foldline_testkit::process::binary("foldline-projector"));
+    command
+        .args(["replay", "--drop-grace-ms", "100"])
+        .args(args)
+        .envs(all.iter().map(|(k, v)| (k.to_string(), v.clone())))
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let output = command.output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "replay {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn metric(service: &Service, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", service.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
+    let stack = Stack::start().await;
+    let s3 = OwnS3::start();
+    let archive_env = vec![
+        ("FOLDLINE_S3_ENDPOINT", s3.url()),
+        (
+            "FOLDLINE_ARCHIVE_BUCKET",
+            foldline_testkit::unique("archive"),
+        ),
+    ];
+    let mut archiver_env = archive_env.clone();
+    archiver_env.extend([
+        ("FOLDLINE_TOPIC", stack.topic.clone()),
+        ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
+        (
+            "FOLDLINE_ARCHIVER_GROUP",
+            format!("{}-archiver", stack.topic),
+        ),
+        ("FOLDLINE_ARCHIVE_FILE_RECORDS", "20".into()),
+        ("FOLDLINE_ARCHIVE_FILE_SECONDS", "1".into()),
+    ]);
+    let mut archiver = Service::start(
+        "foldline-archiver",
+        "FOLDLINE_ARCHIVER_LISTEN",
+        &archiver_env,
+    )
+    .await;
+    stack.mixed_load(20, 40, 11).await;
+    let archived = stack.topic_events().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metric(&archiver, "archive_records_total").await < archived.len() as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "archive incomplete");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(archiver.terminate(), "graceful shutdown");
+
+    // History after the archive's end is only in the topic.
+    stack.mixed_load(5, 20, 12).await;
+    let events = stack.topic_events().await;
+    assert!(events.len() > archived.len());
+
+    let printed = replay(&stack, &[], &[]).await;
+    assert!(
+        printed.contains(&format!("replayed {} events", events.len())),
+        "{printed}"
+    );
+    stack.assert_model_equals_fold(&events).await;
+
+    let printed = replay(&stack, &["--from-archive"], &archive_env).await;
+    assert!(
+        printed.contains(&format!("replayed {} events", events.len())),
+        "{printed}"
+    );
+    stack.assert_model_equals_fold(&events).await;
+
+    // A topic that no longer holds any of it (an empty one stands for expired retention):
+    // the archive alone brings the archived history back.
+    let empty = foldline_testkit::unique("expired");
+    foldline_service::kafka::ensure_topic(&foldline_testkit::brokers(), &empty, 3, &[])
+        .await
+        .unwrap();
+    let mut env = archive_env.clone();
+    env.push(("FOLDLINE_TOPIC", empty));
+    let printed = replay(&stack, &["--from-archive"], &env).await;
+    assert!(
+        printed.contains(&format!("replayed {} events", archived.len())),
+        "want {}: {printed}",
+        archived.len()
+    );
+    stack.assert_model_equals_fold(&archived).await;
+}
