@@ -4,11 +4,13 @@
 //!   (acks=all, idempotence) sending records of the same size: the broker's limit.
 //! - `bare-http`: an axum server that parses the same JSON bodies as the producer and answers
 //!   without producing: the HTTP stack's limit under the same load generator.
+//! - `raw-put`, `raw-batch-write`: the S3 and DynamoDB limits for the sinks' own bytes/items.
 
 mod bare_http;
 mod fill;
 mod project;
 mod raw_produce;
+mod sinks;
 mod sse;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,12 @@ enum Command {
     TailLatency(project::TailArgs),
     /// N SSE clients on the notifier while writes go through the producer.
     SseClients(sse::Args),
+    /// PUT the archive's files again in a bare loop.
+    RawPut(sinks::PutArgs),
+    /// Write the recent-events items of a topic with a bare BatchWriteItem loop.
+    RawBatchWrite(sinks::BatchWriteArgs),
+    /// Time a consumer by one of its counters, from its first move to a target.
+    WatchMetric(sinks::WatchArgs),
 }
 
 #[tokio::main]
@@ -55,5 +63,8 @@ async fn main() -> anyhow::Result<()> {
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
         Command::TailLatency(args) => project::tail_latency(args).await,
         Command::SseClients(args) => sse::run(args).await,
+        Command::RawPut(args) => sinks::raw_put(args).await,
+        Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
+        Command::WatchMetric(args) => sinks::watch_metric(args).await,
     }
 }
