@@ -9,6 +9,7 @@ use std::time::Duration;
 pub mod postgres;
 pub mod process;
 pub mod s3;
+pub mod writes;
 
 /// Kafka bootstrap servers of the stack under test.
 pub fn brokers() -> String {

@@ -21,6 +21,9 @@ COUNTERPART = {
     "projector": "projector",
     "query": "query",
     "notifier": "notifier",
+    "dynamodb": "dynamodb",
+    "archiver": "archiver",
+    "recent-events": "recent-events",
 }
 CONTRACT_PORTS = {9092, 8081, 8080, 8082, 8083, 5432, 9000, 8000}
 
@@ -35,7 +38,7 @@ def config():
 def local_stack_processes():
     up = (ROOT / "scripts" / "up").read_text()
     names = set(re.findall(r"start_process ([a-z-]+)", up))
-    names |= {m for m in ("s3", "broker", "postgres") if f"start_{m} " in up}
+    names |= {m for m in ("s3", "broker", "postgres", "dynamodb") if f"start_{m} " in up}
     return names
 
 
@@ -62,7 +65,7 @@ def test_the_contract_ports_are_published():
 
 def test_foldline_services_have_healthchecks_and_wait_for_their_dependencies():
     services = config()["services"]
-    for name in ("producer", "projector", "query", "notifier"):
+    for name in ("producer", "projector", "query", "notifier", "archiver", "recent-events"):
         service = services[name]
         assert "healthcheck" in service, name
         assert service.get("depends_on"), name

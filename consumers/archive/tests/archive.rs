@@ -103,15 +103,9 @@ impl Setup {
                     .take(5)
                     .map(|id| json!({"op": "adjust_stock", "id": id, "delta": -1})),
             );
-            let answer = self
-                .http
-                .post(format!("{}/commands", self.producer.url))
-                .json(&json!({"commands": commands}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(answer.status(), 200);
-            let body: serde_json::Value = answer.json().await.unwrap();
+            let body =
+                foldline_testkit::writes::post_commands(&self.http, &self.producer.url, &commands)
+                    .await;
             for result in body["results"].as_array().unwrap().iter().take(5) {
                 ids.push(result["id"].as_str().unwrap().to_owned());
             }

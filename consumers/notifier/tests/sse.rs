@@ -42,37 +42,19 @@ async fn stack(buffer: usize) -> Stack {
 
 impl Stack {
     /// Creates `n` products in one batch (they spread over the partitions); returns their ids.
-    /// A 503 (broker trouble; nothing or — outcome unknown — everything appended) is retried
-    /// with the same Idempotency-Key, so each batch lands exactly once.
+    /// Broker trouble (503) is retried with the same Idempotency-Key.
     async fn create(&self, n: usize, stock: i64) -> Vec<String> {
         let commands: Vec<Value> = (0..n)
             .map(|i| json!({"op": "create", "name": format!("p{i}"), "price_cents": 1, "stock": stock, "seller_id": "s"}))
             .collect();
-        let key = foldline_testkit::unique("batch");
-        for _ in 0..120 {
-            let response = http()
-                .post(format!("{}/commands", self.producer.url))
-                .header("idempotency-key", &key)
-                .json(&json!({"commands": commands}))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let answer: Value = response.json().await.unwrap();
-            match status {
-                200 => {
-                    return answer["results"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|r| r["id"].as_str().unwrap().to_owned())
-                        .collect()
-                }
-                503 => tokio::time::sleep(Duration::from_millis(500)).await,
-                _ => panic!("batch refused: {status} {answer}"),
-            }
-        }
-        panic!("the producer stayed unavailable for a minute");
+        let answer =
+            foldline_testkit::writes::post_commands(&http(), &self.producer.url, &commands).await;
+        answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 }
 

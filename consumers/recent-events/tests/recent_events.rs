@@ -115,15 +115,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
                 .take(4)
                 .map(|id| json!({"op": "adjust_stock", "id": id, "delta": -1})),
         );
-        let answer: serde_json::Value = http
-            .post(format!("{}/commands", producer.url))
-            .json(&json!({"commands": commands}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = foldline_testkit::writes::post_commands(&http, &producer.url, &commands).await;
         for result in answer["results"].as_array().unwrap() {
             versions.insert(
                 result["id"].as_str().unwrap().to_owned(),

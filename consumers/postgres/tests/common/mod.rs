@@ -113,15 +113,10 @@ impl Stack {
                 .map(|i| json!({"op": "create", "name": format!("item {i}"), "price_cents": 100 + *i as i64,
                                "stock": 3 + (*i as i64 % 10), "seller_id": format!("seller-{}", i % 3)}))
                 .collect();
-            let answer = self
-                .write(
-                    reqwest::Method::POST,
-                    "/commands",
-                    json!({"commands": commands}),
-                )
-                .await;
-            assert_eq!(answer["status"], 200, "{answer}");
-            for result in answer["body"]["results"].as_array().unwrap() {
+            let answer =
+                foldline_testkit::writes::post_commands(&self.http, &self.producer.url, &commands)
+                    .await;
+            for result in answer["results"].as_array().unwrap() {
                 ids.push(result["id"].as_str().unwrap().to_owned());
             }
         }
