@@ -81,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })
         };
         let event = Envelope {
+            actor: None,
             event_id: uuid::Uuid::now_v7(),
             product_id: ids[i].clone(),
             version: *version,

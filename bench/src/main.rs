@@ -68,3 +68,13 @@ async fn main() -> anyhow::Result<()> {
         Command::WatchMetric(args) => sinks::watch_metric(args).await,
     }
 }
+
+/// An HTTP client that sends `token` as the bearer token with every request (writes need one).
+pub fn with_token(builder: reqwest::ClientBuilder, token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    Ok(builder.default_headers(headers).build()?)
+}

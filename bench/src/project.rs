@@ -164,12 +164,15 @@ pub struct VisibleArgs {
     rate: u64,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Bearer token for the producer (`foldline token mint`).
+    #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 /// Writes at a fixed rate and, for each write, measures the time from its 2xx answer until
 /// the query API shows it (`?after=` its position).
 pub async fn write_to_visible(args: VisibleArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = crate::with_token(reqwest::Client::builder(), &args.token)?;
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
     let mut tasks = Vec::new();
     let stop = Instant::now() + Duration::from_secs(args.seconds);

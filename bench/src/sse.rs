@@ -26,6 +26,9 @@ pub struct Args {
     rate: u64,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Bearer token for the producer (`foldline token mint`).
+    #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -41,9 +44,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
+    let http = crate::with_token(
+        reqwest::Client::builder().pool_max_idle_per_host(0),
+        &args.token,
+    )?;
     let rss_before = rss_kib(args.notifier_pid);
     let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let deliveries = Arc::new(AtomicU64::new(0));

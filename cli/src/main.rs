@@ -1,9 +1,11 @@
 //! `foldline`: the operator's command line. Topics (list, describe with group lag, consume
 //! decoded in the shape of `rpk topic consume`), schemas (register, list, check), the
-//! dead-letter topic (list, replay) and the front door to projection rebuilds.
+//! dead-letter topic (list, replay), tokens for the write API (mint) and the front door to
+//! projection rebuilds.
 
 mod dlq;
 mod registry;
+mod token;
 mod topic;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,9 @@ enum Commands {
     /// The dead-letter topic: list, replay.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Tokens for the write API.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Rebuild a projection from the log (runs `foldline-projector replay` for `postgres`).
     Replay {
         /// The projection to rebuild: postgres.
@@ -52,6 +57,12 @@ enum Commands {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign an HS256 token with the producer's secret and print it.
+    Mint(token::MintArgs),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("warn,rdkafka::client=off");
@@ -60,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Topic(command) => topic::run(command, &cli.brokers, &cli.registry_url).await,
         Commands::Schema(command) => registry::run(command, &cli.registry_url).await,
         Commands::Dlq(command) => dlq::run(command, &cli.brokers, &cli.registry_url).await,
+        Commands::Token(TokenCommand::Mint(args)) => token::mint(args),
         Commands::Replay { projection, args } => replay(&projection, &args),
     }
 }

@@ -42,7 +42,7 @@ async fn consume_prints_what_the_producer_wrote_decoded_in_rpk_shape() {
         ],
     )
     .await;
-    let answer: Value = reqwest::Client::new()
+    let answer: Value = foldline_testkit::auth::client()
         .post(format!("{}/products", producer.url))
         .json(
             &serde_json::json!({"name": "Lamp", "price_cents": 100, "stock": 3, "seller_id": "s1"}),
@@ -135,6 +135,7 @@ async fn dlq_replay_moves_a_fixed_record_back_once_and_keeps_garbage() {
     // A record that decodes now (its schema is registered), and garbage.
     let codec = EventCodec::new(&foldline_testkit::registry_url(), &source).unwrap();
     let event = Envelope {
+        actor: None,
         event_id: uuid::Uuid::new_v4(),
         product_id: "p-1".into(),
         version: 1,

@@ -51,6 +51,49 @@ pub enum DomainError {
     InsufficientStock { stock: i64, delta: i64 },
     #[error("the product is at version {actual}, not {expected}")]
     VersionMismatch { expected: i64, actual: i64 },
+    #[error("seller {seller} may not act on products of seller {owner}")]
+    Forbidden { seller: String, owner: String },
+}
+
+/// Who issues a command: the writer's JWT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The token's `sub`, recorded in every event as `actor`.
+    pub subject: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// May act on any product.
+    Admin,
+    /// May create, change and delete only products of this seller id.
+    Seller(String),
+}
+
+/// Whether `actor` may run `command` on the product as it is (`current`). A seller's create
+/// must name its own seller id; its other commands must touch its own products. An unknown
+/// product is left to [`decide`] (404), so a seller learns nothing more about other sellers'
+/// ids than "not yours".
+pub fn authorize(
+    actor: &Actor,
+    current: Option<&Product>,
+    command: &Command,
+) -> Result<(), DomainError> {
+    let Role::Seller(own) = &actor.role else {
+        return Ok(());
+    };
+    let owner = match command {
+        Command::Create { seller_id, .. } => Some(seller_id.as_str()),
+        _ => current.filter(|p| !p.deleted).map(|p| p.seller_id.as_str()),
+    };
+    match owner {
+        Some(owner) if owner != own => Err(DomainError::Forbidden {
+            seller: own.clone(),
+            owner: owner.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
@@ -213,6 +256,7 @@ mod tests {
 
     fn envelope(version: i64, payload: Payload) -> Envelope {
         Envelope {
+            actor: None,
             event_id: Uuid::new_v4(),
             product_id: "p1".into(),
             version,
@@ -252,6 +296,57 @@ mod tests {
             delta,
             reason: None,
         }
+    }
+
+    fn seller(id: &str) -> Actor {
+        Actor {
+            subject: format!("seller:{id}"),
+            role: Role::Seller(id.into()),
+        }
+    }
+
+    fn create_for(seller_id: &str) -> Command {
+        Command::Create {
+            name: "Lamp".into(),
+            price_cents: 1,
+            stock: 1,
+            seller_id: seller_id.into(),
+        }
+    }
+
+    #[test]
+    fn given_a_seller_when_it_creates_for_itself_then_allowed_and_for_another_then_forbidden() {
+        assert_eq!(authorize(&seller("s1"), None, &create_for("s1")), Ok(()));
+        assert_eq!(
+            authorize(&seller("s2"), None, &create_for("s1")),
+            Err(DomainError::Forbidden {
+                seller: "s2".into(),
+                owner: "s1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn given_a_product_of_s1_when_s2_changes_it_then_forbidden_and_s1_or_an_admin_may() {
+        let state = given(vec![created(10)]);
+        let admin = Actor {
+            subject: "root".into(),
+            role: Role::Admin,
+        };
+        for command in [adjust(-1), Command::Delete] {
+            assert!(matches!(
+                authorize(&seller("s2"), state.as_ref(), &command),
+                Err(DomainError::Forbidden { .. })
+            ));
+            assert_eq!(authorize(&seller("s1"), state.as_ref(), &command), Ok(()));
+            assert_eq!(authorize(&admin, state.as_ref(), &command), Ok(()));
+        }
+    }
+
+    #[test]
+    fn given_no_product_when_a_seller_changes_it_then_left_to_decide_as_not_found() {
+        assert_eq!(authorize(&seller("s2"), None, &adjust(1)), Ok(()));
+        assert_eq!(when(&None, adjust(1)), Err(DomainError::NotFound));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - [`log`]: reading the topic into the store (start-up, and resync after a failed commit).
 //! - [`writer`]: the transactional Kafka producer with group commit.
 //! - [`service`]: one write request end to end (lock, decide, encode, append, fold).
+//! - [`auth`]: bearer tokens (HS256 secret or JWKS) → the [`domain::Actor`] of a write.
 //! - [`http`]: the routes, headers and problem+json errors.
 //! - [`metrics`]: Prometheus metrics of the above.
 
+pub mod auth;
 pub mod domain;
 pub mod http;
 pub mod log;
@@ -77,6 +79,9 @@ pub struct Config {
     /// keys are rebuilt from the log: older keys are not loaded).
     #[arg(long, env = "FOLDLINE_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
     pub idempotency_ttl_secs: i64,
+    /// How writers are authenticated.
+    #[command(flatten)]
+    pub auth: auth::AuthConfig,
 }
 
 impl Config {
@@ -93,6 +98,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refuses to start without a way to check tokens: writes are never open.
+    let authenticator = Arc::new(auth::Authenticator::new(&config.auth)?);
     foldline_service::kafka::ensure_topic(
         &config.log.brokers,
         &config.log.topic,
@@ -168,7 +175,7 @@ pub async fn run(
     service.start_resync_loop();
     loaded.store(true, Ordering::Release);
 
-    let app = http::routes(service)
+    let app = http::routes(service, authenticator)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

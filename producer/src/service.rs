@@ -12,7 +12,7 @@ use foldline_schemas::Envelope;
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
-use crate::domain::{decide, evolve, Command, DomainError, Product};
+use crate::domain::{authorize, decide, evolve, Actor, Command, DomainError, Product};
 use crate::metrics::Metrics;
 use crate::store::{Answer, Store};
 use crate::writer::{AppendError, OutRecord, Writer};
@@ -27,6 +27,9 @@ pub struct PlannedCommand {
 
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
+    /// Who sends the request (authorized per command; its subject goes into every event).
+    /// `None` only where no HTTP request is involved (unit tests).
+    pub actor: Option<Actor>,
     pub idempotency_key: Option<String>,
     pub correlation_id: String,
     pub traceparent: String,
@@ -151,6 +154,10 @@ impl CommandService {
         for (index, planned) in commands.iter().enumerate() {
             let id = planned.product_id.clone().expect("assigned above");
             let current = scratch.get(&id).cloned().flatten();
+            if let Some(actor) = &meta.actor {
+                authorize(actor, current.as_ref(), &planned.command)
+                    .map_err(|error| WriteError::Rejected { index, error })?;
+            }
             let payloads = decide(
                 current.as_ref(),
                 &planned.command,
@@ -169,6 +176,7 @@ impl CommandService {
                     idempotency_key: meta.idempotency_key.clone(),
                     command_index: Some(index as i64),
                     payload,
+                    actor: meta.actor.as_ref().map(|a| a.subject.clone()),
                 };
                 state = evolve(state, &envelope);
                 envelopes.push((index, envelope));

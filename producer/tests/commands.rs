@@ -11,7 +11,7 @@ async fn every_command_succeeds_with_id_version_position_and_etag() {
     let config = common::config();
     let topic = config.log.topic.clone();
     let producer = Producer::start(config).await;
-    let client = reqwest::Client::new();
+    let client = foldline_testkit::auth::client();
 
     let created = producer
         .post(
@@ -149,7 +149,7 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
     let config = common::config();
     let topic = config.log.topic.clone();
     let producer = Producer::start(config).await;
-    let client = reqwest::Client::new();
+    let client = foldline_testkit::auth::client();
     let url = producer.url.clone();
     let id = producer.create(2).await;
 

@@ -62,7 +62,7 @@ async fn an_idempotency_key_appends_once_also_after_a_restart() {
     let send = |url: String| {
         let id = id.clone();
         async move {
-            let response = reqwest::Client::new()
+            let response = foldline_testkit::auth::client()
                 .post(format!("{url}/products/{id}/stock"))
                 .header("idempotency-key", "order-42")
                 .json(&json!({"delta": -1}))
@@ -89,7 +89,7 @@ async fn an_idempotency_key_appends_once_also_after_a_restart() {
     let post_batch = |url: String| {
         let batch = batch.clone();
         async move {
-            reqwest::Client::new()
+            foldline_testkit::auth::client()
                 .post(format!("{url}/commands"))
                 .header("idempotency-key", "batch-7")
                 .json(&batch)
@@ -177,6 +177,7 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
             n += 1;
             let response = client
                 .post(format!("{url}/products"))
+                .bearer_auth(foldline_testkit::auth::admin_token())
                 .json(&json!({"name": format!("item {n}"), "price_cents": 1, "stock": 1, "seller_id": "s"}))
                 .send()
                 .await;
@@ -211,7 +212,7 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
     // Readiness returns once the producer re-initialised and re-read the log; on tansu a
     // transaction left open by the crash can hold read_committed readers until it times out.
     producer.wait_ready(Duration::from_secs(120)).await;
-    let response = reqwest::Client::new()
+    let response = foldline_testkit::auth::client()
         .post(format!("{}/products", producer.url))
         .json(&json!({"name": "after", "price_cents": 1, "stock": 1, "seller_id": "s"}))
         .send()

@@ -41,6 +41,7 @@ mod tests {
 
     pub fn event(product: &str, version: i64, payload: Payload) -> Envelope {
         Envelope {
+            actor: None,
             event_id: Default::default(),
             product_id: product.into(),
             version,

@@ -98,6 +98,7 @@ pub fn envelope_to_value(envelope: &Envelope) -> Value {
                 Box::new(payload),
             ),
         ),
+        ("actor", optional(envelope.actor.clone(), Value::String)),
     ])
 }
 
@@ -250,6 +251,8 @@ pub fn envelope_from_value(
         idempotency_key: fields.opt_string("idempotency_key")?,
         command_index: fields.opt_long("command_index")?,
         payload,
+        // Absent from writer schemas older than authentication.
+        actor: fields.opt_string("actor")?,
     })
 }
 
@@ -263,6 +266,7 @@ mod tests {
 
     fn sample(payload: Payload) -> Envelope {
         Envelope {
+            actor: None,
             event_id: Uuid::new_v4(),
             product_id: "p-1".into(),
             version: 3,

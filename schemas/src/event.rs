@@ -18,6 +18,9 @@ pub struct Envelope {
     pub command_index: Option<i64>,
     #[serde(flatten)]
     pub payload: Payload,
+    /// The JWT subject that issued the command (`None` before authentication existed).
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 impl Envelope {

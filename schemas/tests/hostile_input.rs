@@ -60,6 +60,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         proptest::option::of(".{1,60}"),
         proptest::option::of(0..1000i64),
         payload(),
+        proptest::option::of(".{1,40}"),
     )
         .prop_map(
             |(
@@ -71,7 +72,9 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 idempotency_key,
                 command_index,
                 payload,
+                actor,
             )| Envelope {
+                actor,
                 event_id: uuid::Uuid::from_u128(id),
                 product_id,
                 version,

@@ -6,6 +6,7 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
+pub mod auth;
 pub mod postgres;
 pub mod process;
 pub mod s3;

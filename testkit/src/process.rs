@@ -71,6 +71,8 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("FOLDLINE_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            // Producers refuse to start without a way to check tokens; tests mint with this.
+            .env("FOLDLINE_JWT_SECRET", crate::auth::secret())
             .stdin(Stdio::null());
         for (key, value) in env {
             command.env(key, value);

@@ -22,6 +22,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 REGISTRY = os.environ["FOLDLINE_REGISTRY_URL"]
 BROKERS = os.environ["FOLDLINE_BROKERS"]
 PRODUCER = os.environ["FOLDLINE_PRODUCER_URL"]
+# An admin token minted by scripts/test with the producer's secret.
+TOKEN = os.environ["FOLDLINE_TEST_TOKEN"]
 TOPIC = os.environ["FOLDLINE_TEST_TOPIC"]
 BUCKET = os.environ["FOLDLINE_TEST_BUCKET"]
 S3_URL = os.environ["FOLDLINE_TEST_S3_URL"]
@@ -30,7 +32,7 @@ KEY = re.compile(r"^products/dt=(\d{4}-\d{2}-\d{2})/partition=(\d+)/(\d{20})-(\d
 
 def post(path, body):
     request = urllib.request.Request(f"{PRODUCER}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request) as response:
         return json.load(response)
 

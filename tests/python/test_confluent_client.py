@@ -16,6 +16,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 REGISTRY = os.environ["FOLDLINE_REGISTRY_URL"]
 BROKERS = os.environ["FOLDLINE_BROKERS"]
 PRODUCER = os.environ["FOLDLINE_PRODUCER_URL"]
+# An admin token minted by scripts/test with the producer's secret.
+TOKEN = os.environ["FOLDLINE_TEST_TOKEN"]
 TOPIC = os.environ["FOLDLINE_TEST_TOPIC"]
 
 V1 = json.dumps({"type": "record", "name": "Thing", "fields": [{"name": "a", "type": "long"}]})
@@ -53,7 +55,7 @@ def test_schema_registry_client_register_lookup_versions_and_compatibility():
 def test_events_decode_with_confluents_avro_deserializer():
     body = json.dumps({"name": "Kettle", "price_cents": 3499, "stock": 9, "seller_id": "s-py"}).encode()
     request = urllib.request.Request(f"{PRODUCER}/products", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request) as response:
         assert response.status == 201
         product_id = json.load(response)["id"]

@@ -16,12 +16,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 NOTIFIER = os.environ.get("FOLDLINE_NOTIFIER_URL")
 PRODUCER = os.environ.get("FOLDLINE_PRODUCER_URL")
+# An admin token minted by scripts/test with the producer's secret.
+TOKEN = os.environ.get("FOLDLINE_TEST_TOKEN", "")
 OUTPUT = pathlib.Path(os.environ.get("FOLDLINE_TEST_OUTPUT", ".foldline"))
 
 
 def post(path, body):
     request = urllib.request.Request(
-        PRODUCER + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        PRODUCER + path, data=json.dumps(body).encode(), headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)

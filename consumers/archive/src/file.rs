@@ -183,6 +183,7 @@ mod tests {
             key: Some("p-1".into()),
             timestamp_ms: Some(1_763_769_600_000 + offset),
             event: Envelope {
+                actor: None,
                 event_id: uuid::Uuid::new_v4(),
                 product_id: "p-1".into(),
                 version: offset + 1,

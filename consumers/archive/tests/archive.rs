@@ -41,7 +41,7 @@ impl Setup {
             bucket: foldline_testkit::unique("bucket"),
             producer,
             s3: OwnS3::start(),
-            http: reqwest::Client::new(),
+            http: foldline_testkit::auth::client(),
         }
     }
 

@@ -62,7 +62,7 @@ impl Stack {
 /// clients would take longer than the test.
 fn http() -> reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new).clone()
+    CLIENT.get_or_init(foldline_testkit::auth::client).clone()
 }
 
 #[derive(Debug, Clone)]
@@ -209,7 +209,7 @@ async fn filters_by_type_and_product() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let client = reqwest::Client::new();
+    let client = http();
     for id in &ids {
         // 6 → 4 crosses the threshold (5): StockAdjusted + LowStockWarning for each product.
         client

@@ -70,6 +70,7 @@ mod tests {
             key: Some("p-1".into()),
             timestamp_ms: None,
             event: Envelope {
+                actor: None,
                 event_id: uuid::Uuid::from_u128(event_id),
                 product_id: "p-1".into(),
                 version: 3,

@@ -100,7 +100,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = foldline_testkit::auth::client();
     let mut versions: BTreeMap<String, i64> = BTreeMap::new();
     for round in 0..6 {
         let mut commands: Vec<serde_json::Value> = (0..4)

@@ -89,6 +89,7 @@ pub fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, Problem> {
         .map(str::to_owned)
         .unwrap_or_else(new_traceparent);
     Ok(RequestMeta {
+        actor: None,
         idempotency_key,
         correlation_id,
         traceparent,

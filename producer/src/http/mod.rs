@@ -12,10 +12,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
-use axum::{Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
 
-use crate::domain::Command;
+use crate::auth::{require_actor, Authenticator};
+use crate::domain::{Actor, Command};
 use crate::service::{CommandService, PlannedCommand};
 use crate::store::Answer;
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
@@ -24,12 +25,14 @@ use problem::Problem;
 /// Most commands one `POST /commands` may carry.
 pub const MAX_BATCH_COMMANDS: usize = 1000;
 
-pub fn routes(service: Arc<CommandService>) -> Router {
+/// The write routes; every one needs a valid bearer token (checked before the body is read).
+pub fn routes(service: Arc<CommandService>, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/products", post(create))
         .route("/products/{id}", patch(update).delete(remove))
         .route("/products/{id}/stock", post(adjust_stock))
         .route("/commands", post(batch))
+        .route_layer(middleware::from_fn_with_state(auth, require_actor))
         .with_state(service)
 }
 
@@ -49,12 +52,13 @@ fn answer_response(status: StatusCode, answer: &Answer, location: bool) -> Respo
 
 async fn run_single(
     service: &Arc<CommandService>,
-    headers: &HeaderMap,
+    (actor, headers): (Actor, &HeaderMap),
     product_id: Option<String>,
     command: Command,
     op: &'static str,
 ) -> Result<Answer, Problem> {
-    let meta = headers::request_meta(headers)?;
+    let mut meta = headers::request_meta(headers)?;
+    meta.actor = Some(actor);
     let planned = PlannedCommand {
         product_id,
         command,
@@ -73,6 +77,7 @@ async fn run_single(
 
 async fn create(
     State(service): State<Arc<CommandService>>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
@@ -83,12 +88,13 @@ async fn create(
         stock: body.stock,
         seller_id: body.seller_id,
     };
-    let answer = run_single(&service, &headers, None, command, "create").await?;
+    let answer = run_single(&service, (actor, &headers), None, command, "create").await?;
     Ok(answer_response(StatusCode::CREATED, &answer, true))
 }
 
 async fn update(
     State(service): State<Arc<CommandService>>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Json<UpdateBody>, JsonRejection>,
@@ -98,12 +104,13 @@ async fn update(
         name: body.name,
         price_cents: body.price_cents,
     };
-    let answer = run_single(&service, &headers, Some(id), command, "update").await?;
+    let answer = run_single(&service, (actor, &headers), Some(id), command, "update").await?;
     Ok(answer_response(StatusCode::OK, &answer, false))
 }
 
 async fn adjust_stock(
     State(service): State<Arc<CommandService>>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Json<StockBody>, JsonRejection>,
@@ -113,21 +120,37 @@ async fn adjust_stock(
         delta: body.delta,
         reason: body.reason,
     };
-    let answer = run_single(&service, &headers, Some(id), command, "adjust_stock").await?;
+    let answer = run_single(
+        &service,
+        (actor, &headers),
+        Some(id),
+        command,
+        "adjust_stock",
+    )
+    .await?;
     Ok(answer_response(StatusCode::OK, &answer, false))
 }
 
 async fn remove(
     State(service): State<Arc<CommandService>>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let answer = run_single(&service, &headers, Some(id), Command::Delete, "delete").await?;
+    let answer = run_single(
+        &service,
+        (actor, &headers),
+        Some(id),
+        Command::Delete,
+        "delete",
+    )
+    .await?;
     Ok(answer_response(StatusCode::OK, &answer, false))
 }
 
 async fn batch(
     State(service): State<Arc<CommandService>>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Result<Json<BatchBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
@@ -143,7 +166,8 @@ async fn batch(
             ),
         ));
     }
-    let meta = headers::request_meta(&headers)?;
+    let mut meta = headers::request_meta(&headers)?;
+    meta.actor = Some(actor);
     let planned: Vec<PlannedCommand> = body.commands.into_iter().map(BatchCommand::plan).collect();
     let result = service.execute(planned, meta).await;
     let outcome = if result.is_ok() { "ok" } else { "error" };

@@ -29,6 +29,12 @@ impl From<DomainError> for Problem {
                 "Not enough stock",
                 detail,
             ),
+            DomainError::Forbidden { .. } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Not allowed for this token",
+                detail,
+            ),
             DomainError::VersionMismatch { .. } => Problem::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version-mismatch",

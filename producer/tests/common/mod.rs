@@ -26,6 +26,7 @@ pub fn config() -> Config {
     config.log.registry_url = foldline_testkit::registry_url();
     config.log.topic = foldline_testkit::unique("products");
     config.transactional_id = foldline_testkit::unique("producer");
+    config.auth.jwt_secret = Some(foldline_testkit::auth::secret());
     config
 }
 
@@ -48,7 +49,7 @@ impl Producer {
     }
 
     pub async fn wait_ready(&self, limit: Duration) {
-        let client = reqwest::Client::new();
+        let client = foldline_testkit::auth::client();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Ok(r) = client.get(format!("{}/ready", self.url)).send().await {
@@ -75,7 +76,7 @@ impl Producer {
     }
 
     pub fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
-        reqwest::Client::new()
+        foldline_testkit::auth::client()
             .post(format!("{}{path}", self.url))
             .json(&body)
     }

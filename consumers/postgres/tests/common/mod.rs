@@ -65,7 +65,7 @@ impl Stack {
             dlq,
             producer,
             query,
-            http: reqwest::Client::new(),
+            http: foldline_testkit::auth::client(),
         }
     }
 
