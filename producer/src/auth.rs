@@ -6,20 +6,15 @@
 //! every few seconds. `exp` is required, `nbf`, `iss` and `aud` are checked where configured.
 //! Claims: `sub`, `role` (`admin` | `seller`) and, for sellers, `seller_id`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::RwLock;
 
 use crate::domain::{Actor, Role};
-use crate::http::problem::Problem;
 
 /// How tokens are checked.
 #[derive(clap::Args, Debug, Clone)]
@@ -228,53 +223,4 @@ fn find(keys: &JwkSet, kid: Option<&str>) -> Option<Result<DecodingKey, AuthErro
         None => keys.keys.first()?,
     };
     Some(DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Invalid(e.to_string())))
-}
-
-/// Middleware: authenticates the request and hands its [`Actor`] to the handler, or answers
-/// 401 (with `WWW-Authenticate`) / 503 (keys unavailable).
-pub async fn require_actor(
-    State(auth): State<Arc<Authenticator>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match auth.authenticate(request.headers()).await {
-        Ok(actor) => {
-            request.extensions_mut().insert(actor);
-            next.run(request).await
-        }
-        Err(AuthError::KeysUnavailable(detail)) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "auth-unavailable",
-            "Tokens cannot be checked right now",
-            detail,
-        )
-        .into_response(),
-        Err(error) => {
-            let (code, detail) = match &error {
-                AuthError::Missing => ("", "send Authorization: Bearer <JWT>".to_owned()),
-                other => ("invalid_token", other.to_string()),
-            };
-            let mut response = Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "A valid bearer token is required",
-                detail.clone(),
-            )
-            .into_response();
-            let challenge = if code.is_empty() {
-                "Bearer realm=\"foldline\"".to_owned()
-            } else {
-                format!(
-                    "Bearer realm=\"foldline\", error=\"{code}\", error_description=\"{}\"",
-                    detail.replace(['"', '\\'], "'")
-                )
-            };
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, value);
-            }
-            response
-        }
-    }
 }

@@ -6,11 +6,13 @@
 //! - [`writer`]: the transactional Kafka producer with group commit.
 //! - [`service`]: one write request end to end (lock, decide, encode, append, fold).
 //! - [`auth`]: bearer tokens (HS256 secret or JWKS) → the [`domain::Actor`] of a write.
+//! - [`gate`]: the middleware every write passes: rate limits, then authentication.
 //! - [`http`]: the routes, headers and problem+json errors.
 //! - [`metrics`]: Prometheus metrics of the above.
 
 pub mod auth;
 pub mod domain;
+pub mod gate;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -29,6 +31,7 @@ use foldline_schemas::wire::EventCodec;
 use foldline_service::ops::Ops;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::Metrics;
@@ -82,6 +85,18 @@ pub struct Config {
     /// How writers are authenticated.
     #[command(flatten)]
     pub auth: auth::AuthConfig,
+    /// How fast each writer may write.
+    #[command(flatten)]
+    pub limits: gate::RateLimitConfig,
+    /// Browser origins allowed to call the API (CORS), comma-separated; the live page's
+    /// origin is in the default.
+    #[arg(
+        long,
+        env = "FOLDLINE_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8083,http://localhost:8083"
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -99,7 +114,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Refuses to start without a way to check tokens: writes are never open.
-    let authenticator = Arc::new(auth::Authenticator::new(&config.auth)?);
+    let gate = gate::Gate::new(auth::Authenticator::new(&config.auth)?, &config.limits);
+    let cors = cors(&config.cors_origins)?;
     foldline_service::kafka::ensure_topic(
         &config.log.brokers,
         &config.log.topic,
@@ -175,15 +191,42 @@ pub async fn run(
     service.start_resync_loop();
     loaded.store(true, Ordering::Release);
 
-    let app = http::routes(service, authenticator)
+    let app = http::routes(service, gate)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(config.request_timeout_ms),
         ))
         .layer(CatchPanicLayer::new())
-        .merge(ops.routes());
+        .merge(ops.routes())
+        // Outermost: preflight requests are answered before the gate asks for a token.
+        .layer(cors);
     let app = ops.instrument(app);
     foldline_service::serve::serve(listener, app, shutdown).await?;
     Ok(())
+}
+
+/// CORS for the allowed origins: the write methods, the headers the API reads, and the ones a
+/// browser script needs to see in answers.
+fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    let origins = origins
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .map(|o| HeaderValue::from_str(o.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("FOLDLINE_CORS_ORIGINS")?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-correlation-id"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600)))
 }

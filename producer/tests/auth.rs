@@ -1,5 +1,5 @@
 //! Who may write: bearer tokens (HS256 secret, ES256 from a JWKS with rotation), seller
-//! isolation, and nothing appended for a refused request.
+//! isolation, nothing appended for a refused request, rate limits (429) and CORS.
 
 mod common;
 
@@ -306,5 +306,121 @@ async fn es256_tokens_from_a_jwks_follow_its_key_rotation() {
     )
     .await;
     assert_eq!(status, 401, "the retired key no longer works");
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn writers_over_their_rate_get_429_with_retry_after_each_on_its_own_bucket() {
+    let mut config = config();
+    config.limits.rate_limit_per_sec = 1;
+    config.limits.rate_limit_burst = 2;
+    let producer = Producer::start(config).await;
+    let post = reqwest::Method::POST;
+    let alice = token("alice", "seller", Some("s-a"), 600);
+    let bob = token("bob", "seller", Some("s-b"), 600);
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let (status, headers, _) = send(
+            &producer,
+            post.clone(),
+            "/products",
+            Some(&alice),
+            lamp("s-a"),
+        )
+        .await;
+        if status == 429 {
+            retry_after = headers.get("retry-after").cloned();
+            assert_eq!(headers["content-type"], "application/problem+json");
+        }
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(&statuses[..2], &[201, 201], "the burst passes");
+    assert!(
+        statuses[2..].contains(&429),
+        "then the bucket is empty: {statuses:?}"
+    );
+    let seconds: u64 = retry_after
+        .expect("Retry-After on a 429")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&seconds), "Retry-After {seconds}");
+    let (status, _, _) = send(
+        &producer,
+        post.clone(),
+        "/products",
+        Some(&bob),
+        lamp("s-b"),
+    )
+    .await;
+    assert_eq!(status, 201, "another subject has its own bucket");
+
+    // Without a token the client address is limited: bad requests cannot flood either.
+    let mut anonymous = Vec::new();
+    for _ in 0..4 {
+        let (status, _, _) = send(&producer, post.clone(), "/products", None, lamp("s")).await;
+        anonymous.push(status.as_u16());
+    }
+    assert_eq!(&anonymous[..2], &[401, 401]);
+    assert!(anonymous[2..].contains(&429), "{anonymous:?}");
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_the_live_page_origin_and_no_other() {
+    let producer = Producer::start(config()).await;
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/products", producer.url),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("http://127.0.0.1:8083").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://127.0.0.1:8083"
+    );
+    let allow_headers = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allow_headers.contains("authorization"), "{allow_headers}");
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "an origin not on the list gets no CORS grant"
+    );
+    // A real write from the allowed origin is answered with the grant too.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/products", producer.url))
+        .header("origin", "http://127.0.0.1:8083")
+        .bearer_auth(foldline_testkit::auth::admin_token())
+        .json(&lamp("s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "http://127.0.0.1:8083"
+    );
     producer.stop().await;
 }

@@ -254,6 +254,73 @@ async fn bad_requests_get_problem_json_and_append_nothing() {
 }
 
 #[tokio::test]
+async fn hostile_input_gets_a_clear_4xx_and_never_crashes_the_producer() {
+    let config = common::config();
+    let topic = config.log.topic.clone();
+    let producer = Producer::start(config).await;
+    let client = foldline_testkit::auth::client();
+    let url = producer.url.clone();
+
+    // Deep nesting: serde_json's recursion limit refuses it instead of blowing the stack.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for body in [
+        format!(r#"{{"name": {deep}, "price_cents": 1, "stock": 1, "seller_id": "s"}}"#),
+        deep.clone(),
+    ] {
+        let status = post_raw(&client, &url, body).await.status().as_u16();
+        assert!([400, 422].contains(&status), "deep nesting: {status}");
+    }
+    // Invalid UTF-8 inside a string and as the whole body.
+    let mut bytes = br#"{"name": "ok"#.to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+    bytes.extend_from_slice(br#"", "price_cents": 1, "stock": 1, "seller_id": "s"}"#);
+    problem(post_raw(&client, &url, bytes).await, 400).await;
+    problem(post_raw(&client, &url, vec![0x80u8; 64]).await, 400).await;
+    // Numbers beyond 64 bits, negative too, and fractions: valid JSON, wrong value (422); a
+    // number beyond even f64: serde_json refuses it while parsing (400).
+    for (number, status) in [
+        ("18446744073709551616", 422),
+        ("-9223372036854775809", 422),
+        ("1.5", 422),
+        ("1e400", 400),
+    ] {
+        let body =
+            format!(r#"{{"name": "x", "price_cents": 1, "stock": {number}, "seller_id": "s"}}"#);
+        problem(post_raw(&client, &url, body).await, status).await;
+    }
+    // A header far beyond what the server reads: refused before any handler runs.
+    let status = client
+        .post(format!("{url}/products"))
+        .header("x-correlation-id", "c".repeat(1024 * 1024))
+        .json(&json!({"name": "x", "price_cents": 1, "stock": 1, "seller_id": "s"}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert!(
+        matches!(status, Ok(400..=499) | Err(_)),
+        "an oversized header is refused: {status:?}"
+    );
+    // An over-long Idempotency-Key is a clear 400.
+    let status = client
+        .post(format!("{url}/products"))
+        .header("idempotency-key", "k".repeat(300))
+        .json(&json!({"name": "x", "price_cents": 1, "stock": 1, "seller_id": "s"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400);
+
+    // Still serving, and nothing of it reached the log.
+    let health = reqwest::get(format!("{url}/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(read_topic(&foldline_testkit::brokers(), &topic)
+        .await
+        .is_empty());
+    producer.stop().await;
+}
+
+#[tokio::test]
 async fn operational_routes_answer() {
     let producer = Producer::start(common::config()).await;
     let health: Value = reqwest::get(format!("{}/health", producer.url))

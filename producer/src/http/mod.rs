@@ -15,8 +15,8 @@ use axum::routing::{patch, post};
 use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
 
-use crate::auth::{require_actor, Authenticator};
 use crate::domain::{Actor, Command};
+use crate::gate::Gate;
 use crate::service::{CommandService, PlannedCommand};
 use crate::store::Answer;
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
@@ -25,14 +25,15 @@ use problem::Problem;
 /// Most commands one `POST /commands` may carry.
 pub const MAX_BATCH_COMMANDS: usize = 1000;
 
-/// The write routes; every one needs a valid bearer token (checked before the body is read).
-pub fn routes(service: Arc<CommandService>, auth: Arc<Authenticator>) -> Router {
+/// The write routes; every one passes the [`Gate`] (rate limit, bearer token) before its body
+/// is read.
+pub fn routes(service: Arc<CommandService>, gate: Arc<Gate>) -> Router {
     Router::new()
         .route("/products", post(create))
         .route("/products/{id}", patch(update).delete(remove))
         .route("/products/{id}/stock", post(adjust_stock))
         .route("/commands", post(batch))
-        .route_layer(middleware::from_fn_with_state(auth, require_actor))
+        .route_layer(middleware::from_fn_with_state(gate, crate::gate::gate))
         .with_state(service)
 }
 
