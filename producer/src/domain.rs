@@ -55,21 +55,8 @@ pub enum DomainError {
     Forbidden { seller: String, owner: String },
 }
 
-/// Who issues a command: the writer's JWT.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    /// The token's `sub`, recorded in every event as `actor`.
-    pub subject: String,
-    pub role: Role,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// May act on any product.
-    Admin,
-    /// May create, change and delete only products of this seller id.
-    Seller(String),
-}
+/// Who issues a command (from the writer's JWT).
+pub use foldline_service::auth::{Actor, Role};
 
 /// Whether `actor` may run `command` on the product as it is (`current`). A seller's create
 /// must name its own seller id; its other commands must touch its own products. An unknown

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::auth::{AuthError, Authenticator};
 use crate::http::problem::Problem;
+use foldline_service::auth::{refusal, Authenticator};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RateLimitConfig {
@@ -94,7 +94,7 @@ pub async fn gate(
             if let Err(wait) = gate.wait(&gate.by_address, &peer.ip()) {
                 return too_many(wait);
             }
-            unauthorized(error)
+            refusal(error)
         }
     }
 }
@@ -111,41 +111,5 @@ fn too_many(wait: Duration) -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
-}
-
-fn unauthorized(error: AuthError) -> Response {
-    if let AuthError::KeysUnavailable(detail) = error {
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "auth-unavailable",
-            "Tokens cannot be checked right now",
-            detail,
-        )
-        .into_response();
-    }
-    let challenge = match &error {
-        AuthError::Missing => "Bearer realm=\"foldline\"".to_owned(),
-        other => format!(
-            "Bearer realm=\"foldline\", error=\"invalid_token\", error_description=\"{}\"",
-            other.to_string().replace(['"', '\\'], "'")
-        ),
-    };
-    let detail = match &error {
-        AuthError::Missing => "send Authorization: Bearer <JWT>".to_owned(),
-        other => other.to_string(),
-    };
-    let mut response = Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "A valid bearer token is required",
-        detail,
-    )
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
     response
 }

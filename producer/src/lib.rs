@@ -5,12 +5,10 @@
 //! - [`log`]: reading the topic into the store (start-up, and resync after a failed commit).
 //! - [`writer`]: the transactional Kafka producer with group commit.
 //! - [`service`]: one write request end to end (lock, decide, encode, append, fold).
-//! - [`auth`]: bearer tokens (HS256 secret or JWKS) → the [`domain::Actor`] of a write.
 //! - [`gate`]: the middleware every write passes: rate limits, then authentication.
 //! - [`http`]: the routes, headers and problem+json errors.
 //! - [`metrics`]: Prometheus metrics of the above.
 
-pub mod auth;
 pub mod domain;
 pub mod gate;
 pub mod http;
@@ -84,7 +82,7 @@ pub struct Config {
     pub idempotency_ttl_secs: i64,
     /// How writers are authenticated.
     #[command(flatten)]
-    pub auth: auth::AuthConfig,
+    pub auth: foldline_service::auth::AuthConfig,
     /// How fast each writer may write.
     #[command(flatten)]
     pub limits: gate::RateLimitConfig,
@@ -114,7 +112,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Refuses to start without a way to check tokens: writes are never open.
-    let gate = gate::Gate::new(auth::Authenticator::new(&config.auth)?, &config.limits);
+    let gate = gate::Gate::new(
+        foldline_service::auth::Authenticator::new(&config.auth)?,
+        &config.limits,
+    );
     let cors = cors(&config.cors_origins)?;
     foldline_service::kafka::ensure_topic(
         &config.log.brokers,

@@ -20,7 +20,7 @@ pub type AnswerSlot = Arc<AsyncMutex<Option<BTreeMap<i64, Answer>>>>;
 
 /// What a successful command answers: the product, its version and the position of the last
 /// event the command appended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub id: String,
     pub version: i64,

@@ -345,5 +345,31 @@ async fn operational_routes_answer() {
         "{metrics}"
     );
     assert!(metrics.contains("route=\"/products\""));
+    // The OpenAPI document: open (no token), every write route, bearer security.
+    let document: Value = reqwest::get(format!("{}/openapi.json", producer.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/commands",
+            "/products",
+            "/products/{id}",
+            "/products/{id}/stock"
+        ]
+    );
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     producer.stop().await;
 }

@@ -60,7 +60,7 @@ install_python_test_clients() {
   command -v docker-compose >/dev/null || apt_install docker-compose
   # Debian's Chromium and its driver for the live page's browser test.
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
-  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml, selenium, boto3" 2>/dev/null; then
+  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml, selenium, boto3, schemathesis" 2>/dev/null; then
     log "installing Confluent's Python client and pytest"
     "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-test.txt"
   fi

@@ -8,8 +8,11 @@
 //! - [`shutdown`]: a future that resolves on SIGINT or SIGTERM.
 //! - [`kafka`]: client settings that work on both tansu (local) and Redpanda.
 //! - [`serve`]: bind and serve a router with graceful shutdown.
+//! - `auth` (feature `auth`): bearer tokens (HS256 secret or JWKS), for writes and gated reads.
 //! - `aws` (feature `aws`): AWS SDK settings for S3- and DynamoDB-compatible servers.
 
+#[cfg(feature = "auth")]
+pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod config;

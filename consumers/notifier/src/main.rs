@@ -46,6 +46,9 @@ struct Cli {
     /// Events a client may fall behind the live feed before it is told to reconnect.
     #[arg(long, env = "FOLDLINE_SSE_BUFFER", default_value_t = 4096)]
     buffer: usize,
+    /// Whether the stream needs a token (the page itself stays open).
+    #[command(flatten)]
+    reads: foldline_service::auth::ReadAccess,
 }
 
 struct AppState {
@@ -61,12 +64,16 @@ struct StreamParams {
     product_id: Option<String>,
     /// For clients that cannot send the `Last-Event-ID` header.
     last_event_id: Option<String>,
+    /// For clients that cannot send `Authorization` (EventSource); checked by the read guard.
+    #[allow(dead_code)]
+    access_token: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("info,rdkafka::client=off");
     let cli = Cli::parse();
+    let readers = cli.reads.authenticator()?;
     let codec = Arc::new(EventCodec::new(&cli.log.registry_url, &cli.log.topic)?);
     let feed = feed::start(
         cli.log.brokers.clone(),
@@ -107,10 +114,11 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let app = Router::new()
-        .route("/", get(page))
+    let stream_routes = Router::new()
         .route("/events/stream", get(stream))
-        .with_state(state)
+        .with_state(state);
+    let app = foldline_service::auth::guard_reads(stream_routes, readers)
+        .route("/", get(page))
         .merge(ops.routes());
     let app = ops.instrument(app);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;

@@ -3,6 +3,7 @@
 
 pub mod bodies;
 mod headers;
+pub mod openapi;
 pub mod problem;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{patch, post};
+use axum::routing::{get, patch, post};
 use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
 
@@ -20,6 +21,7 @@ use crate::gate::Gate;
 use crate::service::{CommandService, PlannedCommand};
 use crate::store::Answer;
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
+use openapi::{BatchAnswerDoc, ProblemDoc};
 use problem::Problem;
 
 /// Most commands one `POST /commands` may carry.
@@ -35,6 +37,7 @@ pub fn routes(service: Arc<CommandService>, gate: Arc<Gate>) -> Router {
         .route("/commands", post(batch))
         .route_layer(middleware::from_fn_with_state(gate, crate::gate::gate))
         .with_state(service)
+        .route("/openapi.json", get(openapi::document))
 }
 
 fn answer_response(status: StatusCode, answer: &Answer, location: bool) -> Response {
@@ -76,6 +79,21 @@ async fn run_single(
     Ok(answers.remove(0))
 }
 
+/// Create a product.
+#[utoipa::path(post, path = "/products", request_body = CreateBody,
+    params(        ("Idempotency-Key" = Option<String>, Header, description = "The same key again returns the first answer and appends nothing"),
+        ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers")),
+    responses(
+        (status = 201, description = "Created", body = Answer),
+        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+    ))]
 async fn create(
     State(service): State<Arc<CommandService>>,
     Extension(actor): Extension<Actor>,
@@ -93,6 +111,25 @@ async fn create(
     Ok(answer_response(StatusCode::CREATED, &answer, true))
 }
 
+/// Change a product's name and/or price.
+#[utoipa::path(patch, path = "/products/{id}", request_body = UpdateBody,
+    params(("id" = String, Path, description = "Product id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key again returns the first answer and appends nothing"),
+        ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers"),
+        ("If-Match" = Option<String>, Header, description = "Quoted version; a mismatch is 412")),
+    responses(
+        (status = 200, description = "Changed", body = Answer),
+        (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+    ))]
 async fn update(
     State(service): State<Arc<CommandService>>,
     Extension(actor): Extension<Actor>,
@@ -109,6 +146,26 @@ async fn update(
     Ok(answer_response(StatusCode::OK, &answer, false))
 }
 
+/// Add to or take from a product's stock.
+#[utoipa::path(post, path = "/products/{id}/stock", request_body = StockBody,
+    params(("id" = String, Path, description = "Product id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key again returns the first answer and appends nothing"),
+        ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers"),
+        ("If-Match" = Option<String>, Header, description = "Quoted version; a mismatch is 412")),
+    responses(
+        (status = 200, description = "Adjusted", body = Answer),
+        (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Stock would go below zero", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+    ))]
 async fn adjust_stock(
     State(service): State<Arc<CommandService>>,
     Extension(actor): Extension<Actor>,
@@ -132,6 +189,25 @@ async fn adjust_stock(
     Ok(answer_response(StatusCode::OK, &answer, false))
 }
 
+/// Delete a product.
+#[utoipa::path(delete, path = "/products/{id}",
+    params(("id" = String, Path, description = "Product id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key again returns the first answer and appends nothing"),
+        ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers"),
+        ("If-Match" = Option<String>, Header, description = "Quoted version; a mismatch is 412")),
+    responses(
+        (status = 200, description = "Deleted", body = Answer),
+        (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+    ))]
 async fn remove(
     State(service): State<Arc<CommandService>>,
     Extension(actor): Extension<Actor>,
@@ -149,6 +225,24 @@ async fn remove(
     Ok(answer_response(StatusCode::OK, &answer, false))
 }
 
+/// Several commands, applied in order, atomically (all or none), each answered.
+#[utoipa::path(post, path = "/commands", request_body = BatchBody,
+    params(        ("Idempotency-Key" = Option<String>, Header, description = "The same key again returns the first answer and appends nothing"),
+        ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers")),
+    responses(
+        (status = 200, description = "Every command applied", body = BatchAnswerDoc),
+        (status = 404, description = "A command names an unknown product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "A stock change would go below zero", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "An if_match does not match", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+    ))]
 async fn batch(
     State(service): State<Arc<CommandService>>,
     Extension(actor): Extension<Actor>,

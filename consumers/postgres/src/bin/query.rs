@@ -34,12 +34,16 @@ struct Cli {
     /// Database connections.
     #[arg(long, env = "FOLDLINE_QUERY_CONNECTIONS", default_value_t = 16)]
     connections: u32,
+    /// Whether reads need a token.
+    #[command(flatten)]
+    reads: foldline_service::auth::ReadAccess,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("info");
     let cli = Cli::parse();
+    let readers = cli.reads.authenticator()?;
     let model = ReadModel::connect_lazy(&cli.database_url, cli.connections)?;
     model.bootstrap().await?;
     let readiness = {
@@ -64,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         max_timeout: Duration::from_secs(60),
     });
     let app = ops
-        .instrument(routes(state).merge(ops.routes()))
+        .instrument(foldline_service::auth::guard_reads(routes(state), readers).merge(ops.routes()))
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     foldline_service::serve::serve(listener, app, foldline_service::shutdown::signal()).await?;

@@ -5,6 +5,9 @@
 //! timer and when a token names a key id the cache does not know (key rotation), at most
 //! every few seconds. `exp` is required, `nbf`, `iss` and `aud` are checked where configured.
 //! Claims: `sub`, `role` (`admin` | `seller`) and, for sellers, `seller_id`.
+//!
+//! The producer checks every write with it; the query API and the notifier check reads with
+//! it when `FOLDLINE_READS_REQUIRE_TOKEN` is set ([`ReadAccess`]).
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,28 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::RwLock;
 
-use crate::domain::{Actor, Role};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::problem::Problem;
+
+/// Who sends a request: the token's subject and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The token's `sub`.
+    pub subject: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// May act on any product.
+    Admin,
+    /// May create, change and delete only products of this seller id.
+    Seller(String),
+}
 
 /// How tokens are checked.
 #[derive(clap::Args, Debug, Clone)]
@@ -108,6 +132,11 @@ impl Authenticator {
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?
             .trim();
+        self.check(token).await
+    }
+
+    /// The actor of a bare token.
+    pub async fn check(&self, token: &str) -> Result<Actor, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let key = match header.alg {
             Algorithm::HS256 => self
@@ -223,4 +252,98 @@ fn find(keys: &JwkSet, kid: Option<&str>) -> Option<Result<DecodingKey, AuthErro
         None => keys.keys.first()?,
     };
     Some(DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Invalid(e.to_string())))
+}
+
+/// The answer to a request whose token was refused: 401 problem+json with a
+/// `WWW-Authenticate` challenge, or 503 when the signing keys cannot be fetched.
+pub fn refusal(error: AuthError) -> Response {
+    if let AuthError::KeysUnavailable(detail) = error {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "auth-unavailable",
+            "Tokens cannot be checked right now",
+            detail,
+        )
+        .into_response();
+    }
+    let challenge = match &error {
+        AuthError::Missing => "Bearer realm=\"foldline\"".to_owned(),
+        other => format!(
+            "Bearer realm=\"foldline\", error=\"invalid_token\", error_description=\"{}\"",
+            other.to_string().replace(['"', '\\'], "'")
+        ),
+    };
+    let detail = match &error {
+        AuthError::Missing => "send Authorization: Bearer <JWT>".to_owned(),
+        other => other.to_string(),
+    };
+    let mut response = Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "A valid bearer token is required",
+        detail,
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// Whether reads (query API, SSE) need a token too.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReadAccess {
+    /// Require a valid token (any role) for reads: `Authorization: Bearer`, or
+    /// `?access_token=` where a browser cannot set headers (EventSource).
+    #[arg(long, env = "FOLDLINE_READS_REQUIRE_TOKEN", default_value_t = false)]
+    pub reads_require_token: bool,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+impl ReadAccess {
+    /// The authenticator reads go through, or `None` when reads are open.
+    pub fn authenticator(&self) -> anyhow::Result<Option<std::sync::Arc<Authenticator>>> {
+        if !self.reads_require_token {
+            return Ok(None);
+        }
+        Ok(Some(std::sync::Arc::new(Authenticator::new(&self.auth)?)))
+    }
+}
+
+/// Middleware for read routes when reads require a token.
+pub async fn require_reader(
+    State(auth): State<std::sync::Arc<Authenticator>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let from_query = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .map(str::to_owned)
+    });
+    let checked = match from_query {
+        Some(token) => auth.check(&token).await,
+        None => auth.authenticate(request.headers()).await,
+    };
+    match checked {
+        Ok(_) => next.run(request).await,
+        Err(error) => refusal(error),
+    }
+}
+
+/// `router`'s routes behind [`require_reader`] when reads require a token.
+pub fn guard_reads(
+    router: axum::Router,
+    auth: Option<std::sync::Arc<Authenticator>>,
+) -> axum::Router {
+    match auth {
+        Some(auth) => {
+            router.route_layer(axum::middleware::from_fn_with_state(auth, require_reader))
+        }
+        None => router,
+    }
 }

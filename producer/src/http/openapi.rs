@@ -1,0 +1,81 @@
+//! The OpenAPI 3.1 document of the write API, served at `GET /openapi.json`, generated from
+//! the handlers' annotations and the body types (utoipa), so it cannot drift from the code.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
+use crate::store::Answer;
+
+/// An error answer (RFC 9457, `application/problem+json`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // the schema of what `Problem` serializes
+pub struct ProblemDoc {
+    /// `urn:foldline:problem:<slug>`.
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// In a batch: the index of the refused command.
+    command_index: Option<u32>,
+}
+
+/// The answer of `POST /commands`: every command's answer, and the last one's at the top.
+#[derive(ToSchema)]
+#[allow(dead_code)] // the schema of the JSON `batch` builds
+pub struct BatchAnswerDoc {
+    id: String,
+    version: i64,
+    position: String,
+    results: Vec<Answer>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Foldline producer",
+        description = "Commands in, Avro events appended to the products topic. Every write needs a bearer JWT (claims `sub`, `role` = admin|seller, `seller_id`)."
+    ),
+    paths(
+        super::create,
+        super::update,
+        super::adjust_stock,
+        super::remove,
+        super::batch
+    ),
+    components(schemas(
+        CreateBody,
+        UpdateBody,
+        StockBody,
+        BatchBody,
+        BatchCommand,
+        Answer,
+        BatchAnswerDoc,
+        ProblemDoc
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
