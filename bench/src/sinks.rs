@@ -13,7 +13,6 @@ use foldline_recent_events::items::items_for;
 use foldline_recent_events::sink::{write_items, WriterMetrics, ITEMS_PER_REQUEST};
 use foldline_recent_events::table::ensure_table;
 use foldline_schemas::wire::EventCodec;
-use foldline_service::aws::AwsEndpoint;
 use rdkafka::Message;
 
 #[derive(clap::Args)]
@@ -35,7 +34,7 @@ pub async fn raw_put(args: PutArgs) -> anyhow::Result<()> {
     for range in reader.files.values().flatten() {
         let bytes = store.get(&range.key(&store.prefix)).await?;
         records += read_file(&bytes)?.len();
-        files.push((range.key(&args.to_prefix), bytes));
+        files.push((range.key(&args.to_prefix), bytes::Bytes::from(bytes)));
     }
     let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
     let started = Instant::now();
@@ -56,13 +55,7 @@ pub struct BatchWriteArgs {
     #[command(flatten)]
     log: foldline_service::config::EventLog,
     #[command(flatten)]
-    aws: AwsEndpoint,
-    #[arg(
-        long,
-        env = "FOLDLINE_DYNAMODB_ENDPOINT",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    dynamodb_endpoint: String,
+    dynamodb: foldline_recent_events::DynamoDb,
     /// A table of its own (created like the consumer's).
     #[arg(long)]
     table: String,
@@ -96,7 +89,7 @@ pub async fn raw_batch_write(args: BatchWriteArgs) -> anyhow::Result<()> {
         };
         items.extend(items_for(&record, chrono::Duration::days(30)));
     }
-    let client = foldline_recent_events::client(&args.aws, &args.dynamodb_endpoint).await;
+    let client = args.dynamodb.client().await;
     ensure_table(&client, &args.table).await?;
     let metrics = WriterMetrics::new();
     let started = Instant::now();

@@ -104,6 +104,34 @@ impl Service {
         }
     }
 
+    /// Waits until `GET /ready` answers 503 (a dependency is down); panics with `why` after
+    /// `limit`.
+    pub async fn wait_not_ready(&self, limit: Duration, why: &str) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/ready", self.url)).await {
+                if r.status() == 503 {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{why}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The value of the Prometheus sample `name` (no labels) on `/metrics`; 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

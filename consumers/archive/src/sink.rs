@@ -70,7 +70,8 @@ struct OpenFile {
 
 struct ClosedFile {
     range: FileRange,
-    bytes: Vec<u8>,
+    /// Shared with each upload attempt, not copied.
+    bytes: bytes::Bytes,
     records: usize,
 }
 
@@ -259,7 +260,7 @@ impl PartitionFiles {
         let records = file.writer.records;
         self.closed.push_back(ClosedFile {
             range,
-            bytes: file.writer.finish()?,
+            bytes: file.writer.finish()?.into(),
             records,
         });
         Ok(())

@@ -9,6 +9,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use bytes::Bytes;
 use foldline_service::aws::{AwsEndpoint, CallError};
 
 use crate::layout::FileRange;
@@ -122,7 +123,7 @@ impl ArchiveStore {
 
     /// Uploads one file; big files go up in parts. Writing the same key again replaces it
     /// with the same bytes (keys are derived from offsets), so a retry is harmless.
-    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         if bytes.len() < self.multipart_threshold {
             return self
                 .client
@@ -139,7 +140,7 @@ impl ArchiveStore {
         self.put_multipart(key, bytes).await
     }
 
-    async fn put_multipart(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let upload = self
             .client
             .create_multipart_upload()
@@ -173,11 +174,13 @@ impl ArchiveStore {
         &self,
         key: &str,
         upload_id: &str,
-        bytes: &[u8],
+        bytes: &Bytes,
     ) -> Result<(), StoreError> {
         let mut parts = Vec::new();
-        for (index, chunk) in bytes.chunks(self.part_size).enumerate() {
+        for (index, start) in (0..bytes.len()).step_by(self.part_size).enumerate() {
             let number = index as i32 + 1;
+            // A view into the file, not a copy.
+            let chunk = bytes.slice(start..(start + self.part_size).min(bytes.len()));
             let part = self
                 .client
                 .upload_part()
@@ -185,7 +188,7 @@ impl ArchiveStore {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .body(ByteStream::from(chunk.to_vec()))
+                .body(ByteStream::from(chunk))
                 .send()
                 .await
                 .map_err(|e| classify("upload part", e))?;

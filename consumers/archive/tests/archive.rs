@@ -212,20 +212,12 @@ async fn an_s3_outage_pauses_the_archiver_which_then_resumes_without_gap_or_over
     setup.load(6).await;
     setup.s3.kill();
     setup.load(6).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = reqwest::get(format!("{}/ready", archiver.url))
-            .await
-            .unwrap();
-        if ready.status() == 503 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the archiver stayed ready without S3"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    archiver
+        .wait_not_ready(
+            Duration::from_secs(30),
+            "the archiver stayed ready without S3",
+        )
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     setup.s3.resume();
     setup.load(6).await;

@@ -140,20 +140,12 @@ async fn a_postgres_restart_pauses_the_projector_which_then_resumes() {
             )
             .await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = reqwest::get(format!("{}/ready", projector.url))
-            .await
-            .unwrap();
-        if ready.status() == 503 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the projector must report not-ready while its database is down"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    projector
+        .wait_not_ready(
+            Duration::from_secs(20),
+            "the projector must report not-ready while its database is down",
+        )
+        .await;
     drop(stopped);
     let events = stack.topic_events().await;
     stack.wait_caught_up(events.len()).await;

@@ -32,18 +32,6 @@ async fn replay(stack: &Stack, args: &[&str], env: &[(&str, String)]) -> String 
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-async fn metric(service: &Service, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", service.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0, |v| v.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
     let stack = Stack::start().await;
@@ -75,7 +63,7 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
     stack.mixed_load(20, 40, 11).await;
     let archived = stack.topic_events().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metric(&archiver, "archive_records_total").await < archived.len() as u64 {
+    while archiver.metric("archive_records_total").await < archived.len() as f64 {
         assert!(tokio::time::Instant::now() < deadline, "archive incomplete");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -9,10 +9,22 @@ pub mod table;
 /// The consumer group of the recent-events consumer.
 pub const DEFAULT_GROUP: &str = "foldline-recent-events";
 
-/// A DynamoDB client for `endpoint` (empty: AWS itself).
-pub async fn client(
-    aws: &foldline_service::aws::AwsEndpoint,
-    endpoint: &str,
-) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(&aws.sdk_config(endpoint).await)
+/// Where the DynamoDB API is and how to sign for it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DynamoDb {
+    #[command(flatten)]
+    pub aws: foldline_service::aws::AwsEndpoint,
+    /// DynamoDB API endpoint (empty: AWS itself).
+    #[arg(
+        long,
+        env = "FOLDLINE_DYNAMODB_ENDPOINT",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub dynamodb_endpoint: String,
+}
+
+impl DynamoDb {
+    pub async fn client(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.aws.sdk_config(&self.dynamodb_endpoint).await)
+    }
 }

@@ -45,15 +45,19 @@ impl RecentEventsSink {
 
 impl Sink for RecentEventsSink {
     async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
-        let items: Vec<Item> = batch
-            .records
-            .iter()
-            .flat_map(|record| items_for(record, self.ttl))
-            .collect();
-        let requests: Vec<Vec<Item>> = items
-            .chunks(ITEMS_PER_REQUEST)
-            .map(<[Item]>::to_vec)
-            .collect();
+        // Items are moved into their requests, never copied.
+        let requests: Vec<Vec<Item>> = {
+            let mut items = batch
+                .records
+                .iter()
+                .flat_map(|record| items_for(record, self.ttl))
+                .peekable();
+            let mut requests = Vec::new();
+            while items.peek().is_some() {
+                requests.push(items.by_ref().take(ITEMS_PER_REQUEST).collect());
+            }
+            requests
+        };
         futures::stream::iter(requests)
             .map(|chunk| write_items(&self.client, &self.table, chunk, &self.metrics))
             .buffer_unordered(self.concurrency)

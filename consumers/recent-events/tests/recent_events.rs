@@ -15,12 +15,16 @@ fn endpoint() -> String {
 }
 
 async fn client() -> aws_sdk_dynamodb::Client {
-    let aws = AwsEndpoint {
-        region: "us-east-1".into(),
-        local_access_key: "foldline".into(),
-        local_secret_key: "foldline-secret".into(),
-    };
-    foldline_recent_events::client(&aws, &endpoint()).await
+    foldline_recent_events::DynamoDb {
+        aws: AwsEndpoint {
+            region: "us-east-1".into(),
+            local_access_key: "foldline".into(),
+            local_secret_key: "foldline-secret".into(),
+        },
+        dynamodb_endpoint: endpoint(),
+    }
+    .client()
+    .await
 }
 
 /// Every item of the table, as sorted text, so two scans compare exactly.
@@ -55,18 +59,6 @@ async fn wait_for_items(client: &aws_sdk_dynamodb::Client, table: &str, want: us
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-async fn metric(service: &Service, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", service.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// Sets the group's committed offsets back to 0 on every partition (the group is empty).
@@ -189,12 +181,12 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     )
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while metric(&consumer, "consumer_events_total").await < events as f64 {
+    while consumer.metric("consumer_events_total").await < events as f64 {
         assert!(tokio::time::Instant::now() < deadline, "not redelivered");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(
-        metric(&consumer, "dynamodb_items_written_total").await,
+        consumer.metric("dynamodb_items_written_total").await,
         (2 * events) as f64,
         "every item was written again"
     );

@@ -27,5 +27,5 @@ mod sink;
 
 pub use batch::{Batch, Record};
 pub use metrics::RuntimeMetrics;
-pub use runner::{run, Consumer, RuntimeConfig};
+pub use runner::{run, run_until_signal, Consumer, RuntimeConfig};
 pub use sink::{Flush, Sink, SinkError, Written};

@@ -58,6 +58,19 @@ pub struct Consumer<S> {
 
 type Kafka = StreamConsumer<RuntimeContext>;
 
+/// What a consumer binary's `main` ends with: binds `listen` for the ops routes and runs the
+/// consumer until SIGINT or SIGTERM (finishing and flushing the batch in flight).
+pub async fn run_until_signal<S: Sink>(consumer: Consumer<S>, listen: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    run(
+        consumer,
+        None,
+        listener,
+        foldline_service::shutdown::signal(),
+    )
+    .await
+}
+
 /// Serves `/health`, `/ready`, `/metrics` on `listener` and runs the consumer until
 /// `shutdown` resolves; the batch in flight is finished first.
 pub async fn run<S: Sink>(

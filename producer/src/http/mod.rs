@@ -21,7 +21,7 @@ use crate::gate::Gate;
 use crate::service::{CommandService, PlannedCommand};
 use crate::store::Answer;
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
-use openapi::{BatchAnswerDoc, ProblemDoc};
+use openapi::{BatchAnswerDoc, ProblemDoc, WriteErrors};
 use problem::Problem;
 
 /// Most commands one `POST /commands` may carry.
@@ -85,14 +85,7 @@ async fn run_single(
         ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers")),
     responses(
         (status = 201, description = "Created", body = Answer),
-        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+        WriteErrors
     ))]
 async fn create(
     State(service): State<Arc<CommandService>>,
@@ -121,14 +114,7 @@ async fn create(
         (status = 200, description = "Changed", body = Answer),
         (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+        WriteErrors
     ))]
 async fn update(
     State(service): State<Arc<CommandService>>,
@@ -157,14 +143,7 @@ async fn update(
         (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Stock would go below zero", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+        WriteErrors
     ))]
 async fn adjust_stock(
     State(service): State<Arc<CommandService>>,
@@ -199,14 +178,7 @@ async fn adjust_stock(
         (status = 200, description = "Deleted", body = Answer),
         (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+        WriteErrors
     ))]
 async fn remove(
     State(service): State<Arc<CommandService>>,
@@ -234,14 +206,7 @@ async fn remove(
         (status = 404, description = "A command names an unknown product", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "A stock change would go below zero", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 412, description = "An if_match does not match", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 400, description = "Malformed JSON or a bad header", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "A seller acting on another seller's product", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types or a broken rule", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (Retry-After)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Broker or registry unavailable; nothing appended", body = ProblemDoc, content_type = "application/problem+json")
+        WriteErrors
     ))]
 async fn batch(
     State(service): State<Arc<CommandService>>,

@@ -20,6 +20,60 @@ pub struct ProblemDoc {
     command_index: Option<u32>,
 }
 
+/// The error answers every write can give (each route adds its own 404/409/412).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents what `Problem` answers
+pub enum WriteErrors {
+    #[response(
+        status = 400,
+        description = "Malformed JSON or a bad header",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(ProblemDoc),
+    #[response(
+        status = 401,
+        description = "No valid bearer token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(ProblemDoc),
+    #[response(
+        status = 403,
+        description = "A seller acting on another seller's product",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(ProblemDoc),
+    #[response(
+        status = 413,
+        description = "Body too large",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(ProblemDoc),
+    #[response(
+        status = 415,
+        description = "Not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(ProblemDoc),
+    #[response(
+        status = 422,
+        description = "Wrong types or a broken rule",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(ProblemDoc),
+    #[response(
+        status = 429,
+        description = "Rate limited (Retry-After)",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(ProblemDoc),
+    #[response(
+        status = 503,
+        description = "Broker or registry unavailable; nothing appended",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(ProblemDoc),
+}
+
 /// The answer of `POST /commands`: every command's answer, and the last one's at the top.
 #[derive(ToSchema)]
 #[allow(dead_code)] // the schema of the JSON `batch` builds

@@ -113,7 +113,6 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             store.ensure_bucket().await?;
-            let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
             let consumer = Consumer {
                 service: "archiver",
                 version: env!("CARGO_PKG_VERSION"),
@@ -121,13 +120,7 @@ async fn main() -> anyhow::Result<()> {
                 config: cli.runtime,
                 sink: ArchiveSink::new(store, cli.rotation),
             };
-            foldline_consumer_runtime::run(
-                consumer,
-                None,
-                listener,
-                foldline_service::shutdown::signal(),
-            )
-            .await
+            foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
         }
     }
 }

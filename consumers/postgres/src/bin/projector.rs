@@ -127,7 +127,6 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let active = model.bootstrap().await?;
             tracing::info!(schema = %active, "read model ready");
-            let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
             let sink = PostgresSink {
                 model,
                 group: cli.group.clone(),
@@ -141,13 +140,7 @@ async fn main() -> anyhow::Result<()> {
                 config: cli.runtime,
                 sink,
             };
-            foldline_consumer_runtime::run(
-                consumer,
-                None,
-                listener,
-                foldline_service::shutdown::signal(),
-            )
-            .await
+            foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
         }
     }
 }

@@ -5,8 +5,7 @@ use clap::Parser;
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_recent_events::sink::RecentEventsSink;
 use foldline_recent_events::table::ensure_table;
-use foldline_recent_events::DEFAULT_GROUP;
-use foldline_service::aws::AwsEndpoint;
+use foldline_recent_events::{DynamoDb, DEFAULT_GROUP};
 
 #[derive(Parser)]
 #[command(
@@ -18,14 +17,7 @@ struct Cli {
     #[command(flatten)]
     runtime: RuntimeConfig,
     #[command(flatten)]
-    aws: AwsEndpoint,
-    /// DynamoDB API endpoint (empty: AWS itself).
-    #[arg(
-        long,
-        env = "FOLDLINE_DYNAMODB_ENDPOINT",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    dynamodb_endpoint: String,
+    dynamodb: DynamoDb,
     /// The table (created with TTL on `ttl` if missing).
     #[arg(
         long,
@@ -55,7 +47,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("info");
     let cli = Cli::parse();
-    let client = foldline_recent_events::client(&cli.aws, &cli.dynamodb_endpoint).await;
+    let client = cli.dynamodb.client().await;
     // Waits for DynamoDB at start: the local stack may still be starting it.
     let mut delay = std::time::Duration::from_millis(200);
     loop {
@@ -69,7 +61,6 @@ async fn main() -> anyhow::Result<()> {
             Err(error) => return Err(error.into()),
         }
     }
-    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     let sink = RecentEventsSink::new(
         client,
         cli.table,
@@ -83,11 +74,5 @@ async fn main() -> anyhow::Result<()> {
         config: cli.runtime,
         sink,
     };
-    foldline_consumer_runtime::run(
-        consumer,
-        None,
-        listener,
-        foldline_service::shutdown::signal(),
-    )
-    .await
+    foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
 }
