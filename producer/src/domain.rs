@@ -1,6 +1,6 @@
 //! The product aggregate: pure decisions and folds, no I/O.
 //!
-//! `decide(state, command)` answers which events a command produces (or why it is refused);
+//! `decide(actor, state, command)` answers which events a command produces (or why it is refused);
 //! `evolve(state, event)` folds one event into the state. The producer, its start-up replay
 //! and every projection agree because they fold the same events.
 
@@ -111,9 +111,22 @@ fn check_not_negative(field: &'static str, value: i64) -> Result<(), DomainError
     Ok(())
 }
 
-/// The events `command` produces on `current` (`None`: the product does not exist yet).
-/// `expected_version` is the `If-Match` precondition, checked before any rule.
+/// The events `command`, issued by `actor`, produces on `current` (`None`: the product does
+/// not exist yet). Authorization comes first and cannot be skipped: every command that
+/// reaches the domain carries its actor. `expected_version` is the `If-Match` precondition,
+/// checked next, before any rule.
 pub fn decide(
+    actor: &Actor,
+    current: Option<&Product>,
+    command: &Command,
+    expected_version: Option<i64>,
+    low_stock_threshold: i64,
+) -> Result<Vec<Payload>, DomainError> {
+    authorize(actor, current, command)?;
+    rules(current, command, expected_version, low_stock_threshold)
+}
+
+fn rules(
     current: Option<&Product>,
     command: &Command,
     expected_version: Option<i64>,
@@ -273,8 +286,15 @@ mod tests {
             })
     }
 
+    fn admin() -> Actor {
+        Actor {
+            subject: "root".into(),
+            role: Role::Admin,
+        }
+    }
+
     fn when(state: &Option<Product>, command: Command) -> Result<Vec<EventType>, DomainError> {
-        decide(state.as_ref(), &command, None, THRESHOLD)
+        decide(&admin(), state.as_ref(), &command, None, THRESHOLD)
             .map(|events| events.iter().map(Payload::event_type).collect())
     }
 
@@ -334,6 +354,31 @@ mod tests {
     fn given_no_product_when_a_seller_changes_it_then_left_to_decide_as_not_found() {
         assert_eq!(authorize(&seller("s2"), None, &adjust(1)), Ok(()));
         assert_eq!(when(&None, adjust(1)), Err(DomainError::NotFound));
+    }
+
+    #[test]
+    fn given_a_product_of_s1_when_s2_decides_any_command_on_it_then_forbidden_before_any_rule() {
+        // decide() itself authorizes: no caller can reach the rules without an actor.
+        let state = given(vec![created(10)]);
+        for command in [
+            adjust(-1),
+            adjust(-100),
+            Command::Delete,
+            Command::Update {
+                name: Some("Mine now".into()),
+                price_cents: None,
+            },
+        ] {
+            assert!(matches!(
+                decide(&seller("s2"), state.as_ref(), &command, Some(99), THRESHOLD),
+                Err(DomainError::Forbidden { .. })
+            ));
+        }
+        assert!(matches!(
+            decide(&seller("s2"), None, &create_for("s1"), None, THRESHOLD),
+            Err(DomainError::Forbidden { .. })
+        ));
+        assert!(decide(&seller("s1"), state.as_ref(), &adjust(-1), None, THRESHOLD).is_ok());
     }
 
     #[test]
@@ -447,7 +492,13 @@ mod tests {
                 reason: None,
             }),
         ]);
-        let result = decide(state.as_ref(), &Command::Delete, Some(1), THRESHOLD);
+        let result = decide(
+            &admin(),
+            state.as_ref(),
+            &Command::Delete,
+            Some(1),
+            THRESHOLD,
+        );
         assert_eq!(
             result,
             Err(DomainError::VersionMismatch {
@@ -455,7 +506,14 @@ mod tests {
                 actual: 2
             })
         );
-        assert!(decide(state.as_ref(), &Command::Delete, Some(2), THRESHOLD).is_ok());
+        assert!(decide(
+            &admin(),
+            state.as_ref(),
+            &Command::Delete,
+            Some(2),
+            THRESHOLD
+        )
+        .is_ok());
     }
 
     #[test]

@@ -104,8 +104,8 @@ impl Config {
     }
 }
 
-/// Loads the state from the log, then serves until `shutdown` resolves. `/ready` turns green
-/// only after the log has been read to its end.
+/// Fences earlier instances, loads the state from the log, then serves until `shutdown`
+/// resolves. `/ready` turns green only after the log has been read to its end.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -155,19 +155,11 @@ pub async fn run(
     let ops = Ops::new("producer", env!("CARGO_PKG_VERSION"), readiness);
     let metrics = Metrics::new(&ops.registry);
 
-    let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
-    let started = std::time::Instant::now();
-    let events = log::replay(
-        &config.log.brokers,
-        &config.log.topic,
-        &store,
-        &codec,
-        &metrics,
-    )
-    .await
-    .context("reading the log")?;
-    tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded from the log");
-
+    // Fence, then read, then serve. init_transactions fences any earlier instance with this
+    // transactional.id and completes or aborts the transaction it left (a commit it sent
+    // before it died becomes visible only now); only after that does reading the log to its
+    // end see every committed command. Read first, and a retried command whose first copy
+    // was still pending would be decided again on a state without it: appended twice.
     let writer = Writer::start(
         WriterConfig {
             brokers: config.log.brokers.clone(),
@@ -180,6 +172,20 @@ pub async fn run(
     )
     .context("initialising the transactional producer")?;
     let _ = writer_slot.set(writer.clone());
+    tracing::info!(transactional_id = %config.transactional_id, "transactional producer initialised; earlier instances fenced");
+
+    let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
+    let started = std::time::Instant::now();
+    let events = log::replay(
+        &config.log.brokers,
+        &config.log.topic,
+        &store,
+        &codec,
+        &metrics,
+    )
+    .await
+    .context("reading the log")?;
+    tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded from the log");
     let service = Arc::new(CommandService::new(
         store,
         writer,

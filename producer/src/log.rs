@@ -1,19 +1,31 @@
 //! Reading the `products` topic into the [`Store`]: at start-up (from the beginning) and
-//! after a failed commit (from where the state ends).
+//! after a failed commit (from where the state ends) — in both cases only after the
+//! transactional producer has fenced earlier instances (see `lib.rs`).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use foldline_schemas::wire::EventCodec;
-use foldline_service::kafka::{self, SetupError};
+use foldline_service::kafka::{self, SetupError, TopicReader};
 use rdkafka::Message;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::writer::Position;
 
+/// How long a transaction an earlier instance left behind may take to be decided.
+const DECISION_LIMIT: Duration = Duration::from_secs(60);
+
 /// Folds every committed event after the store's offsets into the store; returns how many
 /// events were read. Undecodable records are skipped (and counted); a registry outage is
 /// waited out, never skipped, so the state cannot silently miss events.
+///
+/// Reading to the end is not enough right after fencing: a commit the previous instance sent
+/// just before it died may be decided by the broker a moment after `init_transactions`
+/// returned (seen on tansu: the restarted producer read up to the pending transaction, the
+/// commit marker landed after it, and a retried command was decided again on a state without
+/// its first copy). So the ends of the log *including* undecided records are taken first, and
+/// committed records are read until every one of those has been decided.
 pub async fn replay(
     brokers: &str,
     topic: &str,
@@ -21,40 +33,73 @@ pub async fn replay(
     codec: &EventCodec,
     metrics: &Metrics,
 ) -> Result<u64, SetupError> {
-    let start = store.next_offsets();
+    let (mut events, mut positions) =
+        fold_committed(brokers, topic, store, codec, metrics, &store.next_offsets()).await?;
+    let ends = kafka::undecided_ends(brokers, "foldline-producer-ends", topic, &positions).await?;
+    let started = Instant::now();
+    loop {
+        let undecided: HashMap<i32, (i64, i64)> = ends
+            .iter()
+            .filter_map(|(partition, end)| {
+                let at = positions.get(partition).copied().unwrap_or(0);
+                (at < *end).then_some((*partition, (at, *end)))
+            })
+            .collect();
+        if undecided.is_empty() {
+            return Ok(events);
+        }
+        if started.elapsed() > DECISION_LIMIT {
+            return Err(SetupError::Timeout(DECISION_LIMIT));
+        }
+        tracing::info!(?undecided, "waiting for a transaction of an earlier instance to be decided (partition: (read up to, log end))");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (more, next) =
+            fold_committed(brokers, topic, store, codec, metrics, &positions).await?;
+        events += more;
+        positions = next;
+    }
+}
+
+/// Folds committed records from `start` to the end of every partition; returns how many and
+/// the reader's positions there (past markers and aborted records).
+async fn fold_committed(
+    brokers: &str,
+    topic: &str,
+    store: &Store,
+    codec: &EventCodec,
+    metrics: &Metrics,
+    start: &HashMap<i32, i64>,
+) -> Result<(u64, HashMap<i32, i64>), SetupError> {
+    let mut reader = TopicReader::open(
+        brokers,
+        "foldline-producer-replay",
+        topic,
+        start,
+        None,
+        false,
+    )?;
     let mut events = 0_u64;
-    kafka::read_to_end(brokers, "foldline-producer-replay", topic, &start, |message| {
+    while let Some(message) = reader.next().await? {
+        events += 1;
         let position = Position {
             partition: message.partition(),
             offset: message.offset(),
         };
-        events += 1;
-        async move {
-            let Some(bytes) = message.payload() else {
+        let Some(bytes) = message.payload() else {
+            store.note_positions(&[position]);
+            continue;
+        };
+        match codec.decode_waiting(bytes).await {
+            Ok(envelope) => {
+                store.apply_logged(&envelope, position).await;
+                metrics.replayed_events.inc();
+            }
+            Err(error) => {
+                tracing::warn!(%error, %position, "skipping undecodable record");
+                metrics.undecodable_events.inc();
                 store.note_positions(&[position]);
-                return;
-            };
-            loop {
-                match codec.decode(bytes).await {
-                    Ok(envelope) => {
-                        store.apply_logged(&envelope, position).await;
-                        metrics.replayed_events.inc();
-                        return;
-                    }
-                    Err(error) if error.is_transient() => {
-                        tracing::warn!(%error, "registry unavailable while replaying, retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, %position, "skipping undecodable record");
-                        metrics.undecodable_events.inc();
-                        store.note_positions(&[position]);
-                        return;
-                    }
-                }
             }
         }
-    })
-    .await?;
-    Ok(events)
+    }
+    Ok((events, reader.positions()?))
 }

@@ -12,7 +12,7 @@ use foldline_schemas::Envelope;
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
-use crate::domain::{authorize, decide, evolve, Actor, Command, DomainError, Product};
+use crate::domain::{decide, evolve, Actor, Command, DomainError, Product};
 use crate::metrics::Metrics;
 use crate::store::{Answer, Store};
 use crate::writer::{AppendError, OutRecord, Writer};
@@ -25,11 +25,11 @@ pub struct PlannedCommand {
     pub expected_version: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RequestMeta {
-    /// Who sends the request (authorized per command; its subject goes into every event).
-    /// `None` only where no HTTP request is involved (unit tests).
-    pub actor: Option<Actor>,
+    /// Who sends the request: authorized per command by `decide`; its subject goes into
+    /// every event. Never optional, so no path can skip authorization.
+    pub actor: Actor,
     pub idempotency_key: Option<String>,
     pub correlation_id: String,
     pub traceparent: String,
@@ -154,11 +154,8 @@ impl CommandService {
         for (index, planned) in commands.iter().enumerate() {
             let id = planned.product_id.clone().expect("assigned above");
             let current = scratch.get(&id).cloned().flatten();
-            if let Some(actor) = &meta.actor {
-                authorize(actor, current.as_ref(), &planned.command)
-                    .map_err(|error| WriteError::Rejected { index, error })?;
-            }
             let payloads = decide(
+                &meta.actor,
                 current.as_ref(),
                 &planned.command,
                 planned.expected_version,
@@ -176,7 +173,7 @@ impl CommandService {
                     idempotency_key: meta.idempotency_key.clone(),
                     command_index: Some(index as i64),
                     payload,
-                    actor: meta.actor.as_ref().map(|a| a.subject.clone()),
+                    actor: Some(meta.actor.subject.clone()),
                 };
                 state = evolve(state, &envelope);
                 envelopes.push((index, envelope));

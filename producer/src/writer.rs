@@ -225,7 +225,18 @@ fn commit_loop(
                     }
                     AppendError::OutcomeUnknown(_) => {
                         health.store(RECOVERING, Ordering::Release);
-                        producer = reconnect(&config, &health);
+                        // Fence, then read: the new producer's init_transactions completes or
+                        // aborts the transaction whose outcome is unknown, and only then is the
+                        // log re-read (by the resync loop) and writes decided again.
+                        let reconnected =
+                            reconnect(|| create_producer(&config), &health, std::thread::sleep);
+                        let Some(reconnected) = reconnected else {
+                            tracing::error!(
+                                "fenced while reconnecting; this producer stops writing"
+                            );
+                            return;
+                        };
+                        producer = reconnected;
                         // notify_one keeps the signal if the resync loop is not waiting yet.
                         resync.notify_one();
                     }
@@ -236,23 +247,31 @@ fn commit_loop(
     tracing::info!("committer stopped");
 }
 
-/// Replaces the producer until one initialises; init_transactions aborts whatever the old
-/// one left open, so afterwards the log holds exactly the committed transactions.
-fn reconnect(config: &WriterConfig, health: &AtomicU8) -> FutureProducer {
+/// Calls `init` (a new producer and its `init_transactions`) until one initialises;
+/// init_transactions completes or aborts whatever the old one left open, so afterwards the
+/// log holds exactly the committed transactions. `None` once fenced: a newer instance owns
+/// the transactional.id, and initialising again would fence it back, so this writer never
+/// calls `init` again.
+fn reconnect<P>(
+    mut init: impl FnMut() -> Result<P, KafkaError>,
+    health: &AtomicU8,
+    mut sleep: impl FnMut(Duration),
+) -> Option<P> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match create_producer(config) {
+        match init() {
             Ok(producer) => {
                 tracing::info!("transactional producer re-initialised");
-                return producer;
+                return Some(producer);
             }
             Err(error) if is_fenced(&error) => {
                 health.store(FENCED, Ordering::Release);
                 tracing::error!(%error, "fenced while reconnecting");
+                return None;
             }
             Err(error) => tracing::warn!(%error, "broker still unavailable, retrying"),
         }
-        std::thread::sleep(delay);
+        sleep(delay);
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
@@ -339,5 +358,53 @@ fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> Ap
         Ok(()) => AppendError::Unavailable(reason),
         Err(error) if is_fenced(&error) => AppendError::Fenced,
         Err(error) => AppendError::OutcomeUnknown(format!("{reason}; abort failed: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_fenced_while_reconnecting_never_initialises_again() {
+        let health = AtomicU8::new(RECOVERING);
+        let mut attempts = 0;
+        let outcome = reconnect(
+            || {
+                attempts += 1;
+                match attempts {
+                    1 => Err(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure)),
+                    2 => Err(KafkaError::Global(RDKafkaErrorCode::ProducerFenced)),
+                    _ => Ok("a producer that would fence the newer instance back"),
+                }
+            },
+            &health,
+            |_| {},
+        );
+        assert_eq!(outcome, None);
+        assert_eq!(attempts, 2, "init called again after being fenced");
+        assert_eq!(health.load(Ordering::Acquire), FENCED);
+    }
+
+    #[test]
+    fn a_writer_reconnecting_through_an_outage_backs_off_and_returns_the_new_producer() {
+        let health = AtomicU8::new(RECOVERING);
+        let mut attempts = 0;
+        let mut slept = Vec::new();
+        let outcome = reconnect(
+            || {
+                attempts += 1;
+                if attempts < 6 {
+                    Err(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure))
+                } else {
+                    Ok(attempts)
+                }
+            },
+            &health,
+            |delay| slept.push(delay.as_millis()),
+        );
+        assert_eq!(outcome, Some(6));
+        assert_eq!(slept, [200, 400, 800, 1600, 3200]);
+        assert_eq!(health.load(Ordering::Acquire), RECOVERING);
     }
 }

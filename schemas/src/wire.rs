@@ -117,6 +117,25 @@ impl EventCodec {
             })
     }
 
+    /// Decodes `bytes`, waiting out a registry outage (retries from 100 ms, doubling to 5 s,
+    /// each logged): the answer is a decoded envelope or an error no retry can fix. Every
+    /// reader of the log decodes through this, so none can skip an event because the
+    /// registry was down for a while.
+    pub async fn decode_waiting(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.decode(bytes).await {
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, retry_in = ?delay, "schema registry unavailable; waiting to decode");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Decodes `bytes` once; [`CodecError::RegistryUnavailable`] means "try again later".
     pub async fn decode(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
         if bytes.len() < 5 || bytes[0] != 0 {
             return Err(CodecError::Undecodable(

@@ -161,7 +161,18 @@ impl TopicReader {
         partitions: Option<&[i32]>,
         follow: bool,
     ) -> Result<TopicReader, SetupError> {
-        let consumer: StreamConsumer = assign_consumer_config(brokers, client_id).create()?;
+        let config = assign_consumer_config(brokers, client_id);
+        Self::open_with(config, topic, start, partitions, follow)
+    }
+
+    fn open_with(
+        config: ClientConfig,
+        topic: &str,
+        start: &HashMap<i32, i64>,
+        partitions: Option<&[i32]>,
+        follow: bool,
+    ) -> Result<TopicReader, SetupError> {
+        let consumer: StreamConsumer = config.create()?;
         let count = partition_count(&consumer, topic, Duration::from_secs(30))?;
         let chosen: Vec<i32> = match partitions {
             Some(list) => {
@@ -250,6 +261,37 @@ impl TopicReader {
     pub fn next_offsets(&self) -> &HashMap<i32, i64> {
         &self.next
     }
+
+    /// The consumer's fetch position per partition: unlike [`TopicReader::next_offsets`] it
+    /// moves past transaction markers and aborted records, so after a partition's end it is
+    /// that end (for a `read_committed` reader, the last stable offset).
+    pub fn positions(&self) -> Result<HashMap<i32, i64>, SetupError> {
+        let mut positions = self.next.clone();
+        for element in self.consumer.position()?.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                let next = positions.entry(element.partition()).or_insert(offset);
+                *next = (*next).max(offset);
+            }
+        }
+        Ok(positions)
+    }
+}
+
+/// Where each partition of `topic` ends *including records of transactions not yet decided*:
+/// the position of a `read_uncommitted` reader at each end-of-partition, reading from
+/// `start`. A `read_committed` reader whose positions reach these offsets has seen every
+/// transaction that had written anything by now decided (committed or aborted).
+pub async fn undecided_ends(
+    brokers: &str,
+    client_id: &str,
+    topic: &str,
+    start: &HashMap<i32, i64>,
+) -> Result<HashMap<i32, i64>, SetupError> {
+    let mut config = assign_consumer_config(brokers, client_id);
+    config.set("isolation.level", "read_uncommitted");
+    let mut reader = TopicReader::open_with(config, topic, start, None, false)?;
+    while reader.next().await?.is_some() {}
+    reader.positions()
 }
 
 /// Waits (at most 50 ms) until librdkafka has released every delivered message.

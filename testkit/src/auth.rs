@@ -31,14 +31,19 @@ pub fn admin_token() -> String {
 /// A client that sends the admin token with every request (tests that are not about
 /// authentication write through this).
 pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(admin_headers())
+        .build()
+        .expect("a plain HTTP client")
+}
+
+/// `Authorization: Bearer <admin token>`, for clients built with other settings.
+pub fn admin_headers() -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     let value = format!("Bearer {}", admin_token());
     headers.insert(
         reqwest::header::AUTHORIZATION,
         reqwest::header::HeaderValue::from_str(&value).expect("a token is header-safe"),
     );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("a plain HTTP client")
+    headers
 }

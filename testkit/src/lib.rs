@@ -6,7 +6,9 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
+pub mod audit;
 pub mod auth;
+pub mod load;
 pub mod postgres;
 pub mod process;
 pub mod s3;

@@ -24,10 +24,11 @@ pub struct LiveEvent {
     pub data: String,
 }
 
-/// Decodes a record into a [`LiveEvent`]; `None` for records that do not decode (the
+/// Decodes a record into a [`LiveEvent`], waiting while the registry is down (never
+/// skipping an event for that); `None` only for records that can never decode (the
 /// consumers dead-letter those; the feed skips them).
 pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEvent> {
-    let event = codec.decode(message.payload()?).await.ok()?;
+    let event = codec.decode_waiting(message.payload()?).await.ok()?;
     let mut json = serde_json::to_value(&event).ok()?;
     json["position"] = format!("{}:{}", message.partition(), message.offset()).into();
     Some(LiveEvent {

@@ -345,3 +345,54 @@ async fn a_client_that_stops_reading_delays_no_one_and_is_told_to_reconnect() {
     );
     assert!(text.contains("last_event_id"));
 }
+
+/// A schema registry of the test's own, on a fixed port so it can come back at the same URL.
+async fn own_registry(port: u16) -> Service {
+    let registry = Service::spawn(
+        "foldline-schema-registry",
+        &[],
+        &[("FOLDLINE_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))],
+        port,
+    );
+    registry.wait_ready(Duration::from_secs(60)).await;
+    registry
+}
+
+#[tokio::test]
+async fn events_written_while_the_registry_is_down_reach_clients_once_it_is_back() {
+    // The notifier decodes through a registry that goes away before it has decoded anything
+    // (so no schema is cached); the producer keeps writing through the stack's registry.
+    let stack = stack(4096).await;
+    let port = foldline_testkit::process::free_port();
+    let mut registry = own_registry(port).await;
+    let notifier = Service::start(
+        "foldline-notifier",
+        "FOLDLINE_NOTIFIER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", stack.topic.clone()),
+            ("FOLDLINE_REGISTRY_URL", format!("http://127.0.0.1:{port}")),
+        ],
+    )
+    .await;
+    registry.kill();
+    let reader = tokio::spawn({
+        let url = format!("{}/events/stream", notifier.url);
+        async move { read(&url, None, 3, Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids = stack.create(2, 10).await;
+    // Long enough for the notifier to try (and, before the fix, give up on) both events.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _registry = own_registry(port).await;
+    ids.extend(stack.create(1, 10).await);
+
+    let got = reader.await.unwrap();
+    let mut received: Vec<&str> = got
+        .iter()
+        .map(|m| m.data["product_id"].as_str().unwrap())
+        .collect();
+    // Each once; the first two may sit on different partitions (no order between them).
+    received.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(received, ids, "every event exactly once");
+}

@@ -208,30 +208,22 @@ impl ArchiveThenTopic {
 async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Batch) -> bool {
     let bytes = message.payload().unwrap_or_default();
     batch.consumed(message.partition(), message.offset(), bytes.len());
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match codec.decode(bytes).await {
-            Ok(event) => {
-                batch.records.push(Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned()),
-                    timestamp_ms: message.timestamp().to_millis(),
-                    event,
-                });
-                return true;
-            }
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, "schema registry unavailable during replay; waiting");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => {
-                tracing::debug!(%error, offset = message.offset(), "skipping an undecodable record");
-                return false;
-            }
+    match codec.decode_waiting(bytes).await {
+        Ok(event) => {
+            batch.records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                timestamp_ms: message.timestamp().to_millis(),
+                event,
+            });
+            true
+        }
+        Err(error) => {
+            tracing::debug!(%error, offset = message.offset(), "skipping an undecodable record");
+            false
         }
     }
 }

@@ -299,18 +299,7 @@ impl Loop {
             letters.push(letter("empty value (tombstone)".into()));
             return;
         };
-        let mut delay = Duration::from_millis(100);
-        let decoded = loop {
-            match self.codec.decode(bytes).await {
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, "schema registry unavailable; waiting");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => break other,
-            }
-        };
-        match decoded {
+        match self.codec.decode_waiting(bytes).await {
             Ok(event) => batch.records.push(Record {
                 partition,
                 offset,

@@ -6,6 +6,7 @@ use rand::Rng;
 use uuid::Uuid;
 
 use super::problem::Problem;
+use crate::domain::Actor;
 use crate::service::RequestMeta;
 
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
@@ -58,7 +59,7 @@ fn new_traceparent() -> String {
     )
 }
 
-pub fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, Problem> {
+pub fn request_meta(actor: Actor, headers: &HeaderMap) -> Result<RequestMeta, Problem> {
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
@@ -89,7 +90,7 @@ pub fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, Problem> {
         .map(str::to_owned)
         .unwrap_or_else(new_traceparent);
     Ok(RequestMeta {
-        actor: None,
+        actor,
         idempotency_key,
         correlation_id,
         traceparent,
@@ -100,6 +101,13 @@ pub fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, Problem> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn test_actor() -> Actor {
+        Actor {
+            subject: "tests".into(),
+            role: crate::domain::Role::Admin,
+        }
+    }
 
     #[test]
     fn if_match_accepts_quoted_weak_and_bare_versions() {
@@ -121,9 +129,12 @@ mod tests {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", HeaderValue::from_static(valid));
-        assert_eq!(request_meta(&headers).unwrap().traceparent, valid);
+        assert_eq!(
+            request_meta(test_actor(), &headers).unwrap().traceparent,
+            valid
+        );
         headers.insert("traceparent", HeaderValue::from_static("garbage"));
-        let started = request_meta(&headers).unwrap().traceparent;
+        let started = request_meta(test_actor(), &headers).unwrap().traceparent;
         assert!(valid_traceparent(&started), "{started}");
     }
 
@@ -135,7 +146,7 @@ mod tests {
             HeaderValue::from_str(&"k".repeat(256)).unwrap(),
         );
         assert_eq!(
-            request_meta(&headers).unwrap_err().status,
+            request_meta(test_actor(), &headers).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
     }

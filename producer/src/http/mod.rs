@@ -61,8 +61,7 @@ async fn run_single(
     command: Command,
     op: &'static str,
 ) -> Result<Answer, Problem> {
-    let mut meta = headers::request_meta(headers)?;
-    meta.actor = Some(actor);
+    let meta = headers::request_meta(actor, headers)?;
     let planned = PlannedCommand {
         product_id,
         command,
@@ -226,8 +225,7 @@ async fn batch(
             ),
         ));
     }
-    let mut meta = headers::request_meta(&headers)?;
-    meta.actor = Some(actor);
+    let meta = headers::request_meta(actor, &headers)?;
     let planned: Vec<PlannedCommand> = body.commands.into_iter().map(BatchCommand::plan).collect();
     let result = service.execute(planned, meta).await;
     let outcome = if result.is_ok() { "ok" } else { "error" };
