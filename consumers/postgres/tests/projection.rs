@@ -206,6 +206,56 @@ async fn garbage_and_unknown_schema_ids_go_to_the_dead_letter_topic() {
     }
 }
 
+/// Reads the dead-letter topic until it holds `count` records (or a minute passed).
+async fn dead_letters(dlq: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let letters = foldline_testkit::read_all(&foldline_testkit::brokers(), dlq).await;
+        if letters.len() >= count || tokio::time::Instant::now() > deadline {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_record_dead_lettered_before_a_crash_is_not_dead_lettered_again() {
+    let stack = Stack::start().await;
+    let mut projector = stack.projector("dlq-once").await;
+    stack.mixed_load(3, 0, 7).await;
+    stack.wait_caught_up(stack.topic_events().await.len()).await;
+
+    // PostgreSQL down: the projector dead-letters the garbage, then cannot make its batch
+    // durable; killed then, it has appended the letter but stored no offset past it.
+    let stopped = foldline_testkit::postgres::StoppedPostgres::stop();
+    let raw: FutureProducer =
+        foldline_service::kafka::producer_config(&foldline_testkit::brokers(), "garbage")
+            .create()
+            .unwrap();
+    raw.send(
+        FutureRecord::to(&stack.topic)
+            .key("garbage")
+            .payload(&b"not avro at all"[..])
+            .partition(0),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dead_letters(&stack.dlq, 1).await.len(), 1);
+    projector.kill();
+    drop(stopped);
+
+    // The restarted projector reads the garbage again (its stored offset is before it).
+    let _projector = stack.projector("dlq-once").await;
+    stack.mixed_load(2, 0, 8).await;
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_model_equals_fold(&events).await;
+    // Caught up past the garbage, so any second letter was appended before its batch.
+    let letters = foldline_testkit::read_all(&foldline_testkit::brokers(), &stack.dlq).await;
+    assert_eq!(letters.len(), 1, "the garbage was dead-lettered again");
+}
+
 #[tokio::test]
 async fn two_projectors_in_one_group_still_give_the_exact_fold() {
     let stack = Stack::start().await;

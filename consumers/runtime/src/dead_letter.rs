@@ -1,11 +1,22 @@
 //! Records no consumer can decode go to the dead-letter topic with their original key and
-//! bytes and headers saying why and where they came from; the consumer carries on.
+//! bytes and headers saying why, where they came from and which consumer group sent them; the
+//! consumer carries on.
+//!
+//! Exactly once per consumer group: a consumer that crashes after dead-lettering a record but
+//! before its batch is durable reads that record again. Before appending, the queue reads the
+//! dead-letter topic's tail (only what it has not read yet: dead letters are rare, so this is
+//! small) and skips every letter whose source offset its group has already dead-lettered —
+//! whichever instance of the group did it. Within a source partition letters go out in offset
+//! order, so "already sent" is "at or below the highest source offset seen".
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use foldline_service::kafka;
-use rdkafka::message::{Header, OwnedHeaders};
+use foldline_service::kafka::{self, TopicReader};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use tokio::sync::Mutex;
 
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -18,26 +29,73 @@ pub struct DeadLetter {
 
 pub struct DeadLetterQueue {
     producer: FutureProducer,
+    brokers: String,
     source_topic: String,
     topic: String,
+    group: String,
+    sent: Mutex<Sent>,
+}
+
+/// What this group has dead-lettered, as far as the dead-letter topic has been read.
+#[derive(Default)]
+struct Sent {
+    /// Next offset to read in each partition of the dead-letter topic (empty: not read yet).
+    read_to: HashMap<i32, i64>,
+    /// Highest source offset dead-lettered per source partition.
+    highest: HashMap<i32, i64>,
+}
+
+impl Sent {
+    /// Notes a letter read back from (or just appended to) the dead-letter topic.
+    fn note(&mut self, partition: i32, offset: i64) {
+        let highest = self.highest.entry(partition).or_insert(offset);
+        *highest = (*highest).max(offset);
+    }
+
+    fn already_sent(&self, letter: &DeadLetter) -> bool {
+        self.highest
+            .get(&letter.partition)
+            .is_some_and(|highest| letter.offset <= *highest)
+    }
+}
+
+/// The value of header `name`, as text.
+fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a str> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
 impl DeadLetterQueue {
-    pub fn new(brokers: &str, source_topic: &str, topic: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        brokers: &str,
+        source_topic: &str,
+        topic: &str,
+        group: &str,
+    ) -> anyhow::Result<Self> {
         let producer = kafka::producer_config(brokers, "foldline-dead-letters")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
         Ok(DeadLetterQueue {
             producer,
+            brokers: brokers.to_owned(),
             source_topic: source_topic.to_owned(),
             topic: topic.to_owned(),
+            group: group.to_owned(),
+            sent: Mutex::default(),
         })
     }
 
-    /// Appends every letter and waits until the broker acknowledged them all.
-    pub async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
-        let sends = letters.iter().map(|letter| {
+    /// Appends every letter this group has not dead-lettered yet and waits until the broker
+    /// acknowledged them all. Returns how many were skipped as already sent.
+    pub async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+        let mut sent = self.sent.lock().await;
+        self.read_back(&mut sent).await?;
+        let fresh: Vec<&DeadLetter> = letters.iter().filter(|l| !sent.already_sent(l)).collect();
+        let sends = fresh.iter().map(|letter| {
             let partition = letter.partition.to_string();
             let offset = letter.offset.to_string();
             let headers = OwnedHeaders::new()
@@ -56,6 +114,10 @@ impl DeadLetterQueue {
                 .insert(Header {
                     key: "dlq-source-offset",
                     value: Some(offset.as_bytes()),
+                })
+                .insert(Header {
+                    key: "dlq-consumer-group",
+                    value: Some(self.group.as_bytes()),
                 });
             let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
                 FutureRecord::to(&self.topic).headers(headers);
@@ -67,9 +129,66 @@ impl DeadLetterQueue {
             }
             self.producer.send(record, Duration::from_secs(30))
         });
-        for result in futures::future::join_all(sends).await {
+        let results = futures::future::join_all(sends).await;
+        for (letter, result) in fresh.iter().zip(results) {
             result.map_err(|(error, _)| anyhow::anyhow!("dead-letter append failed: {error}"))?;
+            sent.note(letter.partition, letter.offset);
         }
+        Ok(letters.len() - fresh.len())
+    }
+
+    /// Reads the dead-letter topic from where the last read ended, noting this group's letters
+    /// for the source topic.
+    async fn read_back(&self, sent: &mut Sent) -> anyhow::Result<()> {
+        if sent.read_to.is_empty() {
+            // Nothing dead-lettered yet may mean no topic yet; readers need it to exist.
+            kafka::ensure_topic(&self.brokers, &self.topic, 1, &[]).await?;
+        }
+        let mut reader = TopicReader::open(
+            &self.brokers,
+            "foldline-dead-letters-read-back",
+            &self.topic,
+            &sent.read_to,
+            None,
+            false,
+        )?;
+        while let Some(message) = reader.next().await? {
+            let ours = header(&message, "dlq-consumer-group") == Some(self.group.as_str())
+                && header(&message, "dlq-source-topic") == Some(self.source_topic.as_str());
+            let source = header(&message, "dlq-source-partition")
+                .and_then(|p| p.parse().ok())
+                .zip(header(&message, "dlq-source-offset").and_then(|o| o.parse().ok()));
+            if let (true, Some((partition, offset))) = (ours, source) {
+                sent.note(partition, offset);
+            }
+        }
+        sent.read_to = reader.positions()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(partition: i32, offset: i64) -> DeadLetter {
+        DeadLetter {
+            partition,
+            offset,
+            key: None,
+            value: None,
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_letter_at_or_below_the_highest_sent_offset_of_its_partition_is_already_sent() {
+        let mut sent = Sent::default();
+        sent.note(0, 7);
+        sent.note(0, 3);
+        assert!(sent.already_sent(&letter(0, 7)));
+        assert!(sent.already_sent(&letter(0, 2)));
+        assert!(!sent.already_sent(&letter(0, 8)));
+        assert!(!sent.already_sent(&letter(1, 0)), "another partition");
     }
 }

@@ -119,6 +119,7 @@ pub async fn run<S: Sink>(
             &config.log.brokers,
             &config.log.topic,
             &config.dead_letter_topic,
+            &consumer.group_id,
         )?,
         kafka,
         metrics,
@@ -324,7 +325,15 @@ impl Loop {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.dead_letters.publish(letters).await {
-                Ok(()) => break,
+                Ok(0) => break,
+                Ok(skipped) => {
+                    // Read again after a crash before the batch was durable.
+                    tracing::info!(
+                        skipped,
+                        "records this group had already dead-lettered were not appended again"
+                    );
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "dead-letter topic unavailable; retrying");
                     if backoff(&mut delay, stop).await {
