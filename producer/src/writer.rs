@@ -310,6 +310,7 @@ fn commit(
                 .map_err(|(error, _)| error);
             match future {
                 Ok(f) => futures.push(f),
+                Err(error) if is_fenced(&error) => return Err(AppendError::Fenced),
                 Err(error) => return Err(abort(producer, config, error.to_string())),
             }
         }
@@ -327,6 +328,9 @@ fn commit(
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
+                // A newer instance owns the transactional.id (nisshi reports this per record,
+                // as an abortable error): stop writing, whatever the abort would say.
+                Ok(Err((error, _))) if is_fenced(&error) => return Err(AppendError::Fenced),
                 Ok(Err((error, _))) => return Err(abort(producer, config, error.to_string())),
                 Err(_) => return Err(abort(producer, config, "delivery cancelled".into())),
             }

@@ -10,17 +10,15 @@ use foldline_testkit::load::{LoadPlan, Writers};
 use foldline_testkit::process::{free_port, Service};
 use rand::Rng;
 
-/// How many times the producer is killed (`FOLDLINE_CRASH_ROUNDS`, default 4).
+/// How many times the producer is killed (`FOLDLINE_CRASH_ROUNDS`, default 6).
 fn rounds() -> usize {
     std::env::var("FOLDLINE_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4)
+        .unwrap_or(6)
 }
 
 #[tokio::test]
-#[ignore = "tansu (the local log today) keeps executing a killed producer's in-flight Produce \
-            and EndTxn after the next instance fenced it; runs once the local log fences (issue 17)"]
 async fn a_producer_killed_mid_commit_under_retrying_writers_loses_and_doubles_nothing() {
     let topic = foldline_testkit::unique("products");
     let port = free_port();

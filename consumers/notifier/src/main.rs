@@ -157,6 +157,23 @@ async fn stream(
         }),
         product_id: params.product_id,
     };
+    // Until the feed has read up to the log's end it broadcasts nothing, while a client's
+    // read-back stops at the end the log had when it started: events written in between would
+    // reach the client by neither path. So streams open only once the feed follows the log
+    // (EventSource retries a 503 after `retry`/`Retry-After`).
+    if !state.feed.caught_up.load(Ordering::Acquire) {
+        let mut response = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catching-up",
+            "The notifier is catching up with the log",
+            "streams open once the notifier has read the topic to its end; retry shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, "1".parse().expect("valid header"));
+        return Ok(response);
+    }
     let (live_cursor, live) = state.feed.subscribe();
     let events = sse::client_stream(live_cursor, live, resume, filter, state.backlog.clone());
     let mut response = Sse::new(events)

@@ -382,12 +382,15 @@ impl Loop {
             }
             Written::Reseek(stored) => {
                 // Nothing of the batch was written: every partition of it is read again, from
-                // the sink's offset where it has one.
+                // the sink's offset where it has one, else from where the batch was read from
+                // (not its first record: transaction markers may lie between, and seeking past
+                // them would lose the continuity the sink checks — on the next batch it would
+                // ask to reseek that partition, and the two could alternate for ever).
                 self.metrics.reseeks.inc();
                 let mut targets: BTreeMap<i32, i64> = batch
                     .ranges
                     .iter()
-                    .map(|(p, (first, _))| (*p, *first))
+                    .map(|(p, (first, _))| (*p, batch.read_from.get(p).copied().unwrap_or(*first)))
                     .collect();
                 targets.extend(stored);
                 tracing::info!(?targets, "moving to the sink's stored offsets");
