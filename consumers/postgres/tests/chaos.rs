@@ -3,7 +3,8 @@
 //! PostgreSQL is stopped and started, one after another. Afterwards: every acknowledged
 //! command in the log at its answered position, none twice, versions 1..n; the read model equal
 //! to the fold of the log; an SSE client that reconnects with Last-Event-ID across the kills
-//! received each event exactly once. Run by `scripts/chaos`; not yet part of `scripts/test`.
+//! received each event exactly once. Part of `scripts/test`; `scripts/chaos` runs it alone on a
+//! stack of its own and shows its figures.
 
 mod common;
 
@@ -54,7 +55,6 @@ impl Restartable {
 }
 
 #[tokio::test]
-#[ignore = "the chaos run: started by scripts/chaos"]
 async fn chaos_kills_lose_and_double_nothing() {
     let mut stack = Stack::start().await;
     let mut producer = Restartable::start(
