@@ -83,6 +83,33 @@ async fn chaos_kills_lose_and_double_nothing() {
         vec![("FOLDLINE_TOPIC", stack.topic.clone())],
     )
     .await;
+    // The archive goes to the stack's S3 server, a bucket of this run's own.
+    let archive_env = vec![
+        (
+            "FOLDLINE_S3_ENDPOINT",
+            std::env::var("AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
+        ),
+        (
+            "FOLDLINE_ARCHIVE_BUCKET",
+            foldline_testkit::unique("chaos-archive"),
+        ),
+    ];
+    let mut archiver_env = archive_env.clone();
+    archiver_env.extend([
+        ("FOLDLINE_TOPIC", stack.topic.clone()),
+        ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
+        (
+            "FOLDLINE_ARCHIVER_GROUP",
+            foldline_testkit::unique("chaos-archiver"),
+        ),
+        ("FOLDLINE_ARCHIVE_FILE_SECONDS", "1".into()),
+    ]);
+    let mut archiver = Restartable::start(
+        "foldline-archiver",
+        "FOLDLINE_ARCHIVER_LISTEN",
+        archiver_env,
+    )
+    .await;
     let (stop_sse, sse_stopped) = tokio::sync::watch::channel(false);
     let sse = tokio::spawn(foldline_testkit::sse::follow(
         format!("{}/events/stream", notifier.service.url),
@@ -96,6 +123,7 @@ async fn chaos_kills_lose_and_double_nothing() {
         "producer",
         "projector",
         "producer",
+        "archiver",
         "notifier",
         "postgres",
         "producer",
@@ -107,6 +135,7 @@ async fn chaos_kills_lose_and_double_nothing() {
             "producer" => producer.kill_and_restart().await,
             "projector" => projector.kill_and_restart().await,
             "notifier" => notifier.kill_and_restart().await,
+            "archiver" => archiver.kill_and_restart().await,
             _ => {
                 let stopped = foldline_testkit::postgres::StoppedPostgres::stop();
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -156,7 +185,10 @@ async fn chaos_kills_lose_and_double_nothing() {
         .count();
     let sse_twice = received.values().filter(|n| **n > 1).count();
 
+    let archived = archive_covers(&archive_env, &events).await;
+
     eprintln!("chaos: {audit}; {} client retries", report.retries);
+    eprintln!("chaos: archive: {archived}");
     eprintln!(
         "chaos: read model equal to the fold of {} events; SSE client: {} events over {} connections, {sse_missing} missing, {sse_twice} twice",
         envelopes.len(),
@@ -177,9 +209,56 @@ async fn chaos_kills_lose_and_double_nothing() {
     }
     assert!(audit.problems.is_empty(), "{:#?}", audit.problems);
     assert_eq!((sse_missing, sse_twice), (0, 0), "SSE: missing, twice");
+    assert!(archived.starts_with("every offset"), "archive: {archived}");
     assert!(
         report.acks.len() >= 100,
         "too little load: {}",
         report.acks.len()
     );
+}
+
+/// Waits (up to a minute) until `foldline-archiver list` reports files without gap or overlap
+/// from offset 0 up to each partition's last event; describes what it found.
+async fn archive_covers(
+    env: &[(&'static str, String)],
+    events: &[foldline_testkit::audit::LoggedEvent],
+) -> String {
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for event in events {
+        let entry = last.entry(event.partition).or_insert(event.offset);
+        *entry = (*entry).max(event.offset);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output =
+            tokio::process::Command::new(foldline_testkit::process::binary("foldline-archiver"))
+                .arg("list")
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .output()
+                .await
+                .unwrap();
+        let report = String::from_utf8_lossy(&output.stderr);
+        let ends: HashMap<i32, i64> = report
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("partition ")?;
+                let (partition, rest) = rest.split_once(": archived up to offset ")?;
+                Some((partition.trim().parse().ok()?, rest.trim().parse().ok()?))
+            })
+            .collect();
+        let files = String::from_utf8_lossy(&output.stdout).lines().count();
+        let covered = last
+            .iter()
+            .all(|(p, o)| ends.get(p).is_some_and(|end| end >= o));
+        if output.status.success() && covered {
+            return format!("every offset of {} partitions in exactly one of {files} files (no gap, no overlap)", last.len());
+        }
+        if Instant::now() > deadline {
+            return format!(
+                "incomplete after a minute: list exit {:?}, archived up to {ends:?}, log ends {last:?}: {report}",
+                output.status.code()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
