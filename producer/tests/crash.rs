@@ -3,11 +3,11 @@
 //! log before fencing its predecessor could miss that predecessor's pending commit and decide
 //! a retried command a second time: the audit finds such a command twice in the log.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use foldline_testkit::audit::{audit, read_events};
 use foldline_testkit::load::{LoadPlan, Writers};
-use foldline_testkit::process::{free_port, Service};
+use foldline_testkit::process::Restartable;
 use rand::Rng;
 
 /// How many times the producer is killed (`FOLDLINE_CRASH_ROUNDS`, default 6).
@@ -21,31 +21,27 @@ fn rounds() -> usize {
 #[tokio::test]
 async fn a_producer_killed_mid_commit_under_retrying_writers_loses_and_doubles_nothing() {
     let topic = foldline_testkit::unique("products");
-    let port = free_port();
-    let env = [
-        ("FOLDLINE_TOPIC", topic.clone()),
-        (
-            "FOLDLINE_TRANSACTIONAL_ID",
-            foldline_testkit::unique("crash"),
-        ),
-        ("FOLDLINE_PRODUCER_LISTEN", format!("127.0.0.1:{port}")),
-    ];
     // Restarted on the same port, so clients only see refused connections meanwhile.
-    let start = || Service::spawn("foldline-producer", &[], &env, port);
-    let mut producer = start();
-    producer.wait_ready(Duration::from_secs(60)).await;
-    let writers = Writers::start(&producer.url, LoadPlan::default()).await;
+    let mut producer = Restartable::start(
+        "foldline-producer",
+        "FOLDLINE_PRODUCER_LISTEN",
+        vec![
+            ("FOLDLINE_TOPIC", topic.clone()),
+            (
+                "FOLDLINE_TRANSACTIONAL_ID",
+                foldline_testkit::unique("crash"),
+            ),
+        ],
+    )
+    .await;
+    let writers = Writers::start(&producer.service.url, LoadPlan::default()).await;
 
     for round in 1..=rounds() {
         let under_load = rand::rng().random_range(400..1500);
         tokio::time::sleep(Duration::from_millis(under_load)).await;
-        producer.kill();
-        let killed = Instant::now();
-        producer = start();
-        producer.wait_ready(Duration::from_secs(120)).await;
+        let ready = producer.kill_and_restart().await;
         eprintln!(
-            "round {round}: killed after {under_load} ms of load, ready again {:.1} s later",
-            killed.elapsed().as_secs_f64()
+            "round {round}: killed after {under_load} ms of load, ready again {ready:.1} s later"
         );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

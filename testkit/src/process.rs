@@ -158,3 +158,45 @@ impl Drop for Service {
         self.kill();
     }
 }
+
+/// A service restarted on the same port with the same settings after a crash, as a process
+/// supervisor would (clients only see refused connections meanwhile).
+pub struct Restartable {
+    bin: &'static str,
+    env: Vec<(&'static str, String)>,
+    port: u16,
+    pub service: Service,
+}
+
+impl Restartable {
+    /// Starts `bin` with `env` on a free port (given in `listen_var`) and waits for `/ready`.
+    pub async fn start(
+        bin: &'static str,
+        listen_var: &'static str,
+        mut env: Vec<(&'static str, String)>,
+    ) -> Restartable {
+        let port = free_port();
+        env.push((listen_var, format!("127.0.0.1:{port}")));
+        let service = Service::spawn(bin, &[], &env, port);
+        service.wait_ready(Duration::from_secs(60)).await;
+        Restartable {
+            bin,
+            env,
+            port,
+            service,
+        }
+    }
+
+    /// SIGKILL, start again at once; returns the seconds until `/ready`.
+    pub async fn kill_and_restart(&mut self) -> f64 {
+        self.service.kill();
+        let killed = std::time::Instant::now();
+        self.service = Service::spawn(self.bin, &[], &self.env, self.port);
+        self.service.wait_ready(Duration::from_secs(120)).await;
+        killed.elapsed().as_secs_f64()
+    }
+
+    pub fn kill(&mut self) {
+        self.service.kill();
+    }
+}

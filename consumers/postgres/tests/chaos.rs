@@ -14,45 +14,8 @@ use std::time::{Duration, Instant};
 use common::Stack;
 use foldline_testkit::audit::{audit, read_events};
 use foldline_testkit::load::{LoadPlan, Writers};
-use foldline_testkit::process::{free_port, Service};
+use foldline_testkit::process::Restartable;
 use rand::Rng;
-
-/// A service that is restarted on the same port with the same settings.
-struct Restartable {
-    bin: &'static str,
-    env: Vec<(&'static str, String)>,
-    port: u16,
-    service: Service,
-}
-
-impl Restartable {
-    async fn start(
-        bin: &'static str,
-        listen_var: &'static str,
-        env: Vec<(&'static str, String)>,
-    ) -> Self {
-        let port = free_port();
-        let mut env = env;
-        env.push((listen_var, format!("127.0.0.1:{port}")));
-        let service = Service::spawn(bin, &[], &env, port);
-        service.wait_ready(Duration::from_secs(60)).await;
-        Restartable {
-            bin,
-            env,
-            port,
-            service,
-        }
-    }
-
-    /// SIGKILL, start again at once; returns the seconds until `/ready`.
-    async fn kill_and_restart(&mut self) -> f64 {
-        self.service.kill();
-        let killed = Instant::now();
-        self.service = Service::spawn(self.bin, &[], &self.env, self.port);
-        self.service.wait_ready(Duration::from_secs(120)).await;
-        killed.elapsed().as_secs_f64()
-    }
-}
 
 #[tokio::test]
 async fn chaos_kills_lose_and_double_nothing() {
