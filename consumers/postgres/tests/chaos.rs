@@ -1,10 +1,15 @@
-//! The chaos run (issue 13), first slice: retrying writers load the producer while the
-//! producer (several times), the projector and the notifier are SIGKILLed and restarted and
-//! PostgreSQL is stopped and started, one after another. Afterwards: every acknowledged
+//! The chaos run (issue 13): retrying writers load the producer while, one after another, the
+//! producer (several times), the projector, the recent-events consumer, the archiver and the
+//! notifier are SIGKILLed and restarted, the broker is SIGKILLed and restarted on its log file,
+//! and PostgreSQL and the S3 server are stopped and started. Afterwards: every acknowledged
 //! command in the log at its answered position, none twice, versions 1..n; the read model equal
-//! to the fold of the log; an SSE client that reconnects with Last-Event-ID across the kills
-//! received each event exactly once. Part of `scripts/test`; `scripts/chaos` runs it alone on a
-//! stack of its own and shows its figures.
+//! to the fold of the log; DynamoDB holding each event exactly once; the archive covering every
+//! offset once; an SSE client that reconnects with Last-Event-ID across the kills received each
+//! event exactly once. Part of `scripts/test`; `scripts/chaos` runs it alone on a stack of its
+//! own and shows its figures.
+//!
+//! The broker and the S3 server are this test's own (so killing them disturbs no other test);
+//! the schema registry stays on the shared broker.
 
 mod common;
 
@@ -15,10 +20,18 @@ use common::Stack;
 use foldline_testkit::audit::{audit, read_events};
 use foldline_testkit::load::{LoadPlan, Writers};
 use foldline_testkit::process::Restartable;
+use foldline_testkit::s3::OwnS3;
+use foldline_testkit::OwnBroker;
+use rand::seq::SliceRandom;
 use rand::Rng;
 
 #[tokio::test]
 async fn chaos_kills_lose_and_double_nothing() {
+    let mut broker = OwnBroker::start();
+    // Every service this test starts, and the testkit's readers, inherit this address. The
+    // test binary holds this one test, and no other thread reads the environment yet.
+    std::env::set_var("FOLDLINE_BROKERS", broker.brokers());
+    let mut s3 = OwnS3::start();
     let mut stack = Stack::start().await;
     let mut producer = Restartable::start(
         "foldline-producer",
@@ -46,12 +59,24 @@ async fn chaos_kills_lose_and_double_nothing() {
         vec![("FOLDLINE_TOPIC", stack.topic.clone())],
     )
     .await;
-    // The archive goes to the stack's S3 server, a bucket of this run's own.
+    let table = foldline_testkit::unique("ChaosRecentEvents");
+    let mut recent_events = Restartable::start(
+        "foldline-recent-events",
+        "FOLDLINE_RECENT_EVENTS_LISTEN",
+        vec![
+            ("FOLDLINE_TOPIC", stack.topic.clone()),
+            ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
+            ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
+            (
+                "FOLDLINE_RECENT_EVENTS_GROUP",
+                foldline_testkit::unique("chaos-recent"),
+            ),
+        ],
+    )
+    .await;
+    // The archive goes to this test's S3 server, which it stops and starts.
     let archive_env = vec![
-        (
-            "FOLDLINE_S3_ENDPOINT",
-            std::env::var("AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
-        ),
+        ("FOLDLINE_S3_ENDPOINT", s3.url()),
         (
             "FOLDLINE_ARCHIVE_BUCKET",
             foldline_testkit::unique("chaos-archive"),
@@ -82,15 +107,32 @@ async fn chaos_kills_lose_and_double_nothing() {
 
     // (what, seconds until ready again, instant of the kill)
     let mut kills: Vec<(&str, f64, Instant)> = Vec::new();
-    for target in [
-        "producer",
-        "projector",
-        "producer",
-        "archiver",
-        "notifier",
-        "postgres",
-        "producer",
-    ] {
+    // One kill of each (the producer three times) per round; `FOLDLINE_CHAOS_ROUNDS` rounds
+    // (scripts/chaos runs more), later rounds in a shuffled order.
+    let rounds: usize = std::env::var("FOLDLINE_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let mut plan = Vec::new();
+    for round in 0..rounds {
+        let mut targets = [
+            "producer",
+            "projector",
+            "recent-events",
+            "producer",
+            "archiver",
+            "broker",
+            "notifier",
+            "postgres",
+            "s3",
+            "producer",
+        ];
+        if round > 0 {
+            targets.shuffle(&mut rand::rng());
+        }
+        plan.extend(targets);
+    }
+    for target in plan {
         let under_load = rand::rng().random_range(1500..3500);
         tokio::time::sleep(Duration::from_millis(under_load)).await;
         let at = Instant::now();
@@ -99,6 +141,22 @@ async fn chaos_kills_lose_and_double_nothing() {
             "projector" => projector.kill_and_restart().await,
             "notifier" => notifier.kill_and_restart().await,
             "archiver" => archiver.kill_and_restart().await,
+            "recent-events" => recent_events.kill_and_restart().await,
+            "broker" => {
+                // SIGKILL: what the broker acknowledged must survive in its log file.
+                broker.kill();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                broker.resume();
+                producer.service.wait_ready(Duration::from_secs(120)).await;
+                at.elapsed().as_secs_f64()
+            }
+            "s3" => {
+                s3.kill();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                s3.resume();
+                archiver.service.wait_ready(Duration::from_secs(120)).await;
+                at.elapsed().as_secs_f64()
+            }
             _ => {
                 let stopped = foldline_testkit::postgres::StoppedPostgres::stop();
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -149,9 +207,11 @@ async fn chaos_kills_lose_and_double_nothing() {
     let sse_twice = received.values().filter(|n| **n > 1).count();
 
     let archived = archive_covers(&archive_env, &events).await;
+    let dynamodb = recent_events_once(&table, &events).await;
 
     eprintln!("chaos: {audit}; {} client retries", report.retries);
     eprintln!("chaos: archive: {archived}");
+    eprintln!("chaos: DynamoDB: {dynamodb}");
     eprintln!(
         "chaos: read model equal to the fold of {} events; SSE client: {} events over {} connections, {sse_missing} missing, {sse_twice} twice",
         envelopes.len(),
@@ -173,6 +233,7 @@ async fn chaos_kills_lose_and_double_nothing() {
     assert!(audit.problems.is_empty(), "{:#?}", audit.problems);
     assert_eq!((sse_missing, sse_twice), (0, 0), "SSE: missing, twice");
     assert!(archived.starts_with("every offset"), "archive: {archived}");
+    assert!(dynamodb.starts_with("every event"), "DynamoDB: {dynamodb}");
     assert!(
         report.acks.len() >= 100,
         "too little load: {}",
@@ -220,6 +281,65 @@ async fn archive_covers(
             return format!(
                 "incomplete after a minute: list exit {:?}, archived up to {ends:?}, log ends {last:?}: {report}",
                 output.status.code()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits (up to a minute) until the recent-events table holds, under `product#<id>` and under
+/// `day#<date>`, one item for each event of the log and nothing else (an event of an aborted
+/// transaction, or one written twice under another key, would show); describes what it found.
+async fn recent_events_once(
+    table: &str,
+    events: &[foldline_testkit::audit::LoggedEvent],
+) -> String {
+    let client = foldline_recent_events::DynamoDb {
+        aws: foldline_service::aws::AwsEndpoint {
+            region: "us-east-1".into(),
+            local_access_key: "foldline".into(),
+            local_secret_key: "foldline-secret".into(),
+        },
+        dynamodb_endpoint: std::env::var("FOLDLINE_DYNAMODB_ENDPOINT")
+            .unwrap_or_else(|_| "http://127.0.0.1:8000".into()),
+    }
+    .client()
+    .await;
+    let logged: HashMap<String, ()> = events
+        .iter()
+        .map(|e| (e.envelope.event_id.to_string(), ()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // event id → (items under its product, items under its day)
+        let mut items: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut pages = client.scan().table_name(table).into_paginator().send();
+        while let Some(Ok(page)) = pages.next().await {
+            for item in page.items() {
+                let text = |key: &str| item.get(key).and_then(|v| v.as_s().ok()).cloned();
+                let (Some(pk), Some(event_id)) = (text("pk"), text("event_id")) else {
+                    continue;
+                };
+                let counts = items.entry(event_id).or_default();
+                if pk.starts_with("product#") {
+                    counts.0 += 1;
+                } else {
+                    counts.1 += 1;
+                }
+            }
+        }
+        let missing = logged.keys().filter(|id| !items.contains_key(*id)).count();
+        let unknown = items.keys().filter(|id| !logged.contains_key(*id)).count();
+        let not_once = items.values().filter(|c| **c != (1, 1)).count();
+        if (missing, unknown, not_once) == (0, 0, 0) {
+            return format!(
+                "every event of the log once under its product and once under its day ({} events)",
+                logged.len()
+            );
+        }
+        if Instant::now() > deadline {
+            return format!(
+                "after a minute: {missing} events missing, {unknown} items of events not in the log, {not_once} events without exactly one item under product and day"
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
