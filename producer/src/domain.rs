@@ -11,7 +11,7 @@ use foldline_schemas::{
 
 pub const MAX_NAME_CHARS: usize = 200;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Product {
     pub id: String,
     pub name: String,

@@ -3,6 +3,7 @@
 //! - [`domain`]: the product aggregate, `decide` and `evolve`, pure (given/when/then tests).
 //! - [`store`]: per-product state and idempotency answers, folded from the log.
 //! - [`log`]: reading the topic into the store (start-up, and resync after a failed commit).
+//! - [`snapshot`]: the store saved to S3 and loaded at start-up, so a start reads only the tail.
 //! - [`writer`]: the transactional Kafka producer with group commit.
 //! - [`service`]: one write request end to end (lock, decide, encode, append, fold).
 //! - [`gate`]: the middleware every write passes: rate limits, then authentication.
@@ -15,6 +16,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod writer;
 
@@ -80,6 +82,9 @@ pub struct Config {
     /// keys are rebuilt from the log: older keys are not loaded).
     #[arg(long, env = "FOLDLINE_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
     pub idempotency_ttl_secs: i64,
+    /// Where the state is snapshotted.
+    #[command(flatten)]
+    pub snapshot: snapshot::SnapshotConfig,
     /// How writers are authenticated.
     #[command(flatten)]
     pub auth: foldline_service::auth::AuthConfig,
@@ -176,6 +181,18 @@ pub async fn run(
 
     let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
     let started = std::time::Instant::now();
+    let snapshots = snapshot::SnapshotStore::connect(&config.snapshot, &config.log.topic).await;
+    if let Some(snapshots) = &snapshots {
+        let outcome = snapshot::restore(
+            snapshots,
+            &store,
+            &config.log.brokers,
+            &config.log.topic,
+            &codec,
+        )
+        .await;
+        tracing::info!("{outcome}");
+    }
     let events = log::replay(
         &config.log.brokers,
         &config.log.topic,
@@ -185,9 +202,17 @@ pub async fn run(
     )
     .await
     .context("reading the log")?;
-    tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded from the log");
+    tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded (snapshot, if any, plus the log after it)");
+    if let Some(snapshots) = &snapshots {
+        snapshot::spawn_periodic(
+            snapshots.clone(),
+            store.clone(),
+            config.log.topic.clone(),
+            Duration::from_secs(config.snapshot.snapshot_interval_secs.max(1)),
+        );
+    }
     let service = Arc::new(CommandService::new(
-        store,
+        store.clone(),
         writer,
         codec,
         metrics,
@@ -210,6 +235,12 @@ pub async fn run(
         .layer(cors);
     let app = ops.instrument(app);
     foldline_service::serve::serve(listener, app, shutdown).await?;
+    // In-flight requests are done: the last snapshot makes the next start read almost nothing.
+    if let Some(snapshots) = &snapshots {
+        if let Err(error) = snapshot::save_now(snapshots, &store, &config.log.topic).await {
+            tracing::warn!(error = %format!("{error:#}"), "no snapshot at shutdown");
+        }
+    }
     Ok(())
 }
 

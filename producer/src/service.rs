@@ -193,7 +193,12 @@ impl CommandService {
             });
         }
         let positions = self.writer.append(records).await?;
-        self.store.note_positions(&positions);
+        self.store.note_events(
+            positions
+                .iter()
+                .zip(&envelopes)
+                .map(|(position, (_, envelope))| (*position, envelope.event_id)),
+        );
         // Committed: publish the new states and build the answers.
         for (id, guard) in guards.iter_mut() {
             if let Some(state) = scratch.remove(id) {

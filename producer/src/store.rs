@@ -8,10 +8,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use foldline_schemas::Envelope;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex as AsyncMutex;
+use uuid::Uuid;
 
 use crate::domain::{evolve, Product};
+use crate::snapshot::{RememberedAnswers, Snapshot};
 use crate::writer::Position;
 
 pub type ProductSlot = Arc<AsyncMutex<Option<Product>>>;
@@ -20,7 +22,7 @@ pub type AnswerSlot = Arc<AsyncMutex<Option<BTreeMap<i64, Answer>>>>;
 
 /// What a successful command answers: the product, its version and the position of the last
 /// event the command appended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Answer {
     pub id: String,
     pub version: i64,
@@ -36,7 +38,16 @@ pub struct Store {
     /// When each key got its answer (epoch ms), oldest first, so expiry is a pop from the front.
     answer_ages: Mutex<VecDeque<(i64, String)>>,
     idempotency_ttl_ms: i64,
-    next_offsets: Mutex<HashMap<i32, i64>>,
+    covered: Mutex<Covered>,
+}
+
+/// How far into the log the state goes: the next offset of every partition, and one event
+/// the state holds per partition (its offset and id) so a snapshot can be checked against
+/// the log it claims to cover.
+#[derive(Default)]
+struct Covered {
+    next_offsets: HashMap<i32, i64>,
+    known_events: HashMap<i32, (i64, Uuid)>,
 }
 
 impl Default for Store {
@@ -53,7 +64,7 @@ impl Store {
             answers: Mutex::default(),
             answer_ages: Mutex::default(),
             idempotency_ttl_ms,
-            next_offsets: Mutex::default(),
+            covered: Mutex::default(),
         }
     }
 
@@ -116,15 +127,35 @@ impl Store {
     }
 
     pub fn note_positions(&self, positions: &[Position]) {
-        let mut next = self.next_offsets.lock().expect("not poisoned");
+        let mut covered = self.covered.lock().expect("not poisoned");
         for p in positions {
-            let entry = next.entry(p.partition).or_insert(0);
+            let entry = covered.next_offsets.entry(p.partition).or_insert(0);
             *entry = (*entry).max(p.offset + 1);
         }
     }
 
+    /// Notes appended or read events, with their ids (see [`Covered`]).
+    pub fn note_events(&self, events: impl IntoIterator<Item = (Position, Uuid)>) {
+        let mut covered = self.covered.lock().expect("not poisoned");
+        for (p, event_id) in events {
+            let entry = covered.next_offsets.entry(p.partition).or_insert(0);
+            *entry = (*entry).max(p.offset + 1);
+            let known = covered
+                .known_events
+                .entry(p.partition)
+                .or_insert((p.offset, event_id));
+            if p.offset > known.0 {
+                *known = (p.offset, event_id);
+            }
+        }
+    }
+
     pub fn next_offsets(&self) -> HashMap<i32, i64> {
-        self.next_offsets.lock().expect("not poisoned").clone()
+        self.covered
+            .lock()
+            .expect("not poisoned")
+            .next_offsets
+            .clone()
     }
 
     pub fn product_count(&self) -> usize {
@@ -134,7 +165,7 @@ impl Store {
     /// Folds one event read from the log. Events the state already holds (version not
     /// newer) are ignored, so re-reading a stretch of the log is harmless.
     pub async fn apply_logged(&self, event: &Envelope, position: Position) {
-        self.note_positions(&[position]);
+        self.note_events([(position, event.event_id)]);
         let slot = self.product_or_new(&event.product_id);
         {
             let mut product = slot.lock().await;
@@ -170,6 +201,88 @@ impl Store {
                 );
             }
         }
+    }
+}
+
+impl Store {
+    /// The state as a [`Snapshot`] of `topic`, without stopping writes. The log positions are
+    /// taken first, then each product and answer under its own lock: a command notes its
+    /// positions while it holds its products' and its key's locks, so every state read
+    /// afterwards holds at least what the positions cover. A state that holds more is
+    /// harmless: replaying the tail skips events a product already has (see `apply_logged`).
+    pub async fn snapshot(&self, topic: &str) -> Snapshot {
+        let (next_offsets, known_events) = {
+            let covered = self.covered.lock().expect("not poisoned");
+            (
+                covered.next_offsets.clone().into_iter().collect(),
+                covered.known_events.clone().into_iter().collect(),
+            )
+        };
+        let slots: Vec<ProductSlot> = self
+            .products
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut products = Vec::with_capacity(slots.len());
+        for slot in slots {
+            if let Some(product) = slot.lock().await.clone() {
+                products.push(product);
+            }
+        }
+        let answered_at: HashMap<String, i64> = self
+            .answer_ages
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(at, key)| (key.clone(), *at))
+            .collect();
+        let slots: Vec<(String, AnswerSlot)> = self
+            .answers
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(key, slot)| (key.clone(), slot.clone()))
+            .collect();
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut answers = Vec::with_capacity(slots.len());
+        for (key, slot) in slots {
+            if let Some(by_index) = slot.lock().await.clone() {
+                let answered_at_ms = answered_at.get(&key).copied().unwrap_or(now);
+                answers.push(RememberedAnswers {
+                    key,
+                    answered_at_ms,
+                    by_index,
+                });
+            }
+        }
+        Snapshot::new(topic, next_offsets, known_events, products, answers)
+    }
+
+    /// Loads a snapshot into a store that holds nothing yet (at start-up); keys older than
+    /// the TTL are left out.
+    pub fn restore(&self, snapshot: Snapshot) {
+        let mut products = self.products.lock().expect("not poisoned");
+        for product in snapshot.products {
+            products.insert(product.id.clone(), Arc::new(AsyncMutex::new(Some(product))));
+        }
+        let horizon = chrono::Utc::now().timestamp_millis() - self.idempotency_ttl_ms;
+        let mut remembered: Vec<RememberedAnswers> = snapshot
+            .answers
+            .into_iter()
+            .filter(|a| a.answered_at_ms >= horizon)
+            .collect();
+        remembered.sort_by_key(|a| a.answered_at_ms);
+        let mut answers = self.answers.lock().expect("not poisoned");
+        let mut ages = self.answer_ages.lock().expect("not poisoned");
+        for a in remembered {
+            ages.push_back((a.answered_at_ms, a.key.clone()));
+            answers.insert(a.key, Arc::new(AsyncMutex::new(Some(a.by_index))));
+        }
+        let mut covered = self.covered.lock().expect("not poisoned");
+        covered.next_offsets = snapshot.next_offsets.into_iter().collect();
+        covered.known_events = snapshot.known_events.into_iter().collect();
     }
 }
 

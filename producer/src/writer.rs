@@ -324,10 +324,10 @@ fn commit(
         let mut request_positions = Vec::with_capacity(futures.len());
         for future in futures {
             match futures::executor::block_on(future) {
-                Ok(Ok(delivery)) => request_positions.push(Position {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
+                Ok(Ok(delivery)) => match delivered_at(delivery.partition, delivery.offset) {
+                    Ok(position) => request_positions.push(position),
+                    Err(reason) => return Err(abort(producer, config, reason)),
+                },
                 // A newer instance owns the transactional.id (nisshi reports this per record,
                 // as an abortable error): stop writing, whatever the abort would say.
                 Ok(Err((error, _))) if is_fenced(&error) => return Err(AppendError::Fenced),
@@ -346,6 +346,25 @@ fn commit(
         return Err(classify(error));
     }
     Ok(positions)
+}
+
+/// Where a delivered record went. A delivery without an offset (seen on nisshi right after a
+/// broker restart, when librdkafka resent a batch the broker already had: it answered the
+/// duplicate with offset -1) cannot be answered to the client with its position, so the
+/// whole transaction is aborted instead: nothing of it becomes visible and the client's retry
+/// with its Idempotency-Key appends it once.
+fn delivered_at(partition: i32, offset: i64) -> Result<Position, String> {
+    if offset < 0 {
+        tracing::warn!(
+            partition,
+            offset,
+            "the broker acknowledged a record without its offset; aborting the transaction"
+        );
+        return Err(format!(
+            "the broker acknowledged a record in partition {partition} without its offset"
+        ));
+    }
+    Ok(Position { partition, offset })
 }
 
 fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> AppendError {
@@ -368,6 +387,18 @@ fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_without_an_offset_is_not_an_answer() {
+        assert_eq!(
+            delivered_at(1, 41),
+            Ok(Position {
+                partition: 1,
+                offset: 41
+            })
+        );
+        assert!(delivered_at(1, -1).is_err());
+    }
 
     #[test]
     fn a_writer_fenced_while_reconnecting_never_initialises_again() {

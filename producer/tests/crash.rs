@@ -31,6 +31,8 @@ async fn a_producer_killed_mid_commit_under_retrying_writers_loses_and_doubles_n
                 "FOLDLINE_TRANSACTIONAL_ID",
                 foldline_testkit::unique("crash"),
             ),
+            // Restarts load a snapshot plus the tail: snapshots taken often, mid-load.
+            ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
         ],
     )
     .await;

@@ -259,5 +259,7 @@ start_core_stack() {
     FOLDLINE_REGISTRY_LISTEN="127.0.0.1:$registry_port" "$bin/foldline-schema-registry"
   wait_http schema-registry "$FOLDLINE_REGISTRY_URL/subjects"
   export AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_DEFAULT_REGION=us-east-1
+  # The archive and the producer's snapshots.
+  export FOLDLINE_S3_ENDPOINT="$AWS_ENDPOINT"
   export AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
 }

@@ -53,6 +53,23 @@ impl AwsEndpoint {
     }
 }
 
+/// An S3 client for the server at `endpoint_url` (empty: AWS itself) that also works with
+/// S3-compatible servers (s3s-fs, MinIO).
+#[cfg(feature = "s3")]
+pub async fn s3_client(aws: &AwsEndpoint, endpoint_url: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+    let sdk = aws.sdk_config(endpoint_url).await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        // Local servers and MinIO address buckets by path, not by host name.
+        .force_path_style(true)
+        // Checksums only where S3 requires them: S3-compatible servers differ in the newer
+        // trailing-checksum encodings.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// An SDK call's failure, sorted by whether retrying can help.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -64,17 +63,8 @@ pub struct ArchiveStore {
 
 impl ArchiveStore {
     pub async fn connect(config: &StoreConfig) -> ArchiveStore {
-        let sdk = config.aws.sdk_config(&config.s3_endpoint).await;
-        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
-            // Local servers and MinIO address buckets by path, not by host name.
-            .force_path_style(true)
-            // Checksums only where S3 requires them: S3-compatible servers differ in the
-            // newer trailing-checksum encodings.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
         ArchiveStore {
-            client: Client::from_conf(s3),
+            client: foldline_service::aws::s3_client(&config.aws, &config.s3_endpoint).await,
             bucket: config.bucket.clone(),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             multipart_threshold: config.multipart_threshold.max(1),

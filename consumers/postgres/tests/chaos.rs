@@ -42,6 +42,8 @@ async fn chaos_kills_lose_and_double_nothing() {
                 "FOLDLINE_TRANSACTIONAL_ID",
                 foldline_testkit::unique("chaos"),
             ),
+            // Restarts load a snapshot plus the tail: snapshots taken often, mid-load.
+            ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
         ],
     )
     .await;

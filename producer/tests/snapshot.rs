@@ -1,0 +1,148 @@
+//! The producer starts from its snapshot in S3 plus the log's tail (issue 17), keeps
+//! Idempotency-Key answers and product versions across the restart, and ignores a snapshot
+//! that does not match the log (reading the whole log instead).
+
+use std::time::Duration;
+
+use foldline_producer::snapshot::SnapshotStore;
+use foldline_testkit::process::Restartable;
+use serde_json::{json, Value};
+
+const REPLAYED: &str = "producer_log_events_replayed_total";
+
+struct Writes {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Writes {
+    /// Creates a product with `key`; answers (status, body).
+    async fn create(&self, key: &str, n: usize) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/products", self.url))
+            .header("idempotency-key", key)
+            .json(&json!({"name": format!("Lamp {n}"), "price_cents": 1000, "stock": 10, "seller_id": "s-1"}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn adjust(&self, id: &str, expected_version: i64) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/products/{id}/stock", self.url))
+            .header("if-match", format!("\"{expected_version}\""))
+            .json(&json!({"delta": -1}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+async fn snapshots(topic: &str) -> SnapshotStore {
+    // The settings a producer gets from this environment.
+    let config = foldline_producer::Config::local().snapshot;
+    SnapshotStore::connect(&config, topic)
+        .await
+        .expect("scripts/test sets a snapshot bucket")
+}
+
+/// Waits until the stored snapshot holds `products` products.
+async fn wait_snapshot_holding(store: &SnapshotStore, products: usize) {
+    for _ in 0..100 {
+        if let Ok(Some(snapshot)) = store.load().await {
+            if snapshot.products.len() >= products {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no snapshot holding {products} products within 20 s");
+}
+
+#[tokio::test]
+async fn a_restart_reads_only_the_tail_after_the_snapshot_and_keeps_answers_and_versions() {
+    let topic = foldline_testkit::unique("products");
+    let mut producer = Restartable::start(
+        "foldline-producer",
+        "FOLDLINE_PRODUCER_LISTEN",
+        vec![
+            ("FOLDLINE_TOPIC", topic.clone()),
+            (
+                "FOLDLINE_TRANSACTIONAL_ID",
+                foldline_testkit::unique("snap"),
+            ),
+            ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
+        ],
+    )
+    .await;
+    let writes = Writes {
+        client: foldline_testkit::auth::client(),
+        url: producer.service.url.clone(),
+    };
+    let mut first = Vec::new();
+    for n in 0..30 {
+        let (status, body) = writes.create(&format!("{topic}-k{n}"), n).await;
+        assert_eq!(status, 201, "{body}");
+        first.push(body);
+    }
+    let store = snapshots(&topic).await;
+    // Every create is one event, so the snapshot's products are the events it covers.
+    wait_snapshot_holding(&store, 30).await;
+    // The tail: written after the snapshot, then a crash before the next one can be taken.
+    let mut tail = Vec::new();
+    for n in 30..35 {
+        tail.push(writes.create(&format!("{topic}-k{n}"), n).await.1);
+    }
+    producer.service.kill();
+    let mut stored = store.load().await.unwrap().unwrap();
+    let covered = stored.products.len() as i64;
+    producer.kill_and_restart().await;
+    let writes = Writes {
+        url: producer.service.url.clone(),
+        ..writes
+    };
+
+    assert_eq!(
+        producer.service.metric(REPLAYED).await as i64,
+        35 - covered,
+        "only the events after the snapshot are read from the log"
+    );
+    // A key answered before the snapshot and one answered in the tail: the same answers, and
+    // nothing appended again.
+    for (n, earlier) in [(3, &first[3]), (32, &tail[2])] {
+        let (status, again) = writes.create(&format!("{topic}-k{n}"), n).await;
+        assert_eq!((status, &again), (201, earlier), "retried key {n}");
+    }
+    // Versions continue from the snapshot's state and from the tail's.
+    for product in [&first[5], &tail[1]] {
+        let id = product["id"].as_str().unwrap();
+        let (status, body) = writes.adjust(id, 1).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["version"], 2);
+        let (status, _) = writes.adjust(id, 1).await;
+        assert_eq!(status, 412, "version 1 is stale now");
+    }
+
+    // A snapshot that claims an event the log does not hold is not used.
+    let partition = *stored.known_events.keys().next().unwrap();
+    stored.known_events.get_mut(&partition).unwrap().1 = uuid::Uuid::new_v4();
+    // Stop writes to the snapshot, then store the tampered one.
+    producer.service.terminate();
+    store.save(stored).await.unwrap();
+    producer.kill_and_restart().await;
+    assert_eq!(
+        producer.service.metric(REPLAYED).await,
+        37.0,
+        "a snapshot that does not match the log is ignored: the whole log is read"
+    );
+    let writes = Writes {
+        url: producer.service.url.clone(),
+        ..writes
+    };
+    let (status, again) = writes.create(&format!("{topic}-k7"), 7).await;
+    assert_eq!((status, &again), (201, &first[7]));
+}
