@@ -10,7 +10,7 @@ use foldline_schemas::{Envelope, Payload, ProductCreated, ProductUpdated, StockA
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,6 +20,10 @@ pub struct Args {
     events: usize,
     #[arg(long, default_value_t = 50_000)]
     products: usize,
+    /// Write in transactions of this many events, one after another, as the producer's group
+    /// commit does (0: no transactions, as fast as the broker takes them).
+    #[arg(long, default_value_t = 0)]
+    transaction_events: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -31,13 +35,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let codec = EventCodec::new(&args.log.registry_url, &args.log.topic)?;
-    let producer: FutureProducer =
-        foldline_service::kafka::producer_config(&args.log.brokers, "foldline-bench-fill")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
+    let mut config =
+        foldline_service::kafka::producer_config(&args.log.brokers, "foldline-bench-fill");
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000");
+    let transactions = args.transaction_events > 0;
+    if transactions {
+        config
+            .set(
+                "transactional.id",
+                format!("foldline-bench-fill-{}", args.log.topic),
+            )
+            .set("linger.ms", "1");
+    }
+    let producer: FutureProducer = config.create()?;
+    let txn_timeout = Duration::from_secs(30);
+    if transactions {
+        producer.init_transactions(txn_timeout)?;
+        producer.begin_transaction()?;
+    }
     let mut rng = StdRng::seed_from_u64(42);
     let ids: Vec<String> = (0..args.products)
         .map(|i| format!("bench-{i:08}"))
@@ -92,6 +111,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             payload,
         };
         let value = codec.encode(&event).await?;
+        if transactions && n > 0 && n % args.transaction_events == 0 {
+            while let Some(done) = pending.next().await {
+                note(Some(done), &mut next)?;
+            }
+            foldline_service::kafka::await_reports_released(&producer);
+            tokio::task::block_in_place(|| producer.commit_transaction(txn_timeout))?;
+            producer.begin_transaction()?;
+        }
         if pending.len() >= 50_000 {
             note(pending.next().await, &mut next)?;
         }
@@ -110,10 +137,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     while let Some(done) = pending.next().await {
         note(Some(done), &mut next)?;
     }
+    if transactions {
+        tokio::task::block_in_place(|| producer.commit_transaction(txn_timeout))?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "{}",
         serde_json::json!({"events": args.events, "seconds": seconds, "rate": args.events as f64 / seconds,
+                           "transaction_events": args.transaction_events,
                            "next_offsets": next, "end": next.values().sum::<i64>()})
     );
     Ok(())

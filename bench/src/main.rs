@@ -11,6 +11,7 @@ mod fill;
 mod project;
 mod raw_produce;
 mod sinks;
+mod soak;
 mod sse;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ enum Command {
     RawBatchWrite(sinks::BatchWriteArgs),
     /// Time a consumer by one of its counters, from its first move to a target.
     WatchMetric(sinks::WatchArgs),
+    /// Write at a fixed rate for minutes; print write -> visible (query, SSE) and lag per minute.
+    SoakLoad(soak::Args),
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,
+        Command::SoakLoad(args) => soak::run(args).await,
     }
 }
 

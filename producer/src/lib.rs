@@ -109,6 +109,9 @@ impl Config {
     }
 }
 
+/// A start that read at least this many events from the log snapshots at once.
+const SNAPSHOT_AFTER_READING: u64 = 10_000;
+
 /// Fences earlier instances, loads the state from the log, then serves until `shutdown`
 /// resolves. `/ready` turns green only after the log has been read to its end.
 pub async fn run(
@@ -209,8 +212,11 @@ pub async fn run(
             store.clone(),
             config.log.topic.clone(),
             Duration::from_secs(config.snapshot.snapshot_interval_secs.max(1)),
+            events >= SNAPSHOT_AFTER_READING,
+            metrics.clone(),
         );
     }
+    let metrics_at_exit = metrics.clone();
     let service = Arc::new(CommandService::new(
         store.clone(),
         writer,
@@ -237,7 +243,9 @@ pub async fn run(
     foldline_service::serve::serve(listener, app, shutdown).await?;
     // In-flight requests are done: the last snapshot makes the next start read almost nothing.
     if let Some(snapshots) = &snapshots {
-        if let Err(error) = snapshot::save_now(snapshots, &store, &config.log.topic).await {
+        if let Err(error) =
+            snapshot::save_now(snapshots, &store, &config.log.topic, &metrics_at_exit).await
+        {
             tracing::warn!(error = %format!("{error:#}"), "no snapshot at shutdown");
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -13,6 +13,8 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     pub replayed_events: IntCounter,
     pub undecodable_events: IntCounter,
+    pub snapshots: IntCounterVec,
+    pub snapshot_bytes: IntGauge,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -66,6 +68,19 @@ impl Metrics {
                 "Records in the topic the producer could not decode (skipped)",
             )
             .expect("valid metric"),
+            snapshots: IntCounterVec::new(
+                Opts::new(
+                    "producer_snapshots_total",
+                    "Snapshots of the state written to S3, by outcome (stored, failed)",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            snapshot_bytes: IntGauge::new(
+                "producer_snapshot_bytes",
+                "Size of the last stored snapshot (compressed)",
+            )
+            .expect("valid metric"),
         };
         registry
             .register(Box::new(metrics.commits.clone()))
@@ -87,6 +102,12 @@ impl Metrics {
             .expect("once");
         registry
             .register(Box::new(metrics.undecodable_events.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.snapshots.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.snapshot_bytes.clone()))
             .expect("once");
         metrics
     }

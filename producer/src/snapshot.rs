@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::Product;
+use crate::metrics::Metrics;
 use crate::store::{Answer, Store};
 
 /// Bumped whenever the layout changes: a snapshot of another format is ignored.
@@ -286,25 +287,31 @@ pub async fn restore(
     described
 }
 
-/// Writes a snapshot every `interval` while the state moves.
+/// Writes a snapshot every `interval` while the state moves; with `at_once`, right away too
+/// (after a start that had to read much of the log, so the next start does not).
 pub fn spawn_periodic(
     snapshots: SnapshotStore,
     store: Arc<Store>,
     topic: String,
     interval: Duration,
+    at_once: bool,
+    metrics: Metrics,
 ) {
     tokio::spawn(async move {
-        let mut saved = store.next_offsets();
+        let mut saved = (!at_once).then(|| store.next_offsets());
         loop {
-            tokio::time::sleep(interval).await;
+            if saved.is_some() {
+                tokio::time::sleep(interval).await;
+            }
             let now = store.next_offsets();
-            if now == saved {
+            if saved.as_ref() == Some(&now) {
                 continue;
             }
-            match save_now(&snapshots, &store, &topic).await {
-                Ok(()) => saved = now,
+            match save_now(&snapshots, &store, &topic, &metrics).await {
+                Ok(()) => saved = Some(now),
                 Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "snapshot not stored; the next one will try again")
+                    tracing::warn!(error = %format!("{error:#}"), "snapshot not stored; the next one will try again");
+                    tokio::time::sleep(interval).await;
                 }
             }
         }
@@ -312,12 +319,25 @@ pub fn spawn_periodic(
 }
 
 /// Takes and stores a snapshot now.
-pub async fn save_now(snapshots: &SnapshotStore, store: &Store, topic: &str) -> anyhow::Result<()> {
+pub async fn save_now(
+    snapshots: &SnapshotStore,
+    store: &Store,
+    topic: &str,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let snapshot = store.snapshot(topic).await;
     let (products, keys) = (snapshot.products.len(), snapshot.answers.len());
     let next_offsets = snapshot.next_offsets.clone();
-    let size = snapshots.save(snapshot).await?;
+    let size = match snapshots.save(snapshot).await {
+        Ok(size) => size,
+        Err(error) => {
+            metrics.snapshots.with_label_values(&["failed"]).inc();
+            return Err(error);
+        }
+    };
+    metrics.snapshots.with_label_values(&["stored"]).inc();
+    metrics.snapshot_bytes.set(size as i64);
     tracing::info!(
         products,
         keys,

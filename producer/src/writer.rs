@@ -326,7 +326,7 @@ fn commit(
             match futures::executor::block_on(future) {
                 Ok(Ok(delivery)) => match delivered_at(delivery.partition, delivery.offset) {
                     Ok(position) => request_positions.push(position),
-                    Err(reason) => return Err(abort(producer, config, reason)),
+                    Err(reason) => return Err(AppendError::OutcomeUnknown(reason)),
                 },
                 // A newer instance owns the transactional.id (nisshi reports this per record,
                 // as an abortable error): stop writing, whatever the abort would say.
@@ -350,9 +350,10 @@ fn commit(
 
 /// Where a delivered record went. A delivery without an offset (seen on nisshi right after a
 /// broker restart, when librdkafka resent a batch the broker already had: it answered the
-/// duplicate with offset -1) cannot be answered to the client with its position, so the
-/// whole transaction is aborted instead: nothing of it becomes visible and the client's retry
-/// with its Idempotency-Key appends it once.
+/// duplicate with offset -1) cannot be answered with its position, and the transaction's
+/// fate is unknown (the restarted broker may have forgotten it, and its records then stay
+/// visible whatever an abort says): the outcome is unknown, so the log is re-read before
+/// writes go on and a client's retry with its Idempotency-Key finds its first answer there.
 fn delivered_at(partition: i32, offset: i64) -> Result<Position, String> {
     if offset < 0 {
         tracing::warn!(
@@ -378,7 +379,11 @@ fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> Ap
         }
     }
     match producer.abort_transaction(config.commit_timeout) {
-        Ok(()) => AppendError::Unavailable(reason),
+        // An abort is only as good as the broker's memory of the transaction: nisshi forgets
+        // open transactions when it restarts, and what they had written stays visible (the
+        // chaos run doubled commands that way). So an aborted transaction still counts as an
+        // unknown outcome: the log is re-read before writes go on.
+        Ok(()) => AppendError::OutcomeUnknown(format!("{reason}; aborted")),
         Err(error) if is_fenced(&error) => AppendError::Fenced,
         Err(error) => AppendError::OutcomeUnknown(format!("{reason}; abort failed: {error}")),
     }

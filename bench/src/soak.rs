@@ -1,0 +1,261 @@
+//! The soak's load and its per-minute report: writes at a fixed rate through the producer
+//! while one SSE client follows the notifier; for every write, the time from sending it until
+//! the query API shows it (`?after=` its position) and until the SSE client receives it. Once
+//! a minute it prints one JSON line with those percentiles and every consumer's lag.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    producer_url: String,
+    #[arg(long)]
+    query_url: String,
+    #[arg(long)]
+    notifier_url: String,
+    /// Consumers whose `consumer_lag_records` is reported: `name=http://host:port`, repeated.
+    #[arg(long = "consumer")]
+    consumers: Vec<String>,
+    /// Writes per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+    /// Bearer token for the producer (`foldline token mint`).
+    #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+/// What one minute measured.
+#[derive(Default)]
+struct Minute {
+    write: Option<Histogram<u64>>,
+    query: Option<Histogram<u64>>,
+    sse: Option<Histogram<u64>>,
+    failed: u64,
+    not_visible: u64,
+}
+
+fn record(histogram: &mut Option<Histogram<u64>>, elapsed: Duration) {
+    let h = histogram.get_or_insert_with(|| Histogram::new(3).expect("valid"));
+    let _ = h.record(elapsed.as_micros() as u64);
+}
+
+fn quantiles(histogram: &Option<Histogram<u64>>) -> serde_json::Value {
+    match histogram {
+        Some(h) => serde_json::json!({
+            "n": h.len(),
+            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_ms": h.max() as f64 / 1000.0,
+        }),
+        None => serde_json::json!({"n": 0}),
+    }
+}
+
+/// When each write was sent, by the position it was answered with; and when SSE delivered
+/// positions nobody had asked about yet (an event may arrive before its write's answer).
+#[derive(Default)]
+struct SseBook {
+    sent: HashMap<String, Instant>,
+    arrived: HashMap<String, Instant>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = crate::with_token(
+        reqwest::Client::builder().timeout(Duration::from_secs(30)),
+        &args.token,
+    )?;
+    let minutes: Arc<Mutex<Vec<Minute>>> = Arc::new(Mutex::new(
+        (0..args.minutes).map(|_| Minute::default()).collect(),
+    ));
+    let started = Instant::now();
+    let minute_of = move |at: Instant| (at.duration_since(started).as_secs() / 60) as usize;
+    let book = Arc::new(Mutex::new(SseBook::default()));
+    tokio::spawn(follow_sse(
+        args.notifier_url.clone(),
+        book.clone(),
+        minutes.clone(),
+        minute_of,
+    ));
+    // Let the SSE client connect before the first write (the first minute is 2 s shorter).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    let mut next_report = 1;
+    let stop = started + Duration::from_secs(args.minutes * 60);
+    while Instant::now() < stop {
+        ticker.tick().await;
+        let minute = minute_of(Instant::now()).min(args.minutes as usize - 1);
+        if minute >= next_report {
+            report(&minutes, next_report - 1, &args.consumers, &client).await;
+            next_report += 1;
+        }
+        let (client, producer, query) = (
+            client.clone(),
+            args.producer_url.clone(),
+            args.query_url.clone(),
+        );
+        let (minutes, book) = (minutes.clone(), book.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer = async {
+                let response = client
+                    .post(format!("{producer}/products"))
+                    .json(&serde_json::json!({"name": "soak", "price_cents": 100, "stock": 50, "seller_id": "soak"}))
+                    .send()
+                    .await
+                    .ok()?;
+                if response.status() != 201 {
+                    return None;
+                }
+                response.json::<serde_json::Value>().await.ok()
+            }
+            .await;
+            let Some(answer) = answer else {
+                minutes.lock().expect("not poisoned")[minute].failed += 1;
+                return;
+            };
+            record(
+                &mut minutes.lock().expect("not poisoned")[minute].write,
+                sent.elapsed(),
+            );
+            let (id, position) = (
+                answer["id"].as_str().unwrap_or_default().to_owned(),
+                answer["position"].as_str().unwrap_or_default().to_owned(),
+            );
+            {
+                let mut book = book.lock().expect("not poisoned");
+                match book.arrived.remove(&position) {
+                    Some(at) => record(
+                        &mut minutes.lock().expect("not poisoned")[minute].sse,
+                        at.saturating_duration_since(sent),
+                    ),
+                    None => {
+                        book.sent.insert(position.clone(), sent);
+                    }
+                }
+            }
+            let visible = client
+                .get(format!(
+                    "{query}/products/{id}?after={position}&timeout_ms=10000"
+                ))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            let mut minutes = minutes.lock().expect("not poisoned");
+            if visible {
+                record(&mut minutes[minute].query, sent.elapsed());
+            } else {
+                minutes[minute].not_visible += 1;
+            }
+        });
+    }
+    // The last writes' reads may take up to their timeout.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    report(
+        &minutes,
+        args.minutes as usize - 1,
+        &args.consumers,
+        &client,
+    )
+    .await;
+    let unseen = book.lock().expect("not poisoned").sent.len();
+    println!("{}", serde_json::json!({"sse_never_received": unseen}));
+    Ok(())
+}
+
+async fn report(
+    minutes: &Mutex<Vec<Minute>>,
+    index: usize,
+    consumers: &[String],
+    client: &reqwest::Client,
+) {
+    let mut lag = serde_json::Map::new();
+    for consumer in consumers {
+        let Some((name, url)) = consumer.split_once('=') else {
+            continue;
+        };
+        lag.insert(name.to_owned(), consumer_lag(client, url).await.into());
+    }
+    let minutes = minutes.lock().expect("not poisoned");
+    let m = &minutes[index];
+    println!(
+        "{}",
+        serde_json::json!({
+            "minute": index + 1,
+            "write": quantiles(&m.write),
+            "query_visible": quantiles(&m.query),
+            "sse_received": quantiles(&m.sse),
+            "failed_writes": m.failed,
+            "not_visible_in_10s": m.not_visible,
+            "lag_records": lag,
+        })
+    );
+}
+
+/// Sum of `consumer_lag_records` over the partitions; -1 when unreadable.
+async fn consumer_lag(client: &reqwest::Client, url: &str) -> i64 {
+    let Ok(response) = client.get(format!("{url}/metrics")).send().await else {
+        return -1;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("consumer_lag_records{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as i64
+}
+
+/// One SSE client from the log's end; records when each position arrived.
+async fn follow_sse(
+    notifier: String,
+    book: Arc<Mutex<SseBook>>,
+    minutes: Arc<Mutex<Vec<Minute>>>,
+    minute_of: impl Fn(Instant) -> usize,
+) {
+    let http = reqwest::Client::new();
+    loop {
+        let Ok(response) = http.get(format!("{notifier}/events/stream")).send().await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if response.status() != 200 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            let arrived = Instant::now();
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let message: String = buffer.drain(..end + 2).collect();
+                let Some(data) = message.lines().find_map(|l| l.strip_prefix("data:")) else {
+                    continue;
+                };
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                    continue;
+                };
+                let Some(position) = event["position"].as_str() else {
+                    continue;
+                };
+                let mut book = book.lock().expect("not poisoned");
+                match book.sent.remove(position) {
+                    Some(sent) => {
+                        let mut minutes = minutes.lock().expect("not poisoned");
+                        let minute = minute_of(sent).min(minutes.len() - 1);
+                        record(&mut minutes[minute].sse, arrived.duration_since(sent));
+                    }
+                    None => {
+                        book.arrived.insert(position.to_owned(), arrived);
+                    }
+                }
+            }
+        }
+    }
+}
