@@ -277,6 +277,30 @@ impl TopicReader {
     }
 }
 
+/// Where each partition of `topic` ends for a `read_committed` reader: its last stable
+/// offset (librdkafka ≥ 1.7.1 answers watermark queries by the consumer's isolation level), so
+/// a reader starting there misses no record of a transaction still open now.
+pub async fn committed_ends(
+    brokers: &str,
+    client_id: &str,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, SetupError> {
+    let (brokers, client_id, topic) = (brokers.to_owned(), client_id.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: StreamConsumer = assign_consumer_config(&brokers, &client_id).create()?;
+        let timeout = Duration::from_secs(10);
+        let count = partition_count(&consumer, &topic, Duration::from_secs(30))?;
+        let mut ends = HashMap::new();
+        for partition in 0..count {
+            let (_, end) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+            ends.insert(partition, end);
+        }
+        Ok(ends)
+    })
+    .await
+    .expect("the watermark query does not panic")
+}
+
 /// Where each partition of `topic` ends *including records of transactions not yet decided*:
 /// the position of a `read_uncommitted` reader at each end-of-partition, reading from
 /// `start`. A `read_committed` reader whose positions reach these offsets has seen every

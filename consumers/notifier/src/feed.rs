@@ -1,12 +1,13 @@
-//! The live feed: one task reads every partition of the topic (from the beginning, up to the
-//! end, then following) and broadcasts each decoded event to every connected client.
+//! The live feed: one task follows every partition of the topic from its end (found at
+//! start-up, without reading the log) and broadcasts each decoded event to every connected
+//! client. Clients that resume from an older cursor read what they missed themselves.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foldline_schemas::wire::EventCodec;
-use foldline_service::kafka::TopicReader;
+use foldline_service::kafka::{self, TopicReader};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::broadcast;
@@ -45,7 +46,7 @@ pub struct Feed {
     /// What has been broadcast, per partition. Updated together with each send, under this
     /// lock, so a subscriber gets a cursor that matches its receiver exactly.
     broadcast_cursor: Arc<Mutex<Cursor>>,
-    /// True once the first read reached the end of every partition.
+    /// True once the topic's end is known and the feed follows from there.
     pub caught_up: Arc<AtomicBool>,
 }
 
@@ -74,11 +75,27 @@ pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: u
     };
     tokio::spawn(async move {
         let mut cursor = Cursor::default();
+        // Start at the log's committed end, so start-up does not grow with the log (nobody
+        // can be waiting for history: resuming clients read it themselves).
         loop {
-            // First up to the end, broadcasting nothing (nobody can be waiting for history:
-            // resuming clients read it themselves), then follow and broadcast. A failed reader
-            // is reopened at the cursor in the same mode, so no event is skipped.
-            let follow = caught_up.load(Ordering::Acquire);
+            match kafka::committed_ends(&brokers, "foldline-notifier-ends", &topic).await {
+                Ok(ends) => {
+                    for (partition, end) in ends {
+                        cursor.0.insert(partition, end);
+                    }
+                    *broadcast_cursor.lock().expect("not poisoned") = cursor.clone();
+                    caught_up.store(true, Ordering::Release);
+                    tracing::info!(%cursor, "following the topic from its end");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot find the topic's end yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        loop {
+            // A failed reader is reopened at the cursor, so no event is skipped.
             let start = cursor.0.iter().map(|(p, o)| (*p, *o)).collect();
             let mut reader = match TopicReader::open(
                 &brokers,
@@ -86,7 +103,7 @@ pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: u
                 &topic,
                 &start,
                 None,
-                follow,
+                true,
             ) {
                 Ok(reader) => reader,
                 Err(error) => {
@@ -98,11 +115,7 @@ pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: u
             loop {
                 match reader.next().await {
                     Ok(Some(message)) => {
-                        let event = if follow {
-                            decode(&codec, &message).await
-                        } else {
-                            None
-                        };
+                        let event = decode(&codec, &message).await;
                         cursor.advance(message.partition(), message.offset());
                         let mut shared = broadcast_cursor.lock().expect("not poisoned");
                         shared.advance(message.partition(), message.offset());
@@ -110,11 +123,8 @@ pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: u
                             let _ = live.send(Arc::new(event));
                         }
                     }
-                    Ok(None) => {
-                        caught_up.store(true, Ordering::Release);
-                        tracing::info!(%cursor, "caught up with the topic; following");
-                        break;
-                    }
+                    // A following reader never ends.
+                    Ok(None) => break,
                     Err(error) => {
                         tracing::warn!(%error, "reading the topic failed; reopening");
                         tokio::time::sleep(Duration::from_millis(500)).await;
