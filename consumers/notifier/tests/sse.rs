@@ -396,3 +396,35 @@ async fn events_written_while_the_registry_is_down_reach_clients_once_it_is_back
     ids.sort_unstable();
     assert_eq!(received, ids, "every event exactly once");
 }
+
+#[tokio::test]
+async fn a_notifier_started_on_a_grown_log_serves_new_clients_from_its_end() {
+    let stack = stack(4096).await;
+    stack.create(300, 10).await;
+    // A second notifier starts on the log as it is now (it finds the end by a watermark query;
+    // how long that takes on a 1M-event log is in `scripts/bench soak`), and a new client
+    // gets exactly what is written afterwards: nothing older, nothing missed.
+    let other = Service::start(
+        "foldline-notifier",
+        "FOLDLINE_NOTIFIER_LISTEN",
+        &[("FOLDLINE_TOPIC", stack.topic.clone())],
+    )
+    .await;
+    let url = format!("{}/events/stream", other.url);
+    let fresh = tokio::spawn(async move { read(&url, None, 5, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = stack.create(3, 10).await;
+    let fresh = fresh.await.unwrap();
+    let got: Vec<&str> = fresh
+        .iter()
+        .map(|m| m.data["product_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got.len(),
+        3,
+        "only the 3 new events, none of the 300 before: {got:?}"
+    );
+    for id in &ids {
+        assert!(got.contains(&id.as_str()), "{id} missing from {got:?}");
+    }
+}
