@@ -119,6 +119,9 @@ pub struct WatchArgs {
     /// Counted per event (the rate is printed per event).
     #[arg(long, default_value_t = 1.0)]
     per_event: f64,
+    /// Give up (exit 1) after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    limit_secs: u64,
 }
 
 /// Times a consumer from the first time `metric` moves to when it reaches `target`.
@@ -130,7 +133,7 @@ pub async fn watch_metric(args: WatchArgs) -> anyhow::Result<()> {
             .find_map(|l| l.strip_prefix(&format!("{} ", args.metric)))
             .and_then(|v| v.parse::<f64>().ok())
     };
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    let deadline = Instant::now() + Duration::from_secs(args.limit_secs);
     let mut first: Option<(Instant, f64)> = None;
     loop {
         let value = read().await.unwrap_or(0.0);
