@@ -209,8 +209,8 @@ async fn a_broker_crash_mid_load_gives_503s_and_loses_no_acknowledged_write() {
         acknowledged.len() > 10,
         "writes before the crash were acknowledged"
     );
-    // Readiness returns once the producer re-initialised and re-read the log; on tansu a
-    // transaction left open by the crash can hold read_committed readers until it times out.
+    // Readiness returns once the producer re-initialised and re-read the log; a transaction
+    // left open by the crash can hold read_committed readers until the broker decides it.
     producer.wait_ready(Duration::from_secs(120)).await;
     let response = foldline_testkit::auth::client()
         .post(format!("{}/products", producer.url))
