@@ -233,14 +233,7 @@ async fn follow_sse(
         while let Some(Ok(chunk)) = body.next().await {
             let arrived = Instant::now();
             buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let message: String = buffer.drain(..end + 2).collect();
-                let Some(data) = message.lines().find_map(|l| l.strip_prefix("data:")) else {
-                    continue;
-                };
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
-                    continue;
-                };
+            for event in crate::sse::drain_events(&mut buffer) {
                 let Some(position) = event["position"].as_str() else {
                     continue;
                 };

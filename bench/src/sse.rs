@@ -70,14 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let mut buffer = String::new();
             while let Some(Ok(chunk)) = body.next().await {
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let frame: String = buffer.drain(..end + 2).collect();
-                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-                        continue;
-                    };
-                    let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
-                        continue;
-                    };
+                for event in drain_events(&mut buffer) {
                     if let Some(at) = event["occurred_at"].as_i64() {
                         if measuring.load(Ordering::Relaxed) {
                             let lag = (chrono::Utc::now().timestamp_millis() - at).max(0) as u64;
@@ -134,4 +127,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// The JSON `data:` of every complete SSE frame in `buffer`, which keeps the incomplete rest
+/// (comments, heartbeats and frames without JSON data are skipped).
+pub fn drain_events(buffer: &mut String) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let frame: String = buffer.drain(..end + 2).collect();
+        let data = frame.lines().find_map(|l| l.strip_prefix("data:"));
+        if let Some(Ok(event)) = data.map(|d| serde_json::from_str(d.trim())) {
+            events.push(event);
+        }
+    }
+    events
 }

@@ -299,10 +299,12 @@ pub fn spawn_periodic(
 ) {
     tokio::spawn(async move {
         let mut saved = (!at_once).then(|| store.next_offsets());
+        let mut wait = !at_once;
         loop {
-            if saved.is_some() {
+            if wait {
                 tokio::time::sleep(interval).await;
             }
+            wait = true;
             let now = store.next_offsets();
             if saved.as_ref() == Some(&now) {
                 continue;
@@ -310,8 +312,7 @@ pub fn spawn_periodic(
             match save_now(&snapshots, &store, &topic, &metrics).await {
                 Ok(()) => saved = Some(now),
                 Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "snapshot not stored; the next one will try again");
-                    tokio::time::sleep(interval).await;
+                    tracing::warn!(error = %format!("{error:#}"), "snapshot not stored; the next one will try again")
                 }
             }
         }

@@ -22,20 +22,7 @@ fn rounds() -> usize {
 async fn a_producer_killed_mid_commit_under_retrying_writers_loses_and_doubles_nothing() {
     let topic = foldline_testkit::unique("products");
     // Restarted on the same port, so clients only see refused connections meanwhile.
-    let mut producer = Restartable::start(
-        "foldline-producer",
-        "FOLDLINE_PRODUCER_LISTEN",
-        vec![
-            ("FOLDLINE_TOPIC", topic.clone()),
-            (
-                "FOLDLINE_TRANSACTIONAL_ID",
-                foldline_testkit::unique("crash"),
-            ),
-            // Restarts load a snapshot plus the tail: snapshots taken often, mid-load.
-            ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
-        ],
-    )
-    .await;
+    let mut producer = Restartable::producer(&topic).await;
     let writers = Writers::start(&producer.service.url, LoadPlan::default()).await;
 
     for round in 1..=rounds() {

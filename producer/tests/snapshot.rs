@@ -66,19 +66,7 @@ async fn wait_snapshot_holding(store: &SnapshotStore, products: usize) {
 #[tokio::test]
 async fn a_restart_reads_only_the_tail_after_the_snapshot_and_keeps_answers_and_versions() {
     let topic = foldline_testkit::unique("products");
-    let mut producer = Restartable::start(
-        "foldline-producer",
-        "FOLDLINE_PRODUCER_LISTEN",
-        vec![
-            ("FOLDLINE_TOPIC", topic.clone()),
-            (
-                "FOLDLINE_TRANSACTIONAL_ID",
-                foldline_testkit::unique("snap"),
-            ),
-            ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
-        ],
-    )
-    .await;
+    let mut producer = Restartable::producer(&topic).await;
     let writes = Writes {
         client: foldline_testkit::auth::client(),
         url: producer.service.url.clone(),

@@ -187,6 +187,21 @@ impl Restartable {
         }
     }
 
+    /// The producer on `topic` with a transactional id of its own, snapshotting every second
+    /// so that restarts under load load a snapshot plus the tail.
+    pub async fn producer(topic: &str) -> Restartable {
+        Restartable::start(
+            "foldline-producer",
+            "FOLDLINE_PRODUCER_LISTEN",
+            vec![
+                ("FOLDLINE_TOPIC", topic.to_owned()),
+                ("FOLDLINE_TRANSACTIONAL_ID", crate::unique("producer")),
+                ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
+            ],
+        )
+        .await
+    }
+
     /// SIGKILL, start again at once; returns the seconds until `/ready`.
     pub async fn kill_and_restart(&mut self) -> f64 {
         self.service.kill();

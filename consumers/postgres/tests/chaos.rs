@@ -33,20 +33,7 @@ async fn chaos_kills_lose_and_double_nothing() {
     std::env::set_var("FOLDLINE_BROKERS", broker.brokers());
     let mut s3 = OwnS3::start();
     let mut stack = Stack::start().await;
-    let mut producer = Restartable::start(
-        "foldline-producer",
-        "FOLDLINE_PRODUCER_LISTEN",
-        vec![
-            ("FOLDLINE_TOPIC", stack.topic.clone()),
-            (
-                "FOLDLINE_TRANSACTIONAL_ID",
-                foldline_testkit::unique("chaos"),
-            ),
-            // Restarts load a snapshot plus the tail: snapshots taken often, mid-load.
-            ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
-        ],
-    )
-    .await;
+    let mut producer = Restartable::producer(&stack.topic).await;
     // The stack's own producer would be a second writer: this run's producer replaces it.
     stack.producer.kill();
     let mut projector = Restartable::start(
