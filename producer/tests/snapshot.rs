@@ -134,3 +134,64 @@ async fn a_restart_reads_only_the_tail_after_the_snapshot_and_keeps_answers_and_
     let (status, again) = writes.create(&format!("{topic}-k7"), 7).await;
     assert_eq!((status, &again), (201, &first[7]));
 }
+
+#[tokio::test]
+async fn an_unreadable_snapshot_or_an_unreachable_s3_means_reading_the_whole_log() {
+    let topic = foldline_testkit::unique("products");
+    let mut producer = Restartable::producer(&topic).await;
+    let writes = Writes {
+        client: foldline_testkit::auth::client(),
+        url: producer.service.url.clone(),
+    };
+    let mut first = Vec::new();
+    for n in 0..10 {
+        first.push(writes.create(&format!("{topic}-k{n}"), n).await.1);
+    }
+    // A graceful stop stores the last snapshot; then its object is overwritten with garbage.
+    assert!(producer.service.terminate(), "graceful shutdown");
+    let config = foldline_producer::Config::local().snapshot;
+    wait_snapshot_holding(&snapshots(&topic).await, 10).await;
+    foldline_service::aws::s3_client(&config.aws, &config.s3_endpoint)
+        .await
+        .put_object()
+        .bucket(&config.snapshot_bucket)
+        .key(format!("producer/{topic}.json.zst"))
+        .body(b"not zstd, not json".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    producer.kill_and_restart().await;
+    assert_eq!(
+        producer.service.metric(REPLAYED).await,
+        10.0,
+        "an unreadable snapshot is ignored: the whole log is read"
+    );
+    let writes = Writes {
+        url: producer.service.url.clone(),
+        ..writes
+    };
+    assert_eq!(writes.create(&format!("{topic}-k4"), 4).await.1, first[4]);
+
+    // S3 unreachable at start-up: the producer still starts, from the log alone.
+    producer.service.terminate();
+    let port = foldline_testkit::process::free_port();
+    let without_s3 = foldline_testkit::process::Service::start(
+        "foldline-producer",
+        "FOLDLINE_PRODUCER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.clone()),
+            (
+                "FOLDLINE_TRANSACTIONAL_ID",
+                foldline_testkit::unique("no-s3"),
+            ),
+            ("FOLDLINE_S3_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ],
+    )
+    .await;
+    assert_eq!(without_s3.metric(REPLAYED).await, 10.0);
+    let writes = Writes {
+        url: without_s3.url.clone(),
+        ..writes
+    };
+    assert_eq!(writes.create(&format!("{topic}-k6"), 6).await.1, first[6]);
+}
