@@ -1,12 +1,21 @@
 """The live page in a real browser (Debian's headless Chromium, driven by Selenium through
-Debian's chromedriver): open it, make a write through the producer, see the event appear,
-and keep a screenshot under the test output (FOLDLINE_TEST_OUTPUT, default .foldline)."""
+Debian's chromedriver).
+
+The test runs its own projector, query API and notifier for the producer's topic (so it can stop
+and start them), writes events *before* the page opens, and checks that the page shows the
+present on arrival (totals, chart, recent events, low stock), that a later write appears once,
+that a reload shows the same history without duplicates, and that the page says so when the
+notifier or the query API is down and recovers when they return. Screenshots are kept under
+FOLDLINE_TEST_OUTPUT (default .foldline)."""
 
 import json
 import os
 import pathlib
+import socket
+import subprocess
 import time
 import urllib.request
+import uuid
 
 import pytest
 from selenium import webdriver
@@ -14,19 +23,95 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-NOTIFIER = os.environ.get("FOLDLINE_NOTIFIER_URL")
 PRODUCER = os.environ.get("FOLDLINE_PRODUCER_URL")
+TOPIC = os.environ.get("FOLDLINE_TEST_TOPIC")
+BINS = {name: os.environ.get(f"FOLDLINE_{name.upper()}_BIN") for name in ("projector", "query", "notifier")}
 # An admin token minted by scripts/test with the producer's secret.
 TOKEN = os.environ.get("FOLDLINE_TEST_TOKEN", "")
 OUTPUT = pathlib.Path(os.environ.get("FOLDLINE_TEST_OUTPUT", ".foldline"))
+LOGS = pathlib.Path(os.environ.get("FOLDLINE_TEST_DATA", ".foldline")) / "logs"
+
+pytestmark = pytest.mark.skipif(
+    not PRODUCER or not TOPIC or not all(BINS.values()) or not os.environ.get("FOLDLINE_DATABASE_URL"),
+    reason="needs the producer, its topic, the service binaries and PostgreSQL from scripts/test",
+)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def post(path, body):
     request = urllib.request.Request(
-        PRODUCER + path, data=json.dumps(body).encode(), headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
+        PRODUCER + path,
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}",
+                 "idempotency-key": str(uuid.uuid4())},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
+
+
+def wait_ready(url, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready within {seconds} s")
+
+
+class Process:
+    """One service binary, startable and stoppable (SIGTERM, then SIGKILL) on a fixed port."""
+
+    def __init__(self, name, env, url):
+        self.name, self.env, self.url, self.process = name, env, url, None
+
+    def start(self):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = open(LOGS / f"live-page-{self.name}.log", "ab")
+        self.process = subprocess.Popen([BINS[self.name]], env={**os.environ, **self.env}, stdout=log, stderr=log)
+        wait_ready(self.url)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def services():
+    ports = {name: free_port() for name in BINS}
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    common = {"FOLDLINE_TOPIC": TOPIC}
+    procs = {
+        "projector": Process("projector", {**common, "FOLDLINE_PROJECTOR_LISTEN": f"127.0.0.1:{ports['projector']}",
+                                           "FOLDLINE_PROJECTOR_GROUP": f"live-page-{os.getpid()}"}, url["projector"]),
+        "query": Process("query", {**common, "FOLDLINE_QUERY_LISTEN": f"127.0.0.1:{ports['query']}",
+                                   "FOLDLINE_QUERY_CORS_ORIGINS": url["notifier"]}, url["query"]),
+        "notifier": Process("notifier", {**common, "FOLDLINE_NOTIFIER_LISTEN": f"127.0.0.1:{ports['notifier']}",
+                                         "FOLDLINE_QUERY_PUBLIC_URL": url["query"]}, url["notifier"]),
+    }
+    # Events written before anything of the page exists: the page must show them on arrival.
+    seller = f"page-{uuid.uuid4().hex[:8]}"
+    before = [post("/products", {"name": f"Lamp {i}", "price_cents": 1000 + i, "stock": 8, "seller_id": seller})
+              for i in range(3)]
+    low = post(f"/products/{before[0]['id']}/stock", {"delta": -5})  # 8 -> 3: low stock
+    for p in procs.values():
+        p.start()
+    yield {"url": url, "procs": procs, "before": before, "low_position": low["position"]}
+    for p in procs.values():
+        p.stop()
 
 
 @pytest.fixture()
@@ -35,32 +120,96 @@ def browser():
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900"):
+                 "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     yield driver
     driver.quit()
 
 
-@pytest.mark.skipif(not NOTIFIER or not PRODUCER, reason="needs FOLDLINE_NOTIFIER_URL and FOLDLINE_PRODUCER_URL")
-def test_a_write_appears_on_the_live_page(browser):
-    browser.get(NOTIFIER + "/")
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "status").text == "live")
-    created = post("/products", {"name": "Browser lamp", "price_cents": 999, "stock": 6, "seller_id": "web"})
-    # 6 -> 3 crosses the low-stock threshold: the warning must be highlighted.
-    post(f"/products/{created['id']}/stock", {"delta": -3})
-    WebDriverWait(browser, 30).until(
-        lambda d: created["id"] in d.find_element(By.ID, "feed").text
-        and d.find_elements(By.CSS_SELECTOR, "#feed li.LowStockWarning")
-    )
-    feed = browser.find_element(By.ID, "feed").text
-    assert "Browser lamp" in feed
-    alerts = browser.find_element(By.ID, "counts-alerts").text
-    assert created["id"] in alerts
-    counts = browser.find_element(By.ID, "counts").text
-    assert "LowStockWarning\n1" in counts or "LowStockWarning 1" in counts
+def positions(browser):
+    return [li.get_attribute("data-position") for li in browser.find_elements(By.CSS_SELECTOR, "#feed li")]
+
+
+def screenshot(browser, name):
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    shot = OUTPUT / "live-page.png"
+    shot = OUTPUT / name
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 0
-    time.sleep(0)  # keep the page open until here
+
+
+def text(browser, element_id):
+    return browser.find_element(By.ID, element_id).text
+
+
+def test_the_page_shows_the_present_on_arrival_then_live_writes_once(services, browser):
+    url, before = services["url"], services["before"]
+    browser.get(url["notifier"] + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: text(d, "status") == "live")
+    # Recent events from the log, written before the page opened.
+    wait.until(lambda d: all(p["id"] in text(d, "feed") for p in before))
+    assert "LowStockWarning" in text(browser, "feed")
+    # Totals and the chart from the read model (the projector may still be catching up).
+    wait.until(lambda d: "read model: up to date" == text(d, "model"))
+    wait.until(lambda d: int(d.find_element(By.CSS_SELECTOR, '#totals li[data-type="ProductCreated"] strong').text) >= 3)
+    assert int(browser.find_element(By.CSS_SELECTOR, '#totals li[data-type="LowStockWarning"] strong').text) >= 1
+    bars = [int(r.get_attribute("height")) for r in browser.find_elements(By.CSS_SELECTOR, "#chart rect")]
+    assert len(bars) == 24 and bars[-1] > 0, bars
+    # The current low-stock products, from the read model.
+    wait.until(lambda d: before[0]["id"] in text(d, "low-stock"))
+    screenshot(browser, "live-page-on-arrival.png")
+
+    # A write after load appears once, live.
+    later = post("/products", {"name": "Late lamp", "price_cents": 500, "stock": 9, "seller_id": "web"})
+    wait.until(lambda d: later["id"] in text(d, "feed"))
+    time.sleep(1)
+    seen = positions(browser)
+    assert seen.count(later["position"]) == 1
+    assert len(seen) == len(set(seen)), "an event shown twice"
+
+    # A reload shows the same history, with no duplicate.
+    browser.refresh()
+    wait.until(lambda d: text(d, "status") == "live" and later["id"] in text(d, "feed"))
+    again = positions(browser)
+    assert len(again) == len(set(again)), "an event shown twice after a reload"
+    assert set(seen) <= set(again)
+
+    # The product panel: its state from the read model.
+    browser.find_element(By.ID, "search-id").send_keys(before[0]["id"])
+    browser.find_element(By.CSS_SELECTOR, "#search button").click()
+    wait.until(lambda d: "stock\n3" in text(d, "product-state") or "stock 3" in text(d, "product-state"))
+    screenshot(browser, "live-page.png")
+
+
+def test_the_page_says_when_it_is_reconnecting_or_behind_and_recovers(services, browser):
+    url, procs = services["url"], services["procs"]
+    browser.get(url["notifier"] + "/")
+    wait = WebDriverWait(browser, 40)
+    wait.until(lambda d: text(d, "status") == "live" and text(d, "model") == "read model: up to date")
+
+    # The notifier goes away: the page says it is reconnecting, and is live again after.
+    procs["notifier"].stop()
+    wait.until(lambda d: text(d, "status") == "reconnecting…")
+    screenshot(browser, "live-page-reconnecting.png")
+    written = post("/products", {"name": "While away", "price_cents": 700, "stock": 9, "seller_id": "web"})
+    procs["notifier"].start()
+    wait.until(lambda d: text(d, "status") == "live")
+    # The write made while the notifier was down arrives once (the stream resumes at its cursor).
+    wait.until(lambda d: written["id"] in text(d, "feed"))
+    assert positions(browser).count(written["position"]) == 1
+
+    # The projector stops: a new write is on the page but not in the read model: "behind".
+    procs["projector"].stop()
+    behind = post("/products", {"name": "Not yet applied", "price_cents": 700, "stock": 9, "seller_id": "web"})
+    wait.until(lambda d: behind["id"] in text(d, "feed"))
+    wait.until(lambda d: text(d, "model").startswith("read model: behind by"))
+    screenshot(browser, "live-page-behind.png")
+    procs["projector"].start()
+    wait.until(lambda d: text(d, "model") == "read model: up to date")
+
+    # The query API goes away: the page says so, and recovers.
+    procs["query"].stop()
+    wait.until(lambda d: text(d, "model") == "read model: query API unreachable")
+    procs["query"].start()
+    wait.until(lambda d: text(d, "model") == "read model: up to date")

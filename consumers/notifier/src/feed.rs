@@ -1,13 +1,19 @@
-//! The live feed: one task follows every partition of the topic from its end (found at
-//! start-up, without reading the log) and broadcasts each decoded event to every connected
-//! client. Clients that resume from an older cursor read what they missed themselves.
+//! The live feed: one task follows every partition of the topic from its end and broadcasts
+//! each decoded event to every connected client. Clients that resume from an older cursor
+//! read what they missed themselves.
+//!
+//! The feed also keeps the most recent events (read back from the last few hundred offsets
+//! of each partition at start-up, then every broadcast one), so a page that opens shows the
+//! present at once and continues live from the same cursor. Start-up reads a bounded stretch
+//! of the log, never the whole of it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foldline_schemas::wire::EventCodec;
-use foldline_service::kafka::{self, TopicReader};
+use foldline_service::kafka::{self, SetupError, TopicReader};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::broadcast;
@@ -21,6 +27,8 @@ pub struct LiveEvent {
     pub offset: i64,
     pub event_type: String,
     pub product_id: String,
+    /// The record's timestamp: orders the history read back from several partitions.
+    pub timestamp_ms: i64,
     /// The envelope as JSON, with its `position`.
     pub data: String,
 }
@@ -37,15 +45,22 @@ pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEv
         offset: message.offset(),
         event_type: event.event_type().to_string(),
         product_id: event.product_id,
+        timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
         data: json.to_string(),
     })
 }
 
+/// What has been broadcast: the cursor just after it and its last events. One lock for both,
+/// taken with each send, so a cursor always matches the events and receivers handed out.
+#[derive(Default)]
+struct Broadcast {
+    cursor: Cursor,
+    recent: VecDeque<Arc<LiveEvent>>,
+}
+
 pub struct Feed {
     live: broadcast::Sender<Arc<LiveEvent>>,
-    /// What has been broadcast, per partition. Updated together with each send, under this
-    /// lock, so a subscriber gets a cursor that matches its receiver exactly.
-    broadcast_cursor: Arc<Mutex<Cursor>>,
+    broadcast: Arc<Mutex<Broadcast>>,
     /// True once the topic's end is known and the feed follows from there.
     pub caught_up: Arc<AtomicBool>,
 }
@@ -53,8 +68,29 @@ pub struct Feed {
 impl Feed {
     /// A receiver of every event from now on, and the cursor it starts at.
     pub fn subscribe(&self) -> (Cursor, broadcast::Receiver<Arc<LiveEvent>>) {
-        let cursor = self.broadcast_cursor.lock().expect("not poisoned");
-        (cursor.clone(), self.live.subscribe())
+        let broadcast = self.broadcast.lock().expect("not poisoned");
+        (broadcast.cursor.clone(), self.live.subscribe())
+    }
+
+    /// Up to `limit` of the most recent events that `keep` accepts, oldest first, and the
+    /// cursor just after the newest event broadcast: a stream resumed from that cursor
+    /// continues with no gap and no duplicate.
+    pub fn recent(
+        &self,
+        limit: usize,
+        keep: impl Fn(&LiveEvent) -> bool,
+    ) -> (Cursor, Vec<Arc<LiveEvent>>) {
+        let broadcast = self.broadcast.lock().expect("not poisoned");
+        let mut events: Vec<_> = broadcast
+            .recent
+            .iter()
+            .rev()
+            .filter(|e| keep(e))
+            .take(limit)
+            .cloned()
+            .collect();
+        events.reverse();
+        (broadcast.cursor.clone(), events)
     }
 
     pub fn clients(&self) -> usize {
@@ -63,37 +99,43 @@ impl Feed {
 }
 
 /// Starts the tailer. `capacity` bounds what a slow client may fall behind before it is told
-/// to reconnect (memory is shared by all clients, not per client).
-pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: usize) -> Feed {
+/// to reconnect (memory is shared by all clients, not per client); `history` is how many
+/// recent events are kept for pages that open.
+pub fn start(
+    brokers: String,
+    topic: String,
+    codec: Arc<EventCodec>,
+    capacity: usize,
+    history: usize,
+) -> Feed {
     let (live, _) = broadcast::channel(capacity);
     let caught_up = Arc::new(AtomicBool::new(false));
-    let broadcast_cursor = Arc::new(Mutex::new(Cursor::default()));
+    let shared = Arc::new(Mutex::new(Broadcast::default()));
     let feed = Feed {
         live: live.clone(),
-        broadcast_cursor: broadcast_cursor.clone(),
+        broadcast: shared.clone(),
         caught_up: caught_up.clone(),
     };
     tokio::spawn(async move {
-        let mut cursor = Cursor::default();
-        // Start at the log's committed end, so start-up does not grow with the log (nobody
-        // can be waiting for history: resuming clients read it themselves).
-        loop {
-            match kafka::committed_ends(&brokers, "foldline-notifier-ends", &topic).await {
-                Ok(ends) => {
-                    for (partition, end) in ends {
-                        cursor.0.insert(partition, end);
-                    }
-                    *broadcast_cursor.lock().expect("not poisoned") = cursor.clone();
+        // Start near the log's committed end, so start-up does not grow with the log (nobody
+        // can be waiting for older history: resuming clients read it themselves).
+        let mut cursor = loop {
+            match read_history(&brokers, &topic, &codec, history).await {
+                Ok((cursor, recent)) => {
+                    *shared.lock().expect("not poisoned") = Broadcast {
+                        cursor: cursor.clone(),
+                        recent,
+                    };
                     caught_up.store(true, Ordering::Release);
                     tracing::info!(%cursor, "following the topic from its end");
-                    break;
+                    break cursor;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot find the topic's end yet; retrying");
+                    tracing::warn!(%error, "cannot read the topic's end yet; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        }
+        };
         loop {
             // A failed reader is reopened at the cursor, so no event is skipped.
             let start = cursor.0.iter().map(|(p, o)| (*p, *o)).collect();
@@ -115,12 +157,18 @@ pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: u
             loop {
                 match reader.next().await {
                     Ok(Some(message)) => {
-                        let event = decode(&codec, &message).await;
+                        let event = decode(&codec, &message).await.map(Arc::new);
                         cursor.advance(message.partition(), message.offset());
-                        let mut shared = broadcast_cursor.lock().expect("not poisoned");
-                        shared.advance(message.partition(), message.offset());
+                        let mut shared = shared.lock().expect("not poisoned");
+                        shared.cursor.advance(message.partition(), message.offset());
                         if let Some(event) = event {
-                            let _ = live.send(Arc::new(event));
+                            if history > 0 {
+                                if shared.recent.len() == history {
+                                    shared.recent.pop_front();
+                                }
+                                shared.recent.push_back(event.clone());
+                            }
+                            let _ = live.send(event);
                         }
                     }
                     // A following reader never ends.
@@ -135,4 +183,41 @@ pub fn start(brokers: String, topic: String, codec: Arc<EventCodec>, capacity: u
         }
     });
     feed
+}
+
+/// Reads the last stretch of every partition up to its committed end: the cursor at that
+/// end, and the last `history` events in timestamp order. Each partition is read back from
+/// `history * 4` offsets before its end (transaction markers take offsets too), so this costs
+/// the same on a log of a thousand records or of a billion.
+async fn read_history(
+    brokers: &str,
+    topic: &str,
+    codec: &EventCodec,
+    history: usize,
+) -> Result<(Cursor, VecDeque<Arc<LiveEvent>>), SetupError> {
+    let ends = kafka::committed_ends(brokers, "foldline-notifier-ends", topic).await?;
+    let back = (history as i64).saturating_mul(4);
+    let from = ends
+        .iter()
+        .map(|(partition, end)| (*partition, (end - back).max(0)))
+        .collect();
+    let mut reader = TopicReader::open(
+        brokers,
+        "foldline-notifier-history",
+        topic,
+        &from,
+        None,
+        false,
+    )?;
+    let mut events = Vec::new();
+    while let Some(message) = reader.next().await? {
+        if let Some(event) = decode(codec, &message).await {
+            events.push(Arc::new(event));
+        }
+    }
+    // The reader's positions: past transaction markers, at each partition's stable end.
+    let cursor = Cursor(reader.positions()?.into_iter().collect());
+    events.sort_by_key(|e| (e.timestamp_ms, e.partition, e.offset));
+    let skip = events.len().saturating_sub(history);
+    Ok((cursor, events.into_iter().skip(skip).collect()))
 }

@@ -7,7 +7,6 @@ mod cursor;
 mod feed;
 mod sse;
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +45,19 @@ struct Cli {
     /// Events a client may fall behind the live feed before it is told to reconnect.
     #[arg(long, env = "FOLDLINE_SSE_BUFFER", default_value_t = 4096)]
     buffer: usize,
+    /// Recent events kept for `GET /events/recent` (the live page's history on arrival).
+    #[arg(long, env = "FOLDLINE_LIVE_HISTORY", default_value_t = 200)]
+    history: usize,
+    /// The query API as the live page's browser reaches it (totals, chart, low stock).
+    #[arg(
+        long,
+        env = "FOLDLINE_QUERY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    query_url: String,
+    /// Stock below this is low (the producer's and projector's setting); the page lists those.
+    #[arg(long, env = "LOW_STOCK_THRESHOLD", default_value_t = 5)]
+    low_stock_threshold: i64,
     /// Whether the stream needs a token (the page itself stays open).
     #[command(flatten)]
     reads: foldline_service::auth::ReadAccess,
@@ -54,6 +66,7 @@ struct Cli {
 struct AppState {
     feed: Feed,
     backlog: Arc<Backlog>,
+    history: usize,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +82,18 @@ struct StreamParams {
     access_token: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecentParams {
+    #[serde(rename = "type")]
+    types: Option<String>,
+    product_id: Option<String>,
+    /// How many events (default 50, at most the history the notifier keeps).
+    limit: Option<usize>,
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("info,rdkafka::client=off");
@@ -80,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         cli.log.topic.clone(),
         codec.clone(),
         cli.buffer,
+        cli.history,
     );
     let readiness = {
         let caught_up = feed.caught_up.clone();
@@ -104,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             topic: cli.log.topic,
             codec,
         }),
+        history: cli.history,
     });
     {
         let state = state.clone();
@@ -116,9 +143,21 @@ async fn main() -> anyhow::Result<()> {
     }
     let stream_routes = Router::new()
         .route("/events/stream", get(stream))
+        .route("/events/recent", get(recent))
         .with_state(state);
+    let page_config = Arc::new(serde_json::json!({
+        "query_url": cli.query_url,
+        "low_stock_threshold": cli.low_stock_threshold,
+    }));
     let app = foldline_service::auth::guard_reads(stream_routes, readers)
         .route("/", get(page))
+        .route(
+            "/page-config.json",
+            get(move || {
+                let config = page_config.clone();
+                async move { axum::Json((*config).clone()) }
+            }),
+        )
         .merge(ops.routes());
     let app = ops.instrument(app);
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
@@ -148,31 +187,13 @@ async fn stream(
             )
         })?),
     };
-    let filter = Filter {
-        types: params.types.map(|t| {
-            t.split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect::<HashSet<_>>()
-        }),
-        product_id: params.product_id,
-    };
+    let filter = Filter::new(params.types.as_deref(), params.product_id);
     // Until the feed has read up to the log's end it broadcasts nothing, while a client's
     // read-back stops at the end the log had when it started: events written in between would
     // reach the client by neither path. So streams open only once the feed follows the log
     // (EventSource retries a 503 after `retry`/`Retry-After`).
     if !state.feed.caught_up.load(Ordering::Acquire) {
-        let mut response = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "catching-up",
-            "The notifier is catching up with the log",
-            "streams open once the notifier has read the topic to its end; retry shortly",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, "1".parse().expect("valid header"));
-        return Ok(response);
+        return Ok(catching_up());
     }
     let (live_cursor, live) = state.feed.subscribe();
     let events = sse::client_stream(live_cursor, live, resume, filter, state.backlog.clone());
@@ -192,6 +213,53 @@ async fn stream(
         "no-cache".parse().expect("valid header"),
     );
     Ok(response)
+}
+
+/// 503 until the feed follows the log's end.
+fn catching_up() -> Response {
+    let mut response = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "catching-up",
+        "The notifier is catching up with the log",
+        "streams open once the notifier has read the topic to its end; retry shortly",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, "1".parse().expect("valid header"));
+    response
+}
+
+/// `GET /events/recent`: the last events (oldest first) and the cursor after them; open
+/// `/events/stream` with that cursor as `Last-Event-ID` to continue with no gap and no
+/// duplicate.
+async fn recent(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<RecentParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(50);
+    if limit > state.history {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-parameter",
+            "Invalid parameter",
+            format!("limit is at most {} (FOLDLINE_LIVE_HISTORY)", state.history),
+        ));
+    }
+    if !state.feed.caught_up.load(Ordering::Acquire) {
+        return Ok(catching_up());
+    }
+    let filter = Filter::new(params.types.as_deref(), params.product_id);
+    let (cursor, events) = state.feed.recent(limit, |e| filter.matches(e));
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(&e.data).ok())
+        .collect();
+    Ok(
+        axum::Json(serde_json::json!({"cursor": cursor.to_string(), "events": events}))
+            .into_response(),
+    )
 }
 
 async fn page() -> Html<&'static str> {

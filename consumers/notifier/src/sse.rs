@@ -27,7 +27,20 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, event: &LiveEvent) -> bool {
+    /// From `?type=A,B` (comma-separated) and `?product_id=`.
+    pub fn new(types: Option<&str>, product_id: Option<String>) -> Filter {
+        Filter {
+            types: types.map(|t| {
+                t.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
+            product_id,
+        }
+    }
+
+    pub fn matches(&self, event: &LiveEvent) -> bool {
         self.types
             .as_ref()
             .is_none_or(|t| t.contains(&event.event_type))

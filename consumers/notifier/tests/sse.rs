@@ -428,3 +428,88 @@ async fn a_notifier_started_on_a_grown_log_serves_new_clients_from_its_end() {
         assert!(got.contains(&id.as_str()), "{id} missing from {got:?}");
     }
 }
+
+#[tokio::test]
+async fn recent_events_on_a_grown_log_then_the_stream_from_their_cursor_has_no_gap_and_no_duplicate(
+) {
+    let stack = stack(4096).await;
+    let older = stack.create(500, 10).await;
+    // A notifier started on that log keeps its last events (read back from a bounded stretch of
+    // each partition, not the whole log) and hands them out with the cursor after them.
+    let other = Service::start(
+        "foldline-notifier",
+        "FOLDLINE_NOTIFIER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", stack.topic.clone()),
+            ("FOLDLINE_LIVE_HISTORY", "40".into()),
+        ],
+    )
+    .await;
+    let recent: Value = http()
+        .get(format!("{}/events/recent?limit=40", other.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = recent["events"].as_array().unwrap();
+    assert_eq!(events.len(), 40, "the last 40 of 500");
+    let history: Vec<&str> = events
+        .iter()
+        .map(|e| e["product_id"].as_str().unwrap())
+        .collect();
+    for id in &history {
+        assert!(older.contains(&id.to_string()), "{id} was never written");
+    }
+    let unique: std::collections::HashSet<_> = history.iter().collect();
+    assert_eq!(unique.len(), 40, "no event twice in the history");
+    let cursor = recent["cursor"].as_str().unwrap().to_owned();
+    assert!(!cursor.is_empty());
+
+    // Written after the history was taken: a stream opened at its cursor gets exactly these.
+    let newer = stack.create(5, 10).await;
+    let url = format!("{}/events/stream", other.url);
+    let continued = read(&url, Some(&cursor), 5, Duration::from_secs(10)).await;
+    let mut got: Vec<String> = continued
+        .iter()
+        .map(|m| m.data["product_id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort_unstable();
+    let mut want = newer.clone();
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "the 5 new events, once each, none of the history"
+    );
+
+    // The history now ends with the new events, and filters by product.
+    let after: Value = http()
+        .get(format!(
+            "{}/events/recent?limit=5&product_id={}",
+            other.url, newer[0]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let only: Vec<&str> = after["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["product_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(only, vec![newer[0].as_str()]);
+
+    // More than the notifier keeps is a clear 400, not a silent short answer.
+    let too_many = http()
+        .get(format!("{}/events/recent?limit=41", other.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+    let problem: Value = too_many.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("at most 40"));
+}

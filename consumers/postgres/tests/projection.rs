@@ -40,6 +40,7 @@ async fn the_read_model_equals_the_fold_of_the_topic_and_answers_the_contract() 
 
     // Pagination walks every live product exactly once.
     let mut seen = Vec::new();
+    let mut stock_of = std::collections::BTreeMap::new();
     let mut cursor: Option<String> = None;
     loop {
         let path = match &cursor {
@@ -50,6 +51,10 @@ async fn the_read_model_equals_the_fold_of_the_topic_and_answers_the_contract() 
         assert_eq!(status, 200);
         for item in page["items"].as_array().unwrap() {
             seen.push(item["id"].as_str().unwrap().to_owned());
+            stock_of.insert(
+                item["id"].as_str().unwrap().to_owned(),
+                item["stock"].as_i64().unwrap(),
+            );
             for field in [
                 "id",
                 "name",
@@ -77,6 +82,53 @@ async fn the_read_model_equals_the_fold_of_the_topic_and_answers_the_contract() 
         .unwrap()
         .iter()
         .all(|p| p["seller_id"] == "seller-1"));
+    // The low-stock list (the live page's): exactly the live products below the limit.
+    let (status, low) = stack.get("/products?stock_below=5&limit=1000").await;
+    assert_eq!(status, 200);
+    let low: Vec<&str> = low["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = stock_of
+        .iter()
+        .filter(|(_, stock)| **stock < 5)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(
+        !want.is_empty() && want.len() < stock_of.len(),
+        "the load leaves some products low"
+    );
+    assert_eq!(low, want);
+    assert_eq!(stack.get("/products?stock_below=many").await.0, 400);
+
+    // `/progress`: past a position once a read with `?after=` of it has answered.
+    let answer = stack
+        .write(
+            Method::POST,
+            &format!("/products/{}/stock", ids[1]),
+            json!({"delta": 1}),
+        )
+        .await;
+    if answer["status"] == 200 {
+        let position = answer["body"]["position"].as_str().unwrap().to_owned();
+        assert_eq!(
+            stack
+                .get(&format!("/products/{}?after={position}", ids[1]))
+                .await
+                .0,
+            200
+        );
+        let (partition, offset) = position.split_once(':').unwrap();
+        let (status, progress) = stack.get("/progress").await;
+        assert_eq!(status, 200);
+        let next = progress["next_offsets"][partition].as_i64().unwrap();
+        assert!(
+            next > offset.parse::<i64>().unwrap(),
+            "{progress} vs {position}"
+        );
+    }
 
     // Errors: unknown product, position never reached (504), bad parameters (400).
     assert_eq!(stack.get("/products/nope").await.0, 404);

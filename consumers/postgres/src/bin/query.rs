@@ -34,6 +34,15 @@ struct Cli {
     /// Database connections.
     #[arg(long, env = "FOLDLINE_QUERY_CONNECTIONS", default_value_t = 16)]
     connections: u32,
+    /// Pages allowed to read from a browser (CORS), comma-separated; the notifier's live page
+    /// by default.
+    #[arg(
+        long,
+        env = "FOLDLINE_QUERY_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8083,http://localhost:8083"
+    )]
+    cors_origins: Vec<String>,
     /// Whether reads need a token.
     #[command(flatten)]
     reads: foldline_service::auth::ReadAccess,
@@ -69,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let app = ops
         .instrument(foldline_service::auth::guard_reads(routes(state), readers).merge(ops.routes()))
+        .layer(foldline_service::serve::read_cors(&cli.cors_origins)?)
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     foldline_service::serve::serve(listener, app, foldline_service::shutdown::signal()).await?;

@@ -34,6 +34,7 @@ pub fn routes(state: Arc<QueryState>) -> Router {
         .route("/products/{id}", get(get_product))
         .route("/sellers/{seller_id}/stats", get(seller_stats))
         .route("/analytics/summary", get(analytics_summary))
+        .route("/progress", get(read_progress))
         .with_state(state)
 }
 
@@ -49,6 +50,8 @@ pub struct Consistency {
 #[serde(deny_unknown_fields)]
 struct ListParams {
     seller_id: Option<String>,
+    /// Only products with less stock than this (the low-stock list).
+    stock_below: Option<i64>,
     limit: Option<i64>,
     cursor: Option<String>,
     after: Option<String>,
@@ -115,11 +118,13 @@ async fn list_products(
         "SELECT {PRODUCT_COLUMNS} FROM {schema}.products
          WHERE NOT deleted AND name IS NOT NULL
            AND ($1::text IS NULL OR seller_id = $1) AND ($2::text IS NULL OR id > $2)
+           AND ($4::bigint IS NULL OR stock < $4)
          ORDER BY id LIMIT $3"
     ))
     .bind(&params.seller_id)
     .bind(&params.cursor)
     .bind(limit + 1)
+    .bind(params.stock_below)
     .fetch_all(&state.model.pool)
     .await
     .map_err(db_unavailable)?;
@@ -135,6 +140,18 @@ async fn list_products(
         None
     };
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// `GET /progress`: the next offset the live read model will apply, per partition. Compared
+/// with the log's end it says how far the model is behind (the live page shows it).
+async fn read_progress(State(state): State<Arc<QueryState>>) -> Answer {
+    let progress = state.progress.borrow().clone();
+    let next: BTreeMap<String, i64> = progress
+        .next
+        .iter()
+        .map(|(partition, offset)| (partition.to_string(), *offset))
+        .collect();
+    Ok(Json(json!({ "next_offsets": next })))
 }
 
 async fn get_product(
