@@ -8,95 +8,32 @@ that a reload shows the same history without duplicates, and that the page says 
 notifier or the query API is down and recovers when they return. Screenshots are kept under
 FOLDLINE_TEST_OUTPUT (default .foldline)."""
 
-import json
 import os
 import pathlib
-import socket
-import subprocess
 import time
-import urllib.request
 import uuid
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-PRODUCER = os.environ.get("FOLDLINE_PRODUCER_URL")
-TOPIC = os.environ.get("FOLDLINE_TEST_TOPIC")
-BINS = {name: os.environ.get(f"FOLDLINE_{name.upper()}_BIN") for name in ("projector", "query", "notifier")}
-# An admin token minted by scripts/test with the producer's secret.
-TOKEN = os.environ.get("FOLDLINE_TEST_TOKEN", "")
+from services import AVAILABLE, REASON, TOPIC, Process, free_port, post, projector
+
 OUTPUT = pathlib.Path(os.environ.get("FOLDLINE_TEST_OUTPUT", ".foldline"))
-LOGS = pathlib.Path(os.environ.get("FOLDLINE_TEST_DATA", ".foldline")) / "logs"
 
-pytestmark = pytest.mark.skipif(
-    not PRODUCER or not TOPIC or not all(BINS.values()) or not os.environ.get("FOLDLINE_DATABASE_URL"),
-    reason="needs the producer, its topic, the service binaries and PostgreSQL from scripts/test",
-)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(path, body):
-    request = urllib.request.Request(
-        PRODUCER + path,
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}",
-                 "idempotency-key": str(uuid.uuid4())},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def wait_ready(url, seconds=60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready within {seconds} s")
-
-
-class Process:
-    """One service binary, startable and stoppable (SIGTERM, then SIGKILL) on a fixed port."""
-
-    def __init__(self, name, env, url):
-        self.name, self.env, self.url, self.process = name, env, url, None
-
-    def start(self):
-        LOGS.mkdir(parents=True, exist_ok=True)
-        log = open(LOGS / f"live-page-{self.name}.log", "ab")
-        self.process = subprocess.Popen([BINS[self.name]], env={**os.environ, **self.env}, stdout=log, stderr=log)
-        wait_ready(self.url)
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason=REASON)
 
 
 @pytest.fixture(scope="module")
 def services():
-    ports = {name: free_port() for name in BINS}
+    ports = {name: free_port() for name in ("projector", "query", "notifier")}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     common = {"FOLDLINE_TOPIC": TOPIC}
     procs = {
-        "projector": Process("projector", {**common, "FOLDLINE_PROJECTOR_LISTEN": f"127.0.0.1:{ports['projector']}",
-                                           "FOLDLINE_PROJECTOR_GROUP": f"live-page-{os.getpid()}"}, url["projector"]),
+        "projector": projector(ports["projector"]),
         "query": Process("query", {**common, "FOLDLINE_QUERY_LISTEN": f"127.0.0.1:{ports['query']}",
                                    "FOLDLINE_QUERY_CORS_ORIGINS": url["notifier"]}, url["query"]),
         "notifier": Process("notifier", {**common, "FOLDLINE_NOTIFIER_LISTEN": f"127.0.0.1:{ports['notifier']}",
@@ -128,7 +65,21 @@ def browser():
 
 
 def positions(browser):
-    return [li.get_attribute("data-position") for li in browser.find_elements(By.CSS_SELECTOR, "#feed li")]
+    # Read in one script: the page re-renders lists, and elements found earlier may be gone.
+    return browser.execute_script("return [...document.querySelectorAll('#feed li')].map(li => li.dataset.position)")
+
+
+def total(browser, event_type):
+    return browser.execute_script(
+        f"const e = document.querySelector('#totals li[data-type=\"{event_type}\"] strong'); return e ? +e.textContent : -1")
+
+
+def bars(browser):
+    return browser.execute_script("return [...document.querySelectorAll('#chart rect')].map(r => +r.getAttribute('height'))")
+
+
+def waiter(browser, seconds):
+    return WebDriverWait(browser, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def screenshot(browser, name):
@@ -145,17 +96,17 @@ def text(browser, element_id):
 def test_the_page_shows_the_present_on_arrival_then_live_writes_once(services, browser):
     url, before = services["url"], services["before"]
     browser.get(url["notifier"] + "/")
-    wait = WebDriverWait(browser, 30)
+    wait = waiter(browser, 30)
     wait.until(lambda d: text(d, "status") == "live")
     # Recent events from the log, written before the page opened.
     wait.until(lambda d: all(p["id"] in text(d, "feed") for p in before))
     assert "LowStockWarning" in text(browser, "feed")
     # Totals and the chart from the read model (the projector may still be catching up).
     wait.until(lambda d: "read model: up to date" == text(d, "model"))
-    wait.until(lambda d: int(d.find_element(By.CSS_SELECTOR, '#totals li[data-type="ProductCreated"] strong').text) >= 3)
-    assert int(browser.find_element(By.CSS_SELECTOR, '#totals li[data-type="LowStockWarning"] strong').text) >= 1
-    bars = [int(r.get_attribute("height")) for r in browser.find_elements(By.CSS_SELECTOR, "#chart rect")]
-    assert len(bars) == 24 and bars[-1] > 0, bars
+    wait.until(lambda d: total(d, "ProductCreated") >= 3)
+    assert total(browser, "LowStockWarning") >= 1
+    heights = bars(browser)
+    assert len(heights) == 24 and heights[-1] > 0, heights
     # The current low-stock products, from the read model.
     wait.until(lambda d: before[0]["id"] in text(d, "low-stock"))
     screenshot(browser, "live-page-on-arrival.png")
@@ -185,7 +136,7 @@ def test_the_page_shows_the_present_on_arrival_then_live_writes_once(services, b
 def test_the_page_says_when_it_is_reconnecting_or_behind_and_recovers(services, browser):
     url, procs = services["url"], services["procs"]
     browser.get(url["notifier"] + "/")
-    wait = WebDriverWait(browser, 40)
+    wait = waiter(browser, 40)
     wait.until(lambda d: text(d, "status") == "live" and text(d, "model") == "read model: up to date")
 
     # The notifier goes away: the page says it is reconnecting, and is live again after.
