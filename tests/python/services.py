@@ -20,6 +20,8 @@ LOGS = pathlib.Path(os.environ.get("FOLDLINE_TEST_DATA", ".foldline")) / "logs"
 # One projector group for every module of a run: modules that start a projector continue where
 # the previous one stopped, so the shared read model counts each event once.
 PROJECTOR_GROUP = f"py-projector-{os.getpid()}"
+# Likewise one recent-events table and group.
+RECENT_EVENTS_TABLE = f"RecentEventsPy{os.getpid()}"
 
 AVAILABLE = bool(PRODUCER and TOPIC and all(BINS.values()) and os.environ.get("FOLDLINE_DATABASE_URL"))
 REASON = "needs the producer, its topic, the service binaries and PostgreSQL from scripts/test"
@@ -85,3 +87,10 @@ class Process:
 def projector(port):
     return Process("projector", {"FOLDLINE_TOPIC": TOPIC, "FOLDLINE_PROJECTOR_LISTEN": f"127.0.0.1:{port}",
                                  "FOLDLINE_PROJECTOR_GROUP": PROJECTOR_GROUP}, f"http://127.0.0.1:{port}")
+
+
+def recent_events(port):
+    return Process("recent-events", {"FOLDLINE_TOPIC": TOPIC, "FOLDLINE_RECENT_EVENTS_LISTEN": f"127.0.0.1:{port}",
+                                     "FOLDLINE_RECENT_EVENTS_TABLE": RECENT_EVENTS_TABLE,
+                                     "FOLDLINE_RECENT_EVENTS_GROUP": f"py-recent-{os.getpid()}"},
+                   f"http://127.0.0.1:{port}")

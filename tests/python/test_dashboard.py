@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from services import AVAILABLE, REASON, TOPIC, Process, free_port, get_text, post, projector
+from services import AVAILABLE, REASON, TOPIC, Process, free_port, get_text, post, projector, recent_events
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "foldline.json"
@@ -106,10 +106,7 @@ def scrapes():
         projector(ports["projector"]),
         Process("query", {"FOLDLINE_TOPIC": TOPIC, "FOLDLINE_QUERY_LISTEN": f"127.0.0.1:{ports['query']}"},
                 url["query"]),
-        Process("recent-events", {"FOLDLINE_TOPIC": TOPIC,
-                                  "FOLDLINE_RECENT_EVENTS_LISTEN": f"127.0.0.1:{ports['recent-events']}",
-                                  "FOLDLINE_RECENT_EVENTS_TABLE": f"RecentEventsPy{os.getpid()}",
-                                  "FOLDLINE_RECENT_EVENTS_GROUP": f"py-recent-{os.getpid()}"}, url["recent-events"]),
+        recent_events(ports["recent-events"]),
     ]
     for p in procs:
         p.start()

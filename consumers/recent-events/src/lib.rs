@@ -2,7 +2,9 @@
 //! - [`items`]: the pure mapping of an event to its two items.
 //! - [`table`]: creating the table with TTL.
 //! - [`sink`]: BatchWriteItem in chunks of 25, unprocessed items retried.
+//! - [`read`]: a product's recent events back (the query API serves them).
 pub mod items;
+pub mod read;
 pub mod sink;
 pub mod table;
 

@@ -171,6 +171,56 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
         assert_eq!(got, expected, "product {id}: every event, in time order");
     }
 
+    // The query API serves them back, newest first (the live page's product panel).
+    let query = Service::start(
+        "foldline-query",
+        "FOLDLINE_QUERY_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.clone()),
+            ("FOLDLINE_DYNAMODB_ENDPOINT", endpoint()),
+            ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
+        ],
+    )
+    .await;
+    let (id, version) = versions.iter().max_by_key(|(_, v)| **v).unwrap();
+    let answer: serde_json::Value = http
+        .get(format!("{}/products/{id}/events?limit=2", query.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = answer["items"].as_array().unwrap();
+    let got: Vec<i64> = items
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        vec![*version, version - 1],
+        "the last two, newest first: {answer}"
+    );
+    assert_eq!(items[0]["product_id"], id.as_str());
+    assert!(items[0]["position"].as_str().unwrap().contains(':'));
+    assert_eq!(items[0]["event_type"], "StockAdjusted");
+    assert!(items[0]["payload"]["new_stock"].is_i64(), "{answer}");
+    let none: serde_json::Value = http
+        .get(format!("{}/products/no-such-product/events", query.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["items"], json!([]));
+    let bad = http
+        .get(format!("{}/products/{id}/events?limit=0", query.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
     // Redelivery: stop, reset the group to offset 0, start again: everything is written again.
     assert!(consumer.terminate(), "graceful shutdown");
     reset_group(&group, &topic);

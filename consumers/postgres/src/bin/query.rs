@@ -43,6 +43,16 @@ struct Cli {
         default_value = "http://127.0.0.1:8083,http://localhost:8083"
     )]
     cors_origins: Vec<String>,
+    /// The DynamoDB recent-events table (`GET /products/{id}/events`).
+    #[command(flatten)]
+    dynamodb: foldline_recent_events::DynamoDb,
+    /// The recent-events table the recent-events consumer writes.
+    #[arg(
+        long,
+        env = "FOLDLINE_RECENT_EVENTS_TABLE",
+        default_value = "RecentEvents"
+    )]
+    recent_events_table: String,
     /// Whether reads need a token.
     #[command(flatten)]
     reads: foldline_service::auth::ReadAccess,
@@ -75,6 +85,10 @@ async fn main() -> anyhow::Result<()> {
         progress,
         default_timeout: Duration::from_millis(cli.default_wait_ms),
         max_timeout: Duration::from_secs(60),
+        recent_events: foldline_recent_events::read::RecentEventsTable {
+            client: cli.dynamodb.client().await,
+            table: cli.recent_events_table,
+        },
     });
     let app = ops
         .instrument(foldline_service::auth::guard_reads(routes(state), readers).merge(ops.routes()))

@@ -26,12 +26,15 @@ pub struct QueryState {
     pub progress: tokio::sync::watch::Receiver<std::sync::Arc<progress::Progress>>,
     pub default_timeout: Duration,
     pub max_timeout: Duration,
+    /// The DynamoDB recent-events table, for `GET /products/{id}/events`.
+    pub recent_events: foldline_recent_events::read::RecentEventsTable,
 }
 
 pub fn routes(state: Arc<QueryState>) -> Router {
     Router::new()
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product))
+        .route("/products/{id}/events", get(product_events))
         .route("/sellers/{seller_id}/stats", get(seller_stats))
         .route("/analytics/summary", get(analytics_summary))
         .route("/progress", get(read_progress))
@@ -56,6 +59,12 @@ struct ListParams {
     cursor: Option<String>,
     after: Option<String>,
     timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsParams {
+    limit: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +186,35 @@ async fn get_product(
             format!("no product {id}"),
         )
     })
+}
+
+/// `GET /products/{id}/events?limit=N`: the product's recent events, newest first, from the
+/// DynamoDB recent-events table (what the recent-events consumer has written; items expire
+/// after their TTL). An unknown product has none: `{"items": []}`.
+async fn product_events(
+    State(state): State<Arc<QueryState>>,
+    Path(id): Path<String>,
+    params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(bad_param("limit must be 1 to 100"));
+    }
+    let items = state
+        .recent_events
+        .product_events(&id, limit)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "recent-events query failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recent-events-unavailable",
+                "The recent-events table is unavailable",
+                "DynamoDB did not answer; retry shortly",
+            )
+        })?;
+    Ok(Json(json!({ "items": items })))
 }
 
 async fn seller_stats(
