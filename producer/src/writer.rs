@@ -26,17 +26,7 @@ pub struct OutRecord {
     pub headers: Vec<(&'static str, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.partition, self.offset)
-    }
-}
+pub use foldline_service::position::Position;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {

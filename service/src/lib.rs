@@ -18,6 +18,7 @@ pub mod aws;
 pub mod config;
 pub mod kafka;
 pub mod ops;
+pub mod position;
 pub mod problem;
 pub mod serve;
 pub mod shutdown;

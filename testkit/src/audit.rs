@@ -151,8 +151,8 @@ pub fn audit(events: &[LoggedEvent], acks: &[Ack]) -> Audit {
 }
 
 fn position(text: &str) -> Option<(i32, i64)> {
-    let (p, o) = text.split_once(':')?;
-    Some((p.parse().ok()?, o.parse().ok()?))
+    let position: foldline_service::position::Position = text.parse().ok()?;
+    Some((position.partition, position.offset))
 }
 
 /// `1..4, 4, 5..9`-style summary of a version list, to show where it breaks.

@@ -57,18 +57,7 @@ enum Command {
 }
 
 fn parse_offsets(text: &str) -> Result<BTreeMap<i32, i64>, String> {
-    text.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (p, o) = pair
-                .split_once(':')
-                .ok_or_else(|| format!("`{pair}`: expected PARTITION:OFFSET"))?;
-            Ok((
-                p.trim().parse().map_err(|e| format!("`{p}`: {e}"))?,
-                o.trim().parse().map_err(|e| format!("`{o}`: {e}"))?,
-            ))
-        })
-        .collect()
+    Ok(text.parse::<foldline_service::position::Offsets>()?.0)
 }
 
 #[tokio::main]

@@ -7,25 +7,7 @@ use foldline_service::problem::Problem;
 
 use super::{bad_param, db_unavailable, QueryState};
 
-/// A position in the topic, as the producer answers it: `partition:offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl std::str::FromStr for Position {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (p, o) = s.split_once(':').ok_or("expected P:O, for example 0:42")?;
-        let partition = p.parse().map_err(|_| format!("bad partition {p:?}"))?;
-        let offset = o.parse().map_err(|_| format!("bad offset {o:?}"))?;
-        if partition < 0 || offset < 0 {
-            return Err("partition and offset are not negative".into());
-        }
-        Ok(Position { partition, offset })
-    }
-}
+pub use foldline_service::position::Position;
 
 /// Waits until the live model's stored offset of the partition is past `after` (woken by the
 /// progress watcher, no query per waiter), then returns the live schema to read from. 504 when
@@ -83,24 +65,5 @@ pub async fn until_applied(
                 timeout.as_millis()
             ),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_parse_as_partition_colon_offset() {
-        assert_eq!(
-            "2:41".parse(),
-            Ok(Position {
-                partition: 2,
-                offset: 41
-            })
-        );
-        assert!("2".parse::<Position>().is_err());
-        assert!("a:1".parse::<Position>().is_err());
-        assert!("1:-4".parse::<Position>().is_err());
     }
 }
