@@ -12,14 +12,6 @@ pub use products::{fold_products, ProductChange};
 
 use foldline_schemas::Envelope;
 
-/// An event with its place in the log.
-#[derive(Debug, Clone)]
-pub struct Positioned<'a> {
-    pub partition: i32,
-    pub offset: i64,
-    pub event: &'a Envelope,
-}
-
 /// Everything one batch changes in the Postgres read model.
 #[derive(Debug, Default, PartialEq)]
 pub struct ReadModelChanges {

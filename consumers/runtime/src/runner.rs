@@ -62,33 +62,24 @@ type Kafka = StreamConsumer<RuntimeContext>;
 /// consumer until SIGINT or SIGTERM (finishing and flushing the batch in flight).
 pub async fn run_until_signal<S: Sink>(consumer: Consumer<S>, listen: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    run(
-        consumer,
-        None,
-        listener,
-        foldline_service::shutdown::signal(),
-    )
-    .await
+    run(consumer, listener, foldline_service::shutdown::signal()).await
 }
 
 /// Serves `/health`, `/ready`, `/metrics` on `listener` and runs the consumer until
 /// `shutdown` resolves; the batch in flight is finished first.
 pub async fn run<S: Sink>(
     consumer: Consumer<S>,
-    ops: Option<Ops>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let joined = Arc::new(AtomicBool::new(false));
     let generation = Arc::new(AtomicU64::new(0));
     let healthy = Arc::new(AtomicBool::new(true));
-    let ops = ops.unwrap_or_else(|| {
-        Ops::new(
-            consumer.service,
-            consumer.version,
-            readiness(joined.clone(), healthy.clone()),
-        )
-    });
+    let ops = Ops::new(
+        consumer.service,
+        consumer.version,
+        readiness(joined.clone(), healthy.clone()),
+    );
     let metrics = RuntimeMetrics::new(&ops.registry);
     consumer.sink.register_metrics(&ops.registry);
     let config = &consumer.config;

@@ -1,0 +1,52 @@
+//! Every setting a binary reads from the environment (`env = "…"` in its clap definitions)
+//! is in the README's configuration table, so the table cannot drift from the code.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if path.is_dir() && !name.starts_with('.') && name != "target" {
+            rust_files(&path, found);
+        } else if name.ends_with(".rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_env_setting_is_in_the_readme_configuration_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table: String = readme
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut files = Vec::new();
+    rust_files(root, &mut files);
+    let mut settings = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for part in text.split("env = \"").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                settings.insert(name.to_owned());
+            }
+        }
+    }
+    assert!(settings.len() > 40, "found only {settings:?}");
+    let missing: Vec<_> = settings
+        .iter()
+        .filter(|name| !table.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "settings read by the binaries but missing from README's configuration table: {missing:?}"
+    );
+}
