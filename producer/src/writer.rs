@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foldline_service::kafka;
+use foldline_service::retry::{self, Delays};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -247,7 +248,10 @@ fn reconnect<P>(
     health: &AtomicU8,
     mut sleep: impl FnMut(Duration),
 ) -> Option<P> {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = Delays::new(retry::forever(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    ));
     loop {
         match init() {
             Ok(producer) => {
@@ -261,8 +265,7 @@ fn reconnect<P>(
             }
             Err(error) => tracing::warn!(%error, "broker still unavailable, retrying"),
         }
-        sleep(delay);
-        delay = (delay * 2).min(Duration::from_secs(5));
+        sleep(delays.next_delay());
     }
 }
 
@@ -434,7 +437,12 @@ mod tests {
             |delay| slept.push(delay.as_millis()),
         );
         assert_eq!(outcome, Some(6));
-        assert_eq!(slept, [200, 400, 800, 1600, 3200]);
+        // Doubling from 200 ms, each with up to as much again of jitter.
+        assert_eq!(slept.len(), 5);
+        for (i, ms) in slept.iter().enumerate() {
+            let base = 200u128 << i;
+            assert!((base..=2 * base).contains(ms), "{slept:?}");
+        }
         assert_eq!(health.load(Ordering::Acquire), RECOVERING);
     }
 }

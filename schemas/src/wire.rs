@@ -118,21 +118,24 @@ impl EventCodec {
     }
 
     /// Decodes `bytes`, waiting out a registry outage (retries from 100 ms, doubling to 5 s,
-    /// each logged): the answer is a decoded envelope or an error no retry can fix. Every
-    /// reader of the log decodes through this, so none can skip an event because the
-    /// registry was down for a while.
+    /// with jitter, each logged): the answer is a decoded envelope or an error no retry can
+    /// fix. Every reader of the log decodes through this, so none can skip an event because
+    /// the registry was down for a while. (The same backoff as `foldline_service::retry`;
+    /// this crate does not depend on the service crate.)
     pub async fn decode_waiting(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.decode(bytes).await {
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, retry_in = ?delay, "schema registry unavailable; waiting to decode");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        use backon::Retryable;
+        let policy = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        (|| self.decode(bytes))
+            .retry(policy)
+            .when(CodecError::is_transient)
+            .notify(|error, delay| {
+                tracing::warn!(%error, retry_in = ?delay, "schema registry unavailable; waiting to decode");
+            })
+            .await
     }
 
     /// Decodes `bytes` once; [`CodecError::RegistryUnavailable`] means "try again later".

@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod ops;
 pub mod position;
 pub mod problem;
+pub mod retry;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

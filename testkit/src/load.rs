@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldline_service::retry::{self, Delays};
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -156,7 +157,10 @@ async fn send(
         Body::Stock(id, json) => (format!("/products/{id}/stock"), json),
     };
     let deadline = tokio::time::Instant::now() + plan.give_up_after;
-    let mut delay = Duration::from_millis(50);
+    let mut delays = Delays::new(retry::forever(
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+    ));
     loop {
         let outcome = client
             .post(format!("{url}{path}"))
@@ -187,7 +191,7 @@ async fn send(
             "command {key} got no final answer in {:?}",
             plan.give_up_after
         );
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        // Like a well-behaved client: exponential backoff with jitter.
+        tokio::time::sleep(delays.next_delay()).await;
     }
 }

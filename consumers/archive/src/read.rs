@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use foldline_consumer_runtime::Record;
+use foldline_service::retry::{self, Retryable};
 use tokio::sync::mpsc;
 
 use crate::file::read_file;
@@ -110,18 +111,16 @@ impl ArchiveReader {
 
 async fn fetch(store: &ArchiveStore, range: FileRange) -> anyhow::Result<Vec<Record>> {
     let key = range.key(&store.prefix);
-    let mut delay = std::time::Duration::from_millis(200);
-    let bytes = loop {
-        match store.get(&key).await {
-            Ok(bytes) => break bytes,
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, key, "S3 unavailable while reading the archive; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
+    let bytes = (|| store.get(&key))
+        .retry(retry::forever(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        ))
+        .when(|error| error.is_transient())
+        .notify(|error, _| {
+            tracing::warn!(%error, key, "S3 unavailable while reading the archive; retrying");
+        })
+        .await?;
     let records = tokio::task::spawn_blocking(move || read_file(&bytes))
         .await?
         .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;

@@ -10,9 +10,9 @@ use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use foldline_consumer_runtime::{Batch, Sink, SinkError, Written};
 use foldline_service::aws::CallError;
+use foldline_service::retry::{self, Delays};
 use futures::{StreamExt, TryStreamExt};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
-use rand::Rng;
 
 use crate::items::{items_for, Item};
 
@@ -95,7 +95,10 @@ pub async fn write_items(
             WriteRequest::builder().put_request(put).build()
         })
         .collect();
-    let mut delay = Duration::from_millis(50);
+    let mut delays = Delays::new(retry::forever(
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+    ));
     for round in 0..=UNPROCESSED_ROUNDS {
         let count = pending.len() as u64;
         let started = Instant::now();
@@ -119,9 +122,7 @@ pub async fn write_items(
         }
         metrics.unprocessed.inc_by(pending.len() as u64);
         if round < UNPROCESSED_ROUNDS {
-            let jitter = rand::rng().random_range(0..=delay.as_millis() as u64);
-            tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(delays.next_delay()).await;
         }
     }
     Err(CallError::Unavailable(format!(

@@ -10,7 +10,7 @@ use foldline_schemas::wire::EventCodec;
 use foldline_service::config::EventLog;
 use foldline_service::kafka;
 use foldline_service::ops::{Ops, ReadinessCheck};
-use rand::Rng;
+use foldline_service::retry::{self, Delays};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -313,7 +313,10 @@ impl Loop {
         letters: &[DeadLetter],
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(200);
+        let mut delays = Delays::new(retry::forever(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ));
         loop {
             match self.dead_letters.publish(letters).await {
                 Ok(0) => break,
@@ -327,7 +330,7 @@ impl Loop {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "dead-letter topic unavailable; retrying");
-                    if backoff(&mut delay, stop).await {
+                    if delays.sleep_or_stop(stop).await {
                         anyhow::bail!("stopped while the dead-letter topic was unavailable");
                     }
                 }
@@ -435,7 +438,10 @@ impl Loop {
         call: Call<'_>,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Option<Outcome>> {
-        let mut delay = Duration::from_millis(100);
+        let mut delays = Delays::new(retry::forever(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        ));
         let mut paused: Option<TopicPartitionList> = None;
         let outcome = loop {
             let started = Instant::now();
@@ -460,7 +466,7 @@ impl Loop {
                         self.kafka.pause(&assignment)?;
                         paused = Some(assignment);
                     }
-                    if backoff(&mut delay, stop).await {
+                    if delays.sleep_or_stop(stop).await {
                         return Ok(None);
                     }
                 }
@@ -503,15 +509,4 @@ enum Call<'a> {
 enum Outcome {
     Written(Written),
     Flushed(BTreeMap<i32, i64>),
-}
-
-/// Sleeps `delay` plus jitter and doubles it (max 10 s); true when asked to stop meanwhile.
-async fn backoff(delay: &mut Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-    let jitter = Duration::from_millis(rand::rng().random_range(0..=delay.as_millis() as u64 / 2));
-    let stopped = tokio::select! {
-        _ = tokio::time::sleep(*delay + jitter) => false,
-        _ = stop.wait_for(|s| *s) => true,
-    };
-    *delay = (*delay * 2).min(Duration::from_secs(10));
-    stopped
 }

@@ -6,6 +6,7 @@ use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_recent_events::sink::RecentEventsSink;
 use foldline_recent_events::table::ensure_table;
 use foldline_recent_events::{DynamoDb, DEFAULT_GROUP};
+use foldline_service::retry::{self, Retryable};
 
 #[derive(Parser)]
 #[command(
@@ -49,18 +50,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let client = cli.dynamodb.client().await;
     // Waits for DynamoDB at start: the local stack may still be starting it.
-    let mut delay = std::time::Duration::from_millis(200);
-    loop {
-        match ensure_table(&client, &cli.table).await {
-            Ok(()) => break,
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, "DynamoDB not available yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
+    (|| ensure_table(&client, &cli.table))
+        .retry(retry::forever(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        ))
+        .when(|error| error.is_transient())
+        .notify(|error, _| tracing::warn!(%error, "DynamoDB not available yet; retrying"))
+        .await?;
     let sink = RecentEventsSink::new(
         client,
         cli.table,
