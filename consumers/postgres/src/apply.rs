@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use foldline_consumer_runtime::{Batch, Written};
+use foldline_consumer_runtime::Batch;
 use foldline_projections::{fold_batch, EventCount, ProductChange};
 use sqlx::PgConnection;
 
@@ -17,6 +17,17 @@ pub struct Target<'a> {
     pub low_stock_threshold: i64,
 }
 
+/// What applying a batch did. Unlike the runtime's `Written` there is no "held back": the
+/// read model never keeps records for later.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Every record the schema did not hold yet is written, with the offsets.
+    Done,
+    /// The schema's stored offsets disagree with where the batch starts: read these
+    /// partitions again from these offsets; nothing was written.
+    Reseek(BTreeMap<i32, i64>),
+}
+
 /// Applies `batch` inside the caller's transaction. The stored offsets are locked first; a
 /// partition whose stored offset is behind the batch's start (unseen data in between) makes
 /// the whole call answer `Reseek` and write nothing (the caller rolls back); records the
@@ -25,7 +36,7 @@ pub async fn apply_batch(
     tx: &mut PgConnection,
     target: &Target<'_>,
     batch: &Batch,
-) -> Result<Written, sqlx::Error> {
+) -> Result<Applied, sqlx::Error> {
     let s = target.schema;
     let partitions: Vec<i32> = batch.ranges.keys().copied().collect();
     // Rows exist before they are locked, so two instances can never both insert one.
@@ -57,7 +68,7 @@ pub async fn apply_batch(
         .map(|(p, s)| (*p, *s))
         .collect();
     if !reseek.is_empty() {
-        return Ok(Written::Reseek(reseek));
+        return Ok(Applied::Reseek(reseek));
     }
     let fresh = batch
         .records
@@ -87,7 +98,7 @@ pub async fn apply_batch(
     .await?;
     // Delivered at commit: wakes query APIs waiting on `?after=`.
     crate::query::progress::notify(tx).await?;
-    Ok(Written::Done)
+    Ok(Applied::Done)
 }
 
 /// Upserts the changed rows; returns the sellers of the rows that changed (the ones whose

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use foldline_archive::read::ArchiveReader;
-use foldline_consumer_runtime::{Batch, Record, Written};
+use foldline_consumer_runtime::{Batch, Record};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::kafka::TopicReader;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,7 +19,7 @@ use rdkafka::Message;
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
-use crate::apply::{apply_batch, Target};
+use crate::apply::{apply_batch, Applied, Target};
 use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
 #[derive(Debug, Clone)]
@@ -301,12 +301,11 @@ pub async fn replay<S: EventSource + Send>(
     })
 }
 
-fn expect_done(written: Written) -> anyhow::Result<()> {
-    match written {
-        Written::Done => Ok(()),
+fn expect_done(applied: Applied) -> anyhow::Result<()> {
+    match applied {
+        Applied::Done => Ok(()),
         // A fresh schema read from the start has nothing to disagree with.
-        Written::Reseek(at) => anyhow::bail!("replay read out of order at {at:?}"),
-        Written::Partly(_) => anyhow::bail!("apply_batch never holds records back"),
+        Applied::Reseek(at) => anyhow::bail!("replay read out of order at {at:?}"),
     }
 }
 

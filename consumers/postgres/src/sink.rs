@@ -2,7 +2,7 @@
 
 use foldline_consumer_runtime::{Batch, Sink, SinkError, Written};
 
-use crate::apply::{apply_batch, Target};
+use crate::apply::{apply_batch, Applied, Target};
 use crate::model::{ReadModel, META_SCHEMA};
 
 pub struct PostgresSink {
@@ -34,13 +34,16 @@ impl PostgresSink {
             topic: &self.topic,
             low_stock_threshold: self.low_stock_threshold,
         };
-        let written = apply_batch(&mut tx, &target, batch).await?;
-        match written {
-            Written::Reseek(_) => tx.rollback().await?,
-            // apply_batch never holds records back.
-            Written::Done | Written::Partly(_) => tx.commit().await?,
+        match apply_batch(&mut tx, &target, batch).await? {
+            Applied::Reseek(at) => {
+                tx.rollback().await?;
+                Ok(Written::Reseek(at))
+            }
+            Applied::Done => {
+                tx.commit().await?;
+                Ok(Written::Done)
+            }
         }
-        Ok(written)
     }
 }
 
