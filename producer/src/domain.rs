@@ -249,7 +249,6 @@ mod tests {
     //! Given past events, when a command, then these new events (or this error).
     use super::*;
     use chrono::Utc;
-    use foldline_schemas::EventType;
     use uuid::Uuid;
 
     const THRESHOLD: i64 = 5;
@@ -293,9 +292,24 @@ mod tests {
         }
     }
 
-    fn when(state: &Option<Product>, command: Command) -> Result<Vec<EventType>, DomainError> {
+    /// The whole events decided, payloads included: a wrong `new_stock` fails a test too.
+    fn when(state: &Option<Product>, command: Command) -> Result<Vec<Payload>, DomainError> {
         decide(&admin(), state.as_ref(), &command, None, THRESHOLD)
-            .map(|events| events.iter().map(Payload::event_type).collect())
+    }
+
+    fn adjusted(delta: i64, new_stock: i64) -> Payload {
+        Payload::StockAdjusted(StockAdjusted {
+            delta,
+            new_stock,
+            reason: None,
+        })
+    }
+
+    fn warning(stock: i64) -> Payload {
+        Payload::LowStockWarning(LowStockWarning {
+            stock,
+            threshold: THRESHOLD,
+        })
     }
 
     fn adjust(delta: i64) -> Command {
@@ -389,7 +403,15 @@ mod tests {
             stock: 0,
             seller_id: "s1".into(),
         };
-        assert_eq!(when(&None, command), Ok(vec![EventType::ProductCreated]));
+        assert_eq!(
+            when(&None, command),
+            Ok(vec![Payload::ProductCreated(ProductCreated {
+                name: "Lamp".into(),
+                price_cents: 0,
+                stock: 0,
+                seller_id: "s1".into(),
+            })])
+        );
     }
 
     #[test]
@@ -433,20 +455,20 @@ mod tests {
         let state = given(vec![created(6)]);
         assert_eq!(
             when(&state, adjust(-2)),
-            Ok(vec![EventType::StockAdjusted, EventType::LowStockWarning])
+            Ok(vec![adjusted(-2, 4), warning(4)])
         );
     }
 
     #[test]
     fn given_stock_already_below_threshold_when_it_falls_further_then_no_second_warning() {
         let state = given(vec![created(4)]);
-        assert_eq!(when(&state, adjust(-1)), Ok(vec![EventType::StockAdjusted]));
+        assert_eq!(when(&state, adjust(-1)), Ok(vec![adjusted(-1, 3)]));
     }
 
     #[test]
     fn given_stock_exactly_at_threshold_when_it_stays_then_no_warning() {
         let state = given(vec![created(7)]);
-        assert_eq!(when(&state, adjust(-2)), Ok(vec![EventType::StockAdjusted]));
+        assert_eq!(when(&state, adjust(-2)), Ok(vec![adjusted(-2, 5)]));
     }
 
     #[test]
@@ -527,6 +549,21 @@ mod tests {
             when(&state, empty),
             Err(DomainError::Invalid { .. })
         ));
+        let price_only = Command::Update {
+            name: None,
+            price_cents: Some(5),
+        };
+        assert_eq!(
+            when(&state, price_only),
+            Ok(vec![Payload::ProductUpdated(ProductUpdated {
+                name: None,
+                price_cents: Some(5),
+            })])
+        );
+        assert_eq!(
+            when(&state, Command::Delete),
+            Ok(vec![Payload::ProductDeleted(ProductDeleted {})])
+        );
         let state = given(vec![
             created(2),
             Payload::ProductUpdated(ProductUpdated {

@@ -18,7 +18,7 @@ pub struct RecentEventsTable {
 
 impl RecentEventsTable {
     /// Up to `limit` of the product's events, newest first, as JSON like the SSE `data` (the
-    /// envelope's fields with its `position`, the payload under `payload`).
+    /// envelope's fields the table keeps, with its `position`, the payload under `payload`).
     pub async fn product_events(
         &self,
         product_id: &str,
@@ -53,6 +53,10 @@ fn event_json(item: &Item) -> Value {
         .get("version")
         .and_then(|v| v.as_n().ok())
         .and_then(|n| n.parse::<i64>().ok());
+    // As in the SSE `data` (the envelope's Avro timestamp): epoch milliseconds.
+    let occurred_at = text("occurred_at")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.timestamp_millis());
     let payload = text("data")
         .and_then(|d| serde_json::from_str::<Value>(&d).ok())
         .unwrap_or(Value::Null);
@@ -61,7 +65,7 @@ fn event_json(item: &Item) -> Value {
         "event_type": text("event_type"),
         "product_id": text("product_id"),
         "version": version,
-        "occurred_at": text("occurred_at"),
+        "occurred_at": occurred_at,
         "position": text("position"),
         "payload": payload,
     })

@@ -205,6 +205,10 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     assert!(items[0]["position"].as_str().unwrap().contains(':'));
     assert_eq!(items[0]["event_type"], "StockAdjusted");
     assert!(items[0]["payload"]["new_stock"].is_i64(), "{answer}");
+    assert!(
+        items[0]["occurred_at"].is_i64(),
+        "epoch milliseconds, as on the SSE stream: {answer}"
+    );
     let none: serde_json::Value = http
         .get(format!("{}/products/no-such-product/events", query.url))
         .send()
