@@ -50,3 +50,40 @@ fn every_env_setting_is_in_the_readme_configuration_table() {
         "settings read by the binaries but missing from README's configuration table: {missing:?}"
     );
 }
+
+/// The README's architecture table names, per stage, the crate and the files to read first:
+/// each named file or folder exists (relative to its crate, or to the repository).
+#[test]
+fn every_file_the_architecture_table_names_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## Architecture")
+        .nth(1)
+        .expect("an architecture section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut checked = 0;
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| stage"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let crates: Vec<&str> = cells[2].split('`').skip(1).step_by(2).collect();
+        for name in cells[3].split('`').skip(1).step_by(2) {
+            let name = name.split(' ').next().unwrap();
+            if !(name.ends_with(".rs") || name.ends_with('/') || name.ends_with(".html")) {
+                continue;
+            }
+            let found =
+                root.join(name).exists() || crates.iter().any(|c| root.join(c).join(name).exists());
+            assert!(
+                found,
+                "README architecture: {name} (crates {crates:?}) does not exist"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} paths checked");
+}
