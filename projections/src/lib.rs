@@ -6,9 +6,11 @@
 
 pub mod analytics;
 pub mod products;
+pub mod sellers;
 
 pub use analytics::{count_events, EventCount};
 pub use products::{fold_products, ProductChange};
+pub use sellers::{seller_deltas, ProductRow, SellerDelta};
 
 use foldline_schemas::Envelope;
 

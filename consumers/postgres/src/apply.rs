@@ -1,11 +1,13 @@
 //! Writes one batch into a model schema, set-based: a handful of statements per batch whatever
 //! its size (UNNEST upserts), and the consumer offsets in the same transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use foldline_consumer_runtime::Batch;
-use foldline_projections::{fold_batch, EventCount, ProductChange};
+use foldline_projections::{
+    fold_batch, seller_deltas, EventCount, ProductChange, ProductRow, SellerDelta,
+};
 use sqlx::PgConnection;
 
 /// Where a batch goes: a model schema and the offsets key.
@@ -76,8 +78,14 @@ pub async fn apply_batch(
         .filter(|r| r.offset >= stored[&r.partition])
         .map(|r| &r.event);
     let changes = fold_batch(fresh);
-    let sellers = upsert_products(tx, target, &changes.products).await?;
-    refresh_seller_stats(tx, target, sellers).await?;
+    let before = lock_products(tx, s, &changes.products).await?;
+    let after = upsert_products(tx, target, &changes.products).await?;
+    add_seller_deltas(
+        tx,
+        s,
+        &seller_deltas(&before, &after, target.low_stock_threshold),
+    )
+    .await?;
     add_event_counts(tx, s, &changes.event_counts).await?;
 
     let (advanced, next): (Vec<i32>, Vec<i64>) = batch
@@ -101,15 +109,47 @@ pub async fn apply_batch(
     Ok(Applied::Done)
 }
 
-/// Upserts the changed rows; returns the sellers of the rows that changed (the ones whose
-/// stats need recomputing), in one round trip.
+/// The rows the batch is about to change, as they are, locked until the transaction ends
+/// (a product's partition has one projector at a time; the lock makes that certain).
+async fn lock_products(
+    tx: &mut PgConnection,
+    s: &str,
+    changes: &[ProductChange],
+) -> Result<Vec<ProductRow>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+    let rows: Vec<RowTuple> = sqlx::query_as(&format!(
+        "SELECT id, seller_id, stock, price_cents, deleted FROM {s}.products
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(product_row).collect())
+}
+
+type RowTuple = (String, Option<String>, Option<i64>, Option<i64>, bool);
+
+fn product_row((id, seller_id, stock, price_cents, deleted): RowTuple) -> ProductRow {
+    ProductRow {
+        id,
+        seller_id,
+        stock,
+        price_cents,
+        deleted,
+    }
+}
+
+/// Upserts the changed rows; returns the rows that changed, as they are now, in one round trip.
 async fn upsert_products(
     tx: &mut PgConnection,
     target: &Target<'_>,
     changes: &[ProductChange],
-) -> Result<BTreeSet<String>, sqlx::Error> {
+) -> Result<Vec<ProductRow>, sqlx::Error> {
     if changes.is_empty() {
-        return Ok(BTreeSet::new());
+        return Ok(Vec::new());
     }
     let s = target.schema;
     let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
@@ -121,7 +161,7 @@ async fn upsert_products(
     let updated: Vec<DateTime<Utc>> = changes.iter().map(|c| c.updated_at).collect();
     let deleted: Vec<bool> = changes.iter().map(|c| c.deleted).collect();
     // The version guard makes a stale change (already applied) a no-op.
-    let changed: Vec<Option<String>> = sqlx::query_scalar(&format!(
+    let changed: Vec<RowTuple> = sqlx::query_as(&format!(
         "INSERT INTO {s}.products AS p
              (id, name, price_cents, stock, seller_id, version, updated_at, deleted)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[],
@@ -135,7 +175,7 @@ async fn upsert_products(
              updated_at = EXCLUDED.updated_at,
              deleted = EXCLUDED.deleted
          WHERE p.version < EXCLUDED.version
-         RETURNING p.seller_id"
+         RETURNING p.id, p.seller_id, p.stock, p.price_cents, p.deleted"
     ))
     .bind(&ids)
     .bind(&names)
@@ -147,47 +187,37 @@ async fn upsert_products(
     .bind(&deleted)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(changed.into_iter().flatten().collect())
+    Ok(changed.into_iter().map(product_row).collect())
 }
 
-/// Recomputes the stats of every seller whose products the batch changed.
-async fn refresh_seller_stats(
+/// Adds each seller's delta to its stats row (created at zero if missing). Additions commute,
+/// so instances that touch one seller at the same time need no lock beyond the row's own;
+/// sellers come sorted, so two transactions take those row locks in one order.
+async fn add_seller_deltas(
     tx: &mut PgConnection,
-    target: &Target<'_>,
-    sellers: BTreeSet<String>,
+    s: &str,
+    deltas: &[(String, SellerDelta)],
 ) -> Result<(), sqlx::Error> {
-    if sellers.is_empty() {
+    if deltas.is_empty() {
         return Ok(());
     }
-    let s = target.schema;
-    // Sorted (a BTreeSet): every instance takes the locks below in the same order.
-    let sellers: Vec<String> = sellers.into_iter().collect();
-    // Instances owning other partitions may touch the same seller at the same time. Taking
-    // a lock per seller (in one order: no deadlock) before counting makes the count statement
-    // see their committed products, so the last writer's stats are complete.
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(s, 17)) FROM UNNEST($1::text[]) AS s",
-    )
-    .bind(&sellers)
-    .execute(&mut *tx)
-    .await?;
+    let column = |f: fn(&SellerDelta) -> i64| deltas.iter().map(|(_, d)| f(d)).collect::<Vec<_>>();
+    let sellers: Vec<&str> = deltas.iter().map(|(s, _)| s.as_str()).collect();
     sqlx::query(&format!(
         "INSERT INTO {s}.seller_stats AS st
              (seller_id, products, total_stock, stock_value_cents, low_stock_products)
-         SELECT t.seller_id, count(p.id), COALESCE(sum(p.stock), 0)::bigint,
-                COALESCE(sum(p.stock * p.price_cents), 0)::bigint,
-                count(p.id) FILTER (WHERE p.stock < $2)
-         FROM UNNEST($1::text[]) AS t(seller_id)
-         LEFT JOIN {s}.products p ON p.seller_id = t.seller_id AND NOT p.deleted
-         GROUP BY t.seller_id
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
          ON CONFLICT (seller_id) DO UPDATE SET
-             products = EXCLUDED.products,
-             total_stock = EXCLUDED.total_stock,
-             stock_value_cents = EXCLUDED.stock_value_cents,
-             low_stock_products = EXCLUDED.low_stock_products"
+             products = st.products + EXCLUDED.products,
+             total_stock = st.total_stock + EXCLUDED.total_stock,
+             stock_value_cents = st.stock_value_cents + EXCLUDED.stock_value_cents,
+             low_stock_products = st.low_stock_products + EXCLUDED.low_stock_products"
     ))
     .bind(&sellers)
-    .bind(target.low_stock_threshold)
+    .bind(column(|d| d.products))
+    .bind(column(|d| d.total_stock))
+    .bind(column(|d| d.stock_value_cents))
+    .bind(column(|d| d.low_stock_products))
     .execute(&mut *tx)
     .await?;
     Ok(())
