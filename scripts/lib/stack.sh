@@ -243,14 +243,20 @@ start_postgres() {
     || "$bin/createdb" -h 127.0.0.1 -p "$port" -U foldline foldline
 }
 
+# free_port: a TCP port nothing listens on now, chosen by the OS. Random numbers in fixed
+# ranges collided (a benchmark's archiver got the S3 server's port and never started).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # start_core_stack DATA BINDIR: S3, broker and registry on random free-ish ports under DATA, for
 # runs (tests, benchmarks) that must not collide with scripts/up or each other. Exports
 # FOLDLINE_BROKERS, FOLDLINE_REGISTRY_URL and the S3 settings; sets S3_PORT.
 start_core_stack() {
   local data="$1" bin="$2" broker_port registry_port
   mkdir -p "$data"
-  S3_PORT=$((19000 + RANDOM % 500)); broker_port=$((19600 + RANDOM % 300))
-  registry_port=$((18100 + RANDOM % 500))
+  S3_PORT=$(free_port); broker_port=$(free_port)
+  registry_port=$(free_port)
   start_s3 "$data" "$S3_PORT"
   start_broker "$data" "$broker_port"
   export FOLDLINE_BROKERS="127.0.0.1:$broker_port"
