@@ -199,16 +199,26 @@ async fn report(
     );
 }
 
-/// Sum of `consumer_lag_records` over the partitions; -1 when unreadable.
+/// Sum of `consumer_lag_records` over the partitions; -1 when unreadable: no answer, an error
+/// status, or no lag series at all (a dead consumer must not read as "no lag" — once another
+/// server held a consumer's port and its lag printed as 0).
 async fn consumer_lag(client: &reqwest::Client, url: &str) -> i64 {
     let Ok(response) = client.get(format!("{url}/metrics")).send().await else {
         return -1;
     };
+    if !response.status().is_success() {
+        return -1;
+    }
     let text = response.text().await.unwrap_or_default();
-    text.lines()
+    let partitions: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with("consumer_lag_records{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64
+        .collect();
+    if partitions.is_empty() {
+        return -1;
+    }
+    partitions.iter().sum::<f64>() as i64
 }
 
 /// One SSE client from the log's end; records when each position arrived.
