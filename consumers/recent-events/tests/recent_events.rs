@@ -224,6 +224,31 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // DynamoDB unreachable: a clear 503 problem, not a hang or an empty answer.
+    let unreachable = Service::start(
+        "foldline-query",
+        "FOLDLINE_QUERY_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.clone()),
+            ("FOLDLINE_DYNAMODB_ENDPOINT", "http://127.0.0.1:9".into()),
+            ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
+        ],
+    )
+    .await;
+    let down = http
+        .get(format!("{}/products/{id}/events", unreachable.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 503);
+    let problem: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(
+        problem["type"]
+            .as_str()
+            .map(|t| t.ends_with("recent-events-unavailable")),
+        Some(true),
+        "{problem}"
+    );
 
     // Redelivery: stop, reset the group to offset 0, start again: everything is written again.
     assert!(consumer.terminate(), "graceful shutdown");
