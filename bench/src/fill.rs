@@ -2,7 +2,7 @@
 //! updates with gap-free versions), Avro-encoded through the registry exactly as the producer
 //! encodes them, sent with a plain idempotent producer: a million events in seconds.
 
-use std::collections::BTreeMap;
+use foldline_service::position::Offsets;
 use std::time::{Duration, Instant};
 
 use foldline_schemas::wire::EventCodec;
@@ -63,7 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let mut state: Vec<(i64, i64)> = vec![(0, 0); args.products]; // (version, stock)
     let mut pending = FuturesUnordered::new();
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut next = Offsets::new();
     let started = Instant::now();
     for n in 0..args.events {
         let i = if n < args.products {
@@ -145,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"events": args.events, "seconds": seconds, "rate": args.events as f64 / seconds,
                            "transaction_events": args.transaction_events,
-                           "next_offsets": next, "end": next.values().sum::<i64>()})
+                           "next_offsets": next, "end": next.iter().map(|(_, o)| o).sum::<i64>()})
     );
     Ok(())
 }
@@ -155,11 +155,10 @@ type Sent = Result<
     (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
 >;
 
-fn note(done: Option<Sent>, next: &mut BTreeMap<i32, i64>) -> anyhow::Result<()> {
+fn note(done: Option<Sent>, next: &mut Offsets) -> anyhow::Result<()> {
     if let Some(result) = done {
         let delivery = result.map_err(|(e, _)| anyhow::anyhow!("send failed: {e}"))?;
-        let entry = next.entry(delivery.partition).or_insert(0);
-        *entry = (*entry).max(delivery.offset + 1);
+        next.advance(delivery.partition, delivery.offset);
     }
     Ok(())
 }

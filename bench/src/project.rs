@@ -1,6 +1,5 @@
 //! Baselines and probes for `scripts/bench project`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -22,7 +21,7 @@ pub async fn raw_consume(args: ConsumeArgs) -> anyhow::Result<()> {
         &args.brokers,
         "foldline-bench-consume",
         &args.topic,
-        &HashMap::new(),
+        &foldline_service::position::Offsets::new(),
         |_| {
             records += 1;
             async {}

@@ -2,7 +2,6 @@
 //! archiver), the same items written with a bare BatchWriteItem loop (beside the recent-events
 //! consumer), and a metric watcher that times a consumer from its first event to its last.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use foldline_archive::file::read_file;
@@ -70,7 +69,7 @@ pub async fn raw_batch_write(args: BatchWriteArgs) -> anyhow::Result<()> {
         &args.log.brokers,
         "foldline-bench-items",
         &args.log.topic,
-        &HashMap::new(),
+        &foldline_service::position::Offsets::new(),
         |m| {
             messages.push(m);
             async {}

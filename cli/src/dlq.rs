@@ -2,6 +2,8 @@
 //! fixed (for example the schema they were written with is now registered).
 
 use std::collections::HashMap;
+
+use foldline_service::position::Offsets;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,7 +49,7 @@ pub async fn run(command: DlqCommand, brokers: &str, registry: &str) -> anyhow::
                 brokers,
                 "foldline-cli-dlq",
                 &topic,
-                &HashMap::new(),
+                &Offsets::new(),
                 None,
                 false,
             )
@@ -160,7 +162,7 @@ async fn replay(
         // Remember how far we got, so the same records are not re-published twice.
         let mut done = TopicPartitionList::new();
         for (p, next) in reader.next_offsets() {
-            done.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+            done.add_partition_offset(topic, p, Offset::Offset(next))?;
         }
         admin_consumer(brokers, REPLAY_GROUP)?
             .commit(&done, CommitMode::Sync)

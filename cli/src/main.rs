@@ -94,7 +94,7 @@ fn replay(projection: &str, args: &[String]) -> anyhow::Result<()> {
         .status()
         .map_err(|e| {
             anyhow::anyhow!(
-                "running {binary}: {e} (build it with cargo build -p foldline-postgres)"
+                "running {binary}: {e} (build it with cargo build -p foldline-projector)"
             )
         })?;
     anyhow::ensure!(status.success(), "{binary} replay failed ({status})");

@@ -2,6 +2,8 @@
 //! JSON lines in the shape of `rpk topic consume`).
 
 use std::collections::HashMap;
+
+use foldline_service::position::Offsets;
 use std::io::Write;
 use std::time::Duration;
 
@@ -110,7 +112,7 @@ pub fn committed_offsets(
     group: &str,
     topic: &str,
     partitions: &[i32],
-) -> anyhow::Result<HashMap<i32, i64>> {
+) -> anyhow::Result<Offsets> {
     let member = admin_consumer(brokers, group)?;
     let mut list = TopicPartitionList::new();
     for p in partitions {
@@ -188,7 +190,7 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let codec = EventCodec::new(registry, topic)?;
     let only = partition.map(|p| vec![p]);
-    let mut start = HashMap::new();
+    let mut start = Offsets::new();
     if let Some(offset) = offset {
         let all = match &only {
             Some(list) => list.clone(),

@@ -2,7 +2,7 @@
 //! after a failed commit (from where the state ends) — in both cases only after the
 //! transactional producer has fenced earlier instances (see `lib.rs`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use foldline_schemas::wire::EventCodec;
@@ -12,6 +12,7 @@ use rdkafka::Message;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::writer::Position;
+use foldline_service::position::Offsets;
 
 /// How long a transaction an earlier instance left behind may take to be decided.
 const DECISION_LIMIT: Duration = Duration::from_secs(60);
@@ -38,11 +39,11 @@ pub async fn replay(
     let ends = kafka::undecided_ends(brokers, "foldline-producer-ends", topic, &positions).await?;
     let started = Instant::now();
     loop {
-        let undecided: HashMap<i32, (i64, i64)> = ends
+        let undecided: BTreeMap<i32, (i64, i64)> = ends
             .iter()
             .filter_map(|(partition, end)| {
-                let at = positions.get(partition).copied().unwrap_or(0);
-                (at < *end).then_some((*partition, (at, *end)))
+                let at = positions.get(partition).unwrap_or(0);
+                (at < end).then_some((partition, (at, end)))
             })
             .collect();
         if undecided.is_empty() {
@@ -68,8 +69,8 @@ async fn fold_committed(
     store: &Store,
     codec: &EventCodec,
     metrics: &Metrics,
-    start: &HashMap<i32, i64>,
-) -> Result<(u64, HashMap<i32, i64>), SetupError> {
+    start: &Offsets,
+) -> Result<(u64, Offsets), SetupError> {
     let mut reader = TopicReader::open(
         brokers,
         "foldline-producer-replay",

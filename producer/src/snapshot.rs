@@ -9,7 +9,7 @@
 //! Anything else — no snapshot, S3 down, a mismatch — means reading the whole log, as before:
 //! slower, never wrong.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::aws::AwsEndpoint;
 use foldline_service::kafka::TopicReader;
+use foldline_service::position::Offsets;
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -60,7 +61,7 @@ pub struct Snapshot {
     pub topic: String,
     pub taken_at: DateTime<Utc>,
     /// Every committed event before these offsets is in the snapshot.
-    pub next_offsets: BTreeMap<i32, i64>,
+    pub next_offsets: Offsets,
     /// Per partition, one event the snapshot holds: (offset, event id).
     pub known_events: BTreeMap<i32, (i64, Uuid)>,
     pub products: Vec<Product>,
@@ -78,7 +79,7 @@ pub struct RememberedAnswers {
 impl Snapshot {
     pub fn new(
         topic: &str,
-        next_offsets: BTreeMap<i32, i64>,
+        next_offsets: Offsets,
         known_events: BTreeMap<i32, (i64, Uuid)>,
         products: Vec<Product>,
         answers: Vec<RememberedAnswers>,
@@ -123,12 +124,12 @@ impl Snapshot {
         if self.known_events.is_empty() {
             return Ok(());
         }
-        let start: HashMap<i32, i64> = self
+        let start: Offsets = self
             .known_events
             .iter()
             .map(|(partition, (offset, _))| (*partition, *offset))
             .collect();
-        let partitions: Vec<i32> = start.keys().copied().collect();
+        let partitions: Vec<i32> = start.partitions().collect();
         let mut reader = TopicReader::open(
             brokers,
             "foldline-producer-snapshot-check",

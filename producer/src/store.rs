@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::domain::{evolve, Product};
 use crate::snapshot::{RememberedAnswers, Snapshot};
 use crate::writer::Position;
+use foldline_service::position::Offsets;
 
 pub type ProductSlot = Arc<AsyncMutex<Option<Product>>>;
 /// Answers of an idempotency key by command index (0 for single commands).
@@ -46,7 +47,7 @@ pub struct Store {
 /// the log it claims to cover.
 #[derive(Default)]
 struct Covered {
-    next_offsets: HashMap<i32, i64>,
+    next_offsets: Offsets,
     known_events: HashMap<i32, (i64, Uuid)>,
 }
 
@@ -129,8 +130,7 @@ impl Store {
     pub fn note_positions(&self, positions: &[Position]) {
         let mut covered = self.covered.lock().expect("not poisoned");
         for p in positions {
-            let entry = covered.next_offsets.entry(p.partition).or_insert(0);
-            *entry = (*entry).max(p.offset + 1);
+            covered.next_offsets.advance(p.partition, p.offset);
         }
     }
 
@@ -138,8 +138,7 @@ impl Store {
     pub fn note_events(&self, events: impl IntoIterator<Item = (Position, Uuid)>) {
         let mut covered = self.covered.lock().expect("not poisoned");
         for (p, event_id) in events {
-            let entry = covered.next_offsets.entry(p.partition).or_insert(0);
-            *entry = (*entry).max(p.offset + 1);
+            covered.next_offsets.advance(p.partition, p.offset);
             let known = covered
                 .known_events
                 .entry(p.partition)
@@ -150,7 +149,7 @@ impl Store {
         }
     }
 
-    pub fn next_offsets(&self) -> HashMap<i32, i64> {
+    pub fn next_offsets(&self) -> Offsets {
         self.covered
             .lock()
             .expect("not poisoned")
@@ -214,7 +213,7 @@ impl Store {
         let (next_offsets, known_events) = {
             let covered = self.covered.lock().expect("not poisoned");
             (
-                covered.next_offsets.clone().into_iter().collect(),
+                covered.next_offsets.clone(),
                 covered.known_events.clone().into_iter().collect(),
             )
         };
@@ -281,7 +280,7 @@ impl Store {
             answers.insert(a.key, Arc::new(AsyncMutex::new(Some(a.by_index))));
         }
         let mut covered = self.covered.lock().expect("not poisoned");
-        covered.next_offsets = snapshot.next_offsets.into_iter().collect();
+        covered.next_offsets = snapshot.next_offsets;
         covered.known_events = snapshot.known_events.into_iter().collect();
     }
 }

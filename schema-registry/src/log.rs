@@ -1,10 +1,10 @@
 //! Durable storage of the registry: every change is a JSON record in a single-partition
 //! topic (`_schemas`, compacted, as Redpanda and Karapace do). Start-up replays it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use foldline_service::kafka::{self, SetupError};
+use foldline_service::position::Offsets;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
@@ -21,7 +21,7 @@ impl SchemaLog {
         kafka::ensure_topic(brokers, topic, 1, &[("cleanup.policy", "compact")]).await?;
         let mut registry = Registry::default();
         let mut records = 0_u64;
-        kafka::read_to_end(brokers, "foldline-schema-registry", topic, &HashMap::new(), |m| {
+        kafka::read_to_end(brokers, "foldline-schema-registry", topic, &Offsets::new(), |m| {
             match m.payload().map(serde_json::from_slice::<LogRecord>) {
                 Some(Ok(record)) => {
                     registry.apply(record);

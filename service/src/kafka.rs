@@ -39,7 +39,7 @@ pub fn assign_consumer_config(brokers: &str, client_id: &str) -> ClientConfig {
     config
 }
 
-use std::collections::HashMap;
+use crate::position::Offsets;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -125,9 +125,9 @@ pub async fn read_to_end<F, Fut>(
     brokers: &str,
     client_id: &str,
     topic: &str,
-    start: &HashMap<i32, i64>,
+    start: &Offsets,
     mut on_message: F,
-) -> Result<HashMap<i32, i64>, SetupError>
+) -> Result<Offsets, SetupError>
 where
     F: FnMut(OwnedMessage) -> Fut,
     Fut: Future<Output = ()>,
@@ -146,7 +146,7 @@ pub struct TopicReader {
     topic: String,
     follow: bool,
     remaining: std::collections::HashSet<i32>,
-    next: HashMap<i32, i64>,
+    next: Offsets,
     idle: Duration,
 }
 
@@ -157,7 +157,7 @@ impl TopicReader {
         brokers: &str,
         client_id: &str,
         topic: &str,
-        start: &HashMap<i32, i64>,
+        start: &Offsets,
         partitions: Option<&[i32]>,
         follow: bool,
     ) -> Result<TopicReader, SetupError> {
@@ -168,7 +168,7 @@ impl TopicReader {
     fn open_with(
         config: ClientConfig,
         topic: &str,
-        start: &HashMap<i32, i64>,
+        start: &Offsets,
         partitions: Option<&[i32]>,
         follow: bool,
     ) -> Result<TopicReader, SetupError> {
@@ -187,14 +187,14 @@ impl TopicReader {
             None => (0..count).collect(),
         };
         let mut assignment = TopicPartitionList::new();
-        let mut next = HashMap::new();
+        let mut next = Offsets::new();
         for partition in &chosen {
-            let offset = match start.get(partition) {
-                Some(o) => Offset::Offset(*o),
+            let offset = match start.get(*partition) {
+                Some(o) => Offset::Offset(o),
                 None => Offset::Beginning,
             };
             assignment.add_partition_offset(topic, *partition, offset)?;
-            next.insert(*partition, start.get(partition).copied().unwrap_or(0));
+            next.set(*partition, start.get(*partition).unwrap_or(0));
         }
         consumer.assign(&assignment)?;
         Ok(TopicReader {
@@ -235,7 +235,7 @@ impl TopicReader {
                         again.add_partition_offset(
                             &self.topic,
                             *partition,
-                            Offset::Offset(self.next[partition]),
+                            Offset::Offset(self.next.get(*partition).unwrap_or(0)),
                         )?;
                     }
                     self.consumer.assign(&again)?;
@@ -250,7 +250,7 @@ impl TopicReader {
                 }
                 Ok(Ok(message)) => {
                     self.idle = Duration::ZERO;
-                    self.next.insert(message.partition(), message.offset() + 1);
+                    self.next.set(message.partition(), message.offset() + 1);
                     return Ok(Some(message.detach()));
                 }
             }
@@ -258,19 +258,18 @@ impl TopicReader {
     }
 
     /// Next offset per partition (after the last record returned).
-    pub fn next_offsets(&self) -> &HashMap<i32, i64> {
+    pub fn next_offsets(&self) -> &Offsets {
         &self.next
     }
 
     /// The consumer's fetch position per partition: unlike [`TopicReader::next_offsets`] it
     /// moves past transaction markers and aborted records, so after a partition's end it is
     /// that end (for a `read_committed` reader, the last stable offset).
-    pub fn positions(&self) -> Result<HashMap<i32, i64>, SetupError> {
+    pub fn positions(&self) -> Result<Offsets, SetupError> {
         let mut positions = self.next.clone();
         for element in self.consumer.position()?.elements() {
             if let Offset::Offset(offset) = element.offset() {
-                let next = positions.entry(element.partition()).or_insert(offset);
-                *next = (*next).max(offset);
+                positions.advance_to(element.partition(), offset);
             }
         }
         Ok(positions)
@@ -284,16 +283,16 @@ pub async fn committed_ends(
     brokers: &str,
     client_id: &str,
     topic: &str,
-) -> Result<HashMap<i32, i64>, SetupError> {
+) -> Result<Offsets, SetupError> {
     let (brokers, client_id, topic) = (brokers.to_owned(), client_id.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let consumer: StreamConsumer = assign_consumer_config(&brokers, &client_id).create()?;
         let timeout = Duration::from_secs(10);
         let count = partition_count(&consumer, &topic, Duration::from_secs(30))?;
-        let mut ends = HashMap::new();
+        let mut ends = Offsets::new();
         for partition in 0..count {
             let (_, end) = consumer.fetch_watermarks(&topic, partition, timeout)?;
-            ends.insert(partition, end);
+            ends.set(partition, end);
         }
         Ok(ends)
     })
@@ -309,8 +308,8 @@ pub async fn undecided_ends(
     brokers: &str,
     client_id: &str,
     topic: &str,
-    start: &HashMap<i32, i64>,
-) -> Result<HashMap<i32, i64>, SetupError> {
+    start: &Offsets,
+) -> Result<Offsets, SetupError> {
     let mut config = assign_consumer_config(brokers, client_id);
     config.set("isolation.level", "read_uncommitted");
     let mut reader = TopicReader::open_with(config, topic, start, None, false)?;

@@ -41,25 +41,105 @@ impl FromStr for Position {
 }
 
 /// The next offset per partition: everything before it has been read (or is to be skipped).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Offsets(pub BTreeMap<i32, i64>);
+/// Serialised as a JSON object `{"0": 41, "1": 17}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Offsets(BTreeMap<i32, i64>);
 
 impl Offsets {
+    pub fn new() -> Offsets {
+        Offsets::default()
+    }
+
+    /// The next offset of `partition`, if these offsets name it.
+    pub fn get(&self, partition: i32) -> Option<i64> {
+        self.0.get(&partition).copied()
+    }
+
+    /// Sets the next offset of `partition`, forwards or back (a seek).
+    pub fn set(&mut self, partition: i32, next: i64) {
+        self.0.insert(partition, next);
+    }
+
     /// Moves past the record at (`partition`, `offset`); never moves back.
     pub fn advance(&mut self, partition: i32, offset: i64) {
-        let next = self.0.entry(partition).or_insert(0);
-        *next = (*next).max(offset + 1);
+        self.advance_to(partition, offset + 1);
+    }
+
+    /// Moves `partition` on to `next` unless it is already further; never moves back.
+    pub fn advance_to(&mut self, partition: i32, next: i64) {
+        let current = self.0.entry(partition).or_insert(next);
+        *current = (*current).max(next);
+    }
+
+    /// Takes every partition `other` names at `other`'s offset (a later word wins).
+    pub fn merge(&mut self, other: &Offsets) {
+        self.0.extend(other.iter());
     }
 
     /// Whether the record at (`partition`, `offset`) is already behind these offsets.
     pub fn has_seen(&self, partition: i32, offset: i64) -> bool {
         self.0.get(&partition).is_some_and(|next| offset < *next)
     }
+
+    /// Whether a reader that is at these offsets and next reads `first` of `partition` has
+    /// read everything before `first`, given that whoever wrote `stored` as the partition's next
+    /// offset holds everything before it: either `first` is not beyond `stored`, or the reader
+    /// was at exactly `stored` (the offsets between hold no data, only transaction markers).
+    pub fn continues_from(&self, partition: i32, first: i64, stored: i64) -> bool {
+        first <= stored || self.get(partition) == Some(stored)
+    }
+
+    /// Whether every partition of `other` is at least as far here.
+    pub fn covers(&self, other: &Offsets) -> bool {
+        other
+            .iter()
+            .all(|(partition, next)| self.get(partition).is_some_and(|here| here >= next))
+    }
+
+    /// Partitions and their next offsets, by partition.
+    pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.0.iter().map(|(p, o)| (*p, *o))
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.0.keys().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Forgets every partition (after a rebalance nothing is known).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
-impl From<BTreeMap<i32, i64>> for Offsets {
-    fn from(map: BTreeMap<i32, i64>) -> Self {
-        Offsets(map)
+impl FromIterator<(i32, i64)> for Offsets {
+    fn from_iter<I: IntoIterator<Item = (i32, i64)>>(iter: I) -> Self {
+        Offsets(iter.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Offsets {
+    type Item = (i32, i64);
+    type IntoIter = std::iter::Map<
+        std::collections::btree_map::Iter<'a, i32, i64>,
+        fn((&i32, &i64)) -> (i32, i64),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(p, o)| (*p, *o))
+    }
+}
+
+impl<const N: usize> From<[(i32, i64); N]> for Offsets {
+    fn from(pairs: [(i32, i64); N]) -> Self {
+        pairs.into_iter().collect()
     }
 }
 
@@ -80,8 +160,7 @@ impl FromStr for Offsets {
                 let position: Position = part.parse()?;
                 Ok((position.partition, position.offset))
             })
-            .collect::<Result<BTreeMap<_, _>, String>>()
-            .map(Offsets)
+            .collect::<Result<Offsets, String>>()
     }
 }
 
@@ -122,5 +201,42 @@ mod tests {
         assert_eq!("".parse::<Offsets>(), Ok(Offsets::default()));
         assert!("0:x".parse::<Offsets>().is_err());
         assert!("0:-1".parse::<Offsets>().is_err());
+    }
+
+    #[test]
+    fn merging_takes_the_later_word_and_advancing_never_moves_back() {
+        let mut offsets = Offsets::from([(0, 5), (1, 9)]);
+        offsets.merge(&Offsets::from([(1, 3), (2, 7)]));
+        assert_eq!(offsets, Offsets::from([(0, 5), (1, 3), (2, 7)]));
+        offsets.advance_to(0, 2);
+        offsets.advance_to(1, 4);
+        assert_eq!(offsets, Offsets::from([(0, 5), (1, 4), (2, 7)]));
+        assert!(offsets.covers(&Offsets::from([(0, 5), (2, 1)])));
+        assert!(!offsets.covers(&Offsets::from([(0, 6)])));
+        assert!(
+            !offsets.covers(&Offsets::from([(3, 0)])),
+            "a partition it does not name"
+        );
+        assert_eq!(
+            serde_json::to_string(&offsets).unwrap(),
+            r#"{"0":5,"1":4,"2":7}"#
+        );
+    }
+
+    #[test]
+    fn a_reader_continues_a_stored_offset_only_without_unseen_data_between() {
+        let read_from = Offsets::from([(0, 11)]);
+        assert!(read_from.continues_from(0, 12, 12));
+        assert!(
+            read_from.continues_from(0, 12, 20),
+            "already stored: the records are skipped"
+        );
+        // Read on from 11 without a break: offset 11 was a transaction marker.
+        assert!(read_from.continues_from(0, 12, 11));
+        assert!(
+            !read_from.continues_from(0, 12, 10),
+            "offset 10 was never read"
+        );
+        assert!(!Offsets::new().continues_from(0, 12, 11));
     }
 }

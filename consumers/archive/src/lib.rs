@@ -4,8 +4,10 @@
 //! - [`store`]: the bucket: PUT (multipart for big files), list, get.
 //! - [`sink`]: the archiver, a consumer on the shared runtime.
 //! - [`read`]: reading the archive back in log order per partition (rebuilds, restore).
+//! - [`history`]: the archive then the topic, as one event source for rebuilds.
 //! - [`restore`]: re-publishing archived events into a topic.
 pub mod file;
+pub mod history;
 pub mod layout;
 pub mod read;
 pub mod restore;

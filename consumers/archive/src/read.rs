@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use foldline_consumer_runtime::Record;
+use foldline_service::position::Offsets;
 use foldline_service::retry::{self, Retryable};
 use tokio::sync::mpsc;
 
@@ -47,7 +48,7 @@ impl ArchiveReader {
     }
 
     /// The offset after the archive's last file, per partition.
-    pub fn ends(&self) -> BTreeMap<i32, i64> {
+    pub fn ends(&self) -> Offsets {
         self.files
             .iter()
             .filter_map(|(p, f)| f.last().map(|f| (*p, f.next())))
@@ -55,11 +56,11 @@ impl ArchiveReader {
     }
 
     /// How many offsets the archive covers at or after `from` (for progress bars).
-    pub fn offsets_after(&self, from: &BTreeMap<i32, i64>) -> u64 {
+    pub fn offsets_after(&self, from: &Offsets) -> u64 {
         self.files
             .iter()
             .flat_map(|(p, files)| {
-                let start = from.get(p).copied().unwrap_or(0);
+                let start = from.get(*p).unwrap_or(0);
                 files
                     .iter()
                     .map(move |f| (f.last - f.first.max(start) + 1).max(0) as u64)
@@ -69,14 +70,14 @@ impl ArchiveReader {
 
     /// Streams the files holding offsets at or after `from` (per partition; absent = 0),
     /// partition by partition in offset order, a few files ahead.
-    pub fn stream(&self, from: &BTreeMap<i32, i64>) -> mpsc::Receiver<anyhow::Result<FileRecords>> {
+    pub fn stream(&self, from: &Offsets) -> mpsc::Receiver<anyhow::Result<FileRecords>> {
         let (tx, rx) = mpsc::channel(2);
         let store = self.store.clone();
         let wanted: Vec<(FileRange, i64)> = self
             .files
             .iter()
             .flat_map(|(p, files)| {
-                let start = from.get(p).copied().unwrap_or(0);
+                let start = from.get(*p).unwrap_or(0);
                 files
                     .iter()
                     .filter(move |f| f.last >= start)
@@ -84,18 +85,14 @@ impl ArchiveReader {
             })
             .collect();
         tokio::spawn(async move {
-            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut next = Offsets::new();
             for (range, start) in wanted {
                 let read = fetch(&store, range).await;
                 let sent = match read {
                     Ok(mut records) => {
-                        let floor = next
-                            .get(&range.partition)
-                            .copied()
-                            .unwrap_or(start)
-                            .max(start);
+                        let floor = next.get(range.partition).unwrap_or(start).max(start);
                         records.retain(|r| r.offset >= floor);
-                        next.insert(range.partition, range.next().max(floor));
+                        next.set(range.partition, range.next().max(floor));
                         tx.send(Ok(FileRecords { range, records })).await
                     }
                     Err(error) => tx.send(Err(error)).await,

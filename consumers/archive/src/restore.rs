@@ -3,11 +3,12 @@
 //! double a record). Offsets in the new topic differ from the archived ones (transaction
 //! markers and dead letters are not carried over); what is kept is each partition's order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use foldline_schemas::wire::EventCodec;
 use foldline_service::kafka;
+use foldline_service::position::Offsets;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,7 +27,7 @@ pub struct RestoreReport {
 pub async fn restore(
     reader: &ArchiveReader,
     log: &foldline_service::config::EventLog,
-    from: &BTreeMap<i32, i64>,
+    from: &Offsets,
     show_progress: bool,
 ) -> anyhow::Result<RestoreReport> {
     let started = Instant::now();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use foldline_consumer_runtime::{Batch, Flush, Record, Sink, SinkError, Written};
+use foldline_service::position::Offsets;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::file::{Compression, FileWriter};
@@ -42,7 +43,7 @@ pub struct ArchiveSink {
     partitions: BTreeMap<i32, PartitionFiles>,
     generation: Option<u64>,
     /// The archive's end per partition, listed once per generation.
-    listed: Option<BTreeMap<i32, i64>>,
+    listed: Option<Offsets>,
     metrics: ArchiveMetrics,
 }
 
@@ -98,15 +99,12 @@ impl ArchiveSink {
                     .collect(),
             );
         }
-        Ok(self
-            .listed
-            .as_ref()
-            .and_then(|l| l.get(&partition).copied()))
+        Ok(self.listed.as_ref().and_then(|l| l.get(partition)))
     }
 
     /// Where each of the batch's partitions stands; the partitions the consumer must re-read
     /// from the archive's end, if any.
-    async fn positions(&mut self, batch: &Batch) -> Result<BTreeMap<i32, i64>, StoreError> {
+    async fn positions(&mut self, batch: &Batch) -> Result<Offsets, StoreError> {
         if self.generation != Some(batch.generation) {
             // After a rebalance every partition is read again from the group's offsets, which
             // never pass what was uploaded: what was held back is read again.
@@ -114,7 +112,7 @@ impl ArchiveSink {
             self.partitions.clear();
             self.listed = None;
         }
-        let mut reseek = BTreeMap::new();
+        let mut reseek = Offsets::new();
         for (&partition, &(first, _)) in &batch.ranges {
             if !self.partitions.contains_key(&partition) {
                 let start = self.archived_end(partition).await?.unwrap_or(first);
@@ -123,7 +121,7 @@ impl ArchiveSink {
             }
             let appended = self.partitions[&partition].appended;
             if !batch.continues_from(partition, appended) {
-                reseek.insert(partition, appended);
+                reseek.set(partition, appended);
             }
         }
         Ok(reseek)
@@ -215,7 +213,7 @@ impl ArchiveSink {
         results.into_iter().collect()
     }
 
-    fn durable(&self) -> BTreeMap<i32, i64> {
+    fn durable(&self) -> Offsets {
         self.partitions
             .iter()
             .map(|(p, f)| (*p, f.durable))
@@ -295,7 +293,7 @@ impl Sink for ArchiveSink {
         Ok(Written::Partly(self.durable()))
     }
 
-    async fn flush(&mut self, why: Flush) -> Result<BTreeMap<i32, i64>, SinkError> {
+    async fn flush(&mut self, why: Flush) -> Result<Offsets, SinkError> {
         self.rotate(why == Flush::Shutdown)
             .map_err(SinkError::Fatal)?;
         self.upload().await.map_err(store_error)?;

@@ -1,13 +1,12 @@
 //! Writes one batch into a model schema, set-based: a handful of statements per batch whatever
 //! its size (UNNEST upserts), and the consumer offsets in the same transaction.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use foldline_consumer_runtime::Batch;
 use foldline_projections::{
     fold_batch, seller_deltas, EventCount, ProductChange, ProductRow, SellerDelta,
 };
+use foldline_service::position::Offsets;
 use sqlx::PgConnection;
 
 /// Where a batch goes: a model schema and the offsets key.
@@ -27,7 +26,7 @@ pub enum Applied {
     Done,
     /// The schema's stored offsets disagree with where the batch starts: read these
     /// partitions again from these offsets; nothing was written.
-    Reseek(BTreeMap<i32, i64>),
+    Reseek(Offsets),
 }
 
 /// Applies `batch` inside the caller's transaction. The stored offsets are locked first; a
@@ -51,7 +50,7 @@ pub async fn apply_batch(
     .bind(&partitions)
     .execute(&mut *tx)
     .await?;
-    let stored: BTreeMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(&format!(
+    let stored: Offsets = sqlx::query_as::<_, (i32, i64)>(&format!(
         "SELECT partition, next_offset FROM {s}.consumer_offsets
          WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
          ORDER BY partition FOR UPDATE"
@@ -64,10 +63,9 @@ pub async fn apply_batch(
     .into_iter()
     .collect();
 
-    let reseek: BTreeMap<i32, i64> = stored
+    let reseek: Offsets = stored
         .iter()
-        .filter(|(p, s)| !batch.continues_from(**p, **s))
-        .map(|(p, s)| (*p, *s))
+        .filter(|(p, s)| !batch.continues_from(*p, *s))
         .collect();
     if !reseek.is_empty() {
         return Ok(Applied::Reseek(reseek));
@@ -75,7 +73,7 @@ pub async fn apply_batch(
     let fresh = batch
         .records
         .iter()
-        .filter(|r| r.offset >= stored[&r.partition])
+        .filter(|r| !stored.has_seen(r.partition, r.offset))
         .map(|r| &r.event);
     let changes = fold_batch(fresh);
     let before = lock_products(tx, s, &changes.products).await?;
@@ -90,8 +88,8 @@ pub async fn apply_batch(
 
     let (advanced, next): (Vec<i32>, Vec<i64>) = batch
         .next_offsets()
-        .into_iter()
-        .filter(|(p, next)| *next > stored[p])
+        .iter()
+        .filter(|(p, next)| stored.get(*p).is_some_and(|s| *next > s))
         .unzip();
     sqlx::query(&format!(
         "UPDATE {s}.consumer_offsets o SET next_offset = v.next
@@ -105,7 +103,7 @@ pub async fn apply_batch(
     .execute(&mut *tx)
     .await?;
     // Delivered at commit: wakes query APIs waiting on `?after=`.
-    crate::query::progress::notify(tx).await?;
+    crate::model::notify_progress(tx).await?;
     Ok(Applied::Done)
 }
 

@@ -5,13 +5,14 @@
 //! - [`apply`]: writes one batch set-based (UNNEST upserts), with the consumer offsets in the
 //!   same transaction.
 //! - [`sink`]: the projector's sink on the shared consumer runtime.
-//! - [`query`]: the query API (`:8082`).
-//! - [`replay`]: rebuilds the model into a shadow schema and swaps it in atomically.
+//! - [`rebuild`]: rebuilds the model into a shadow schema and swaps it in atomically.
+//!
+//! The projector binary is `consumers/projector`; the query API over this model is
+//! `consumers/query`.
 
 pub mod apply;
 pub mod model;
-pub mod query;
-pub mod replay;
+pub mod rebuild;
 pub mod sink;
 
 /// The projector's consumer group.

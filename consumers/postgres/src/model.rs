@@ -14,6 +14,19 @@ pub const META_SCHEMA: &str = "foldline_meta";
 static META_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/meta");
 static MODEL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/model");
 
+/// The channel every batch and every swap notifies, so query APIs waiting on `?after=` wake
+/// at the commit instead of polling.
+pub const PROGRESS_CHANNEL: &str = "foldline_progress";
+
+/// Tells every query API that the model moved (delivered when the transaction commits).
+pub async fn notify_progress(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(PROGRESS_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct ReadModel {
     pub pool: PgPool,

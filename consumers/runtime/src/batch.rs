@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use foldline_schemas::Envelope;
+use foldline_service::position::Offsets;
 
 /// One decoded event and where it is in the log.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct Batch {
     /// previous batch's next offset, or where it was told to seek). Offsets between it and the
     /// batch's first record hold no data (transaction markers), so a sink that stored exactly
     /// this offset can accept the batch although its first offset is higher.
-    pub read_from: BTreeMap<i32, i64>,
+    pub read_from: Offsets,
     /// The consumer group's rebalance generation the batch was read in. After a rebalance
     /// every partition is read again from the group's committed offsets, so a sink that holds
     /// records back drops them when this changes.
@@ -48,10 +49,19 @@ impl Batch {
     }
 
     /// The offsets to resume from once the batch is durable: last + 1 per partition.
-    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+    pub fn next_offsets(&self) -> Offsets {
         self.ranges
             .iter()
             .map(|(p, (_, last))| (*p, last + 1))
+            .collect()
+    }
+
+    /// Where each partition of the batch is read again from if nothing of it was written:
+    /// where the batch was read on from, else its first record.
+    pub fn start_offsets(&self) -> Offsets {
+        self.ranges
+            .iter()
+            .map(|(p, (first, _))| (*p, self.read_from.get(*p).unwrap_or(*first)))
             .collect()
     }
 
@@ -60,7 +70,7 @@ impl Batch {
     pub fn continues_from(&self, partition: i32, stored: i64) -> bool {
         match self.ranges.get(&partition) {
             None => true,
-            Some((first, _)) => *first <= stored || self.read_from.get(&partition) == Some(&stored),
+            Some((first, _)) => self.read_from.continues_from(partition, *first, stored),
         }
     }
 }
@@ -76,7 +86,7 @@ mod tests {
         batch.consumed(1, 3, 5);
         batch.consumed(0, 11, 5);
         assert_eq!(batch.ranges[&0], (10, 11));
-        assert_eq!(batch.next_offsets(), BTreeMap::from([(0, 12), (1, 4)]));
+        assert_eq!(batch.next_offsets(), Offsets::from([(0, 12), (1, 4)]));
         assert_eq!(batch.bytes, 15);
     }
 
@@ -91,7 +101,7 @@ mod tests {
         );
         assert!(!batch.continues_from(0, 11), "offset 11 was never read");
         // Read on from 11 without a break: offset 11 was a transaction marker.
-        batch.read_from.insert(0, 11);
+        batch.read_from.set(0, 11);
         assert!(batch.continues_from(0, 11));
         assert!(!batch.continues_from(0, 10));
     }

@@ -9,10 +9,10 @@
 //! whichever instance of the group did it. Within a source partition letters go out in offset
 //! order, so "already sent" is "at or below the highest source offset seen".
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use foldline_service::kafka::{self, TopicReader};
+use foldline_service::position::Offsets;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -40,22 +40,19 @@ pub struct DeadLetterQueue {
 #[derive(Default)]
 struct Sent {
     /// Next offset to read in each partition of the dead-letter topic (empty: not read yet).
-    read_to: HashMap<i32, i64>,
-    /// Highest source offset dead-lettered per source partition.
-    highest: HashMap<i32, i64>,
+    read_to: Offsets,
+    /// Per source partition, the offset after the highest one dead-lettered.
+    sent: Offsets,
 }
 
 impl Sent {
     /// Notes a letter read back from (or just appended to) the dead-letter topic.
     fn note(&mut self, partition: i32, offset: i64) {
-        let highest = self.highest.entry(partition).or_insert(offset);
-        *highest = (*highest).max(offset);
+        self.sent.advance(partition, offset);
     }
 
     fn already_sent(&self, letter: &DeadLetter) -> bool {
-        self.highest
-            .get(&letter.partition)
-            .is_some_and(|highest| letter.offset <= *highest)
+        self.sent.has_seen(letter.partition, letter.offset)
     }
 }
 

@@ -1,5 +1,6 @@
-use std::collections::BTreeMap;
 use std::future::Future;
+
+use foldline_service::position::Offsets;
 
 use crate::Batch;
 
@@ -13,12 +14,9 @@ pub trait Sink: Send + 'static {
     /// before shutdown ([`Flush::Shutdown`]). A sink that holds records back to write bigger
     /// objects (answering [`Written::Partly`]) makes what is due durable here and returns the
     /// next offsets that are now durable, per partition; they are committed to the group.
-    fn flush(
-        &mut self,
-        why: Flush,
-    ) -> impl Future<Output = Result<BTreeMap<i32, i64>, SinkError>> + Send {
+    fn flush(&mut self, why: Flush) -> impl Future<Output = Result<Offsets, SinkError>> + Send {
         let _ = why;
-        async { Ok(BTreeMap::new()) }
+        async { Ok(Offsets::new()) }
     }
 
     /// Adds the sink's own metrics to the consumer's `/metrics`.
@@ -38,11 +36,11 @@ pub enum Written {
     Done,
     /// The sink's stored offsets say the consumer must read these partitions from these
     /// offsets instead; nothing of the batch was written.
-    Reseek(BTreeMap<i32, i64>),
+    Reseek(Offsets),
     /// The sink holds (part of) the batch back: only offsets below these next offsets, per
     /// partition, are durable and may be committed. The rest is made durable by a later
     /// `write` or `flush`; if the process dies first it is read again from the group's offsets.
-    Partly(BTreeMap<i32, i64>),
+    Partly(Offsets),
 }
 
 /// Why [`Sink::flush`] is called.

@@ -1,7 +1,7 @@
 //! `foldline-archiver`: writes the products topic into the S3 archive (Avro container files
 //! per partition and offset range), lists it, or restores it into a topic.
 
-use std::collections::BTreeMap;
+use foldline_service::position::Offsets;
 
 use clap::{Parser, Subcommand};
 use foldline_archive::layout::check_continuity;
@@ -51,13 +51,9 @@ enum Command {
         #[arg(long)]
         to_topic: String,
         /// Only offsets from here on, per partition: `0:1200,2:80` (default: everything).
-        #[arg(long, value_parser = parse_offsets, default_value = "")]
-        from: BTreeMap<i32, i64>,
+        #[arg(long, default_value = "")]
+        from: Offsets,
     },
-}
-
-fn parse_offsets(text: &str) -> Result<BTreeMap<i32, i64>, String> {
-    Ok(text.parse::<foldline_service::position::Offsets>()?.0)
 }
 
 #[tokio::main]
@@ -78,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
                     broken = true;
                 }
             }
-            for (partition, end) in reader.ends() {
+            for (partition, end) in &reader.ends() {
                 eprintln!("partition {partition}: archived up to offset {}", end - 1);
             }
             if broken {
@@ -103,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         None => {
             store.ensure_bucket().await?;
             let consumer = Consumer {
-                service: "archiver",
+                name: "archiver",
                 version: env!("CARGO_PKG_VERSION"),
                 group_id: cli.group,
                 config: cli.runtime,

@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         cli.concurrency,
     );
     let consumer = Consumer {
-        service: "recent-events",
+        name: "recent-events",
         version: env!("CARGO_PKG_VERSION"),
         group_id: cli.group,
         config: cli.runtime,

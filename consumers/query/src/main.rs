@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use foldline_postgres::model::ReadModel;
-use foldline_postgres::query::{routes, QueryState};
+use foldline_query::{routes, QueryState};
 use foldline_service::ops::Ops;
 
 #[derive(Parser)]
@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let ops = Ops::new("query", env!("CARGO_PKG_VERSION"), readiness);
-    let progress = foldline_postgres::query::progress::watch_progress(model.clone(), cli.topic);
+    let progress = foldline_query::progress::watch_progress(model.clone(), cli.topic);
     let state = Arc::new(QueryState {
         model,
         progress,

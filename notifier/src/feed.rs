@@ -138,22 +138,16 @@ pub fn start(
         };
         loop {
             // A failed reader is reopened at the cursor, so no event is skipped.
-            let start = cursor.0.iter().map(|(p, o)| (*p, *o)).collect();
-            let mut reader = match TopicReader::open(
-                &brokers,
-                "foldline-notifier",
-                &topic,
-                &start,
-                None,
-                true,
-            ) {
-                Ok(reader) => reader,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the topic yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            let mut reader =
+                match TopicReader::open(&brokers, "foldline-notifier", &topic, &cursor, None, true)
+                {
+                    Ok(reader) => reader,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the topic yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
             loop {
                 match reader.next().await {
                     Ok(Some(message)) => {
@@ -199,7 +193,7 @@ async fn read_history(
     let back = (history as i64).saturating_mul(4);
     let from = ends
         .iter()
-        .map(|(partition, end)| (*partition, (end - back).max(0)))
+        .map(|(partition, end)| (partition, (end - back).max(0)))
         .collect();
     let mut reader = TopicReader::open(
         brokers,
@@ -216,7 +210,7 @@ async fn read_history(
         }
     }
     // The reader's positions: past transaction markers, at each partition's stable end.
-    let cursor = Cursor(reader.positions()?.into_iter().collect());
+    let cursor = reader.positions()?;
     events.sort_by_key(|e| (e.timestamp_ms, e.partition, e.offset));
     let skip = events.len().saturating_sub(history);
     Ok((cursor, events.into_iter().skip(skip).collect()))

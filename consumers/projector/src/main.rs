@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use foldline_archive::history::ArchiveThenTopic;
 use foldline_archive::read::ArchiveReader;
 use foldline_archive::store::{ArchiveStore, StoreConfig};
+use foldline_consumer_runtime::history::TopicSource;
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_postgres::model::ReadModel;
-use foldline_postgres::replay::{replay, ArchiveThenTopic, ReplayConfig, TopicSource};
+use foldline_postgres::rebuild::{rebuild, RebuildConfig};
 use foldline_postgres::sink::PostgresSink;
 use foldline_postgres::DEFAULT_GROUP;
 use foldline_schemas::wire::EventCodec;
@@ -80,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
             from_archive,
             archive,
         }) => {
-            let config = ReplayConfig {
+            let config = RebuildConfig {
                 log: cli.runtime.log.clone(),
                 group: cli.group.clone(),
                 low_stock_threshold: cli.low_stock_threshold,
@@ -100,8 +102,8 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = if from_archive {
                 let archive = ArchiveReader::open(ArchiveStore::connect(&archive).await).await?;
-                tracing::info!(ends = ?archive.ends(), "replay: reading the archive, then the topic");
-                replay(
+                tracing::info!(ends = %archive.ends(), "rebuild: reading the archive, then the topic");
+                rebuild(
                     &model,
                     &config,
                     ArchiveThenTopic {
@@ -111,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await?
             } else {
-                replay(&model, &config, source).await?
+                rebuild(&model, &config, source).await?
             };
             let rate = report.events as f64 / report.elapsed.as_secs_f64().max(0.001);
             println!(
@@ -134,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
                 low_stock_threshold: cli.low_stock_threshold,
             };
             let consumer = Consumer {
-                service: "postgres-projector",
+                name: "postgres-projector",
                 version: env!("CARGO_PKG_VERSION"),
                 group_id: cli.group,
                 config: cli.runtime,

@@ -1,42 +1,31 @@
 //! How far the live model has got, shared by every waiting `?after=` request.
 //!
 //! One task keeps a snapshot (live schema, next offset per partition) current: the projector
-//! sends `NOTIFY foldline_progress` in each batch transaction, so a commit wakes the task at
+//! sends `NOTIFY foldline_progress` ([`PROGRESS_CHANNEL`]) in each batch transaction, so a commit wakes the task at
 //! once; a slow poll covers a lost connection. Waiting requests watch the snapshot instead of
 //! querying the database, so a thousand waiters cost no more than one.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use crate::model::ReadModel;
-
-pub const CHANNEL: &str = "foldline_progress";
+use foldline_postgres::model::{ReadModel, PROGRESS_CHANNEL};
+use foldline_service::position::Offsets;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     /// The live model schema (empty until first read).
     pub schema: String,
     /// Next offset to apply per partition of the query API's topic.
-    pub next: BTreeMap<i32, i64>,
+    pub next: Offsets,
 }
 
 impl Progress {
     pub fn applied(&self, partition: i32, offset: i64) -> bool {
-        self.next.get(&partition).is_some_and(|next| *next > offset)
+        self.next.has_seen(partition, offset)
     }
-}
-
-/// Tells every query API that the model moved (delivered when the transaction commits).
-pub async fn notify(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// Starts the watcher; the receiver always holds the latest snapshot.
@@ -79,13 +68,13 @@ pub fn watch_progress(model: ReadModel, topic: String) -> watch::Receiver<Arc<Pr
 
 async fn connect(model: &ReadModel) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(&model.pool).await.ok()?;
-    listener.listen(CHANNEL).await.ok()?;
+    listener.listen(PROGRESS_CHANNEL).await.ok()?;
     Some(listener)
 }
 
 async fn read(model: &ReadModel, topic: &str) -> Result<Progress, sqlx::Error> {
     let schema = model.active().await?;
-    let next: BTreeMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(&format!(
+    let next: Offsets = sqlx::query_as::<_, (i32, i64)>(&format!(
         "SELECT partition, max(next_offset) FROM {schema}.consumer_offsets WHERE topic = $1 GROUP BY partition"
     ))
     .bind(topic)

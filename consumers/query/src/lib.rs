@@ -17,7 +17,7 @@ use foldline_service::problem::Problem;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::model::ReadModel;
+use foldline_postgres::model::ReadModel;
 pub use wait::Position;
 
 pub struct QueryState {
@@ -158,7 +158,7 @@ async fn read_progress(State(state): State<Arc<QueryState>>) -> Answer {
     let next: BTreeMap<String, i64> = progress
         .next
         .iter()
-        .map(|(partition, offset)| (partition.to_string(), *offset))
+        .map(|(partition, offset)| (partition.to_string(), offset))
         .collect();
     Ok(Json(json!({ "next_offsets": next })))
 }

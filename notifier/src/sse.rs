@@ -110,12 +110,11 @@ impl Client {
                 Phase::Start => {
                     self.phase = match &self.resume {
                         Some(from) => {
-                            let start = from.0.iter().map(|(p, o)| (*p, *o)).collect();
                             match TopicReader::open(
                                 &self.backlog.brokers,
                                 "foldline-notifier-resume",
                                 &self.backlog.topic,
-                                &start,
+                                from,
                                 None,
                                 false,
                             ) {

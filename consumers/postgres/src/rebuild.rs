@@ -1,0 +1,162 @@
+//! Zero-downtime rebuild (`foldline-projector replay`): fold the log into a new (shadow)
+//! model schema while the live one keeps answering, catch up to the tail while holding the
+//! swap lock, swap the pointer in the same transaction, then drop the old schema.
+//!
+//! The events come from an [`EventSource`]: the topic (the runtime's `TopicSource`), or the
+//! S3 archive followed by the topic (the archive crate's `ArchiveThenTopic`).
+
+use std::time::{Duration, Instant};
+
+use foldline_consumer_runtime::history::EventSource;
+use foldline_consumer_runtime::Batch;
+use foldline_service::position::Offsets;
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+
+use crate::apply::{apply_batch, Applied, Target};
+use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
+
+#[derive(Debug, Clone)]
+pub struct RebuildConfig {
+    pub log: foldline_service::config::EventLog,
+    pub group: String,
+    pub low_stock_threshold: i64,
+    pub batch_records: usize,
+    /// How long the old schema stays after the swap, for reads that began before it.
+    pub drop_grace: Duration,
+    pub show_progress: bool,
+}
+
+#[derive(Debug)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub dead: u64,
+    pub elapsed: Duration,
+    pub old_schema: String,
+    pub new_schema: String,
+}
+
+/// Rebuilds the read model from `source` into a new schema and swaps it in.
+pub async fn rebuild<S: EventSource + Send>(
+    model: &ReadModel,
+    config: &RebuildConfig,
+    mut source: S,
+) -> anyhow::Result<RebuildReport> {
+    let started = Instant::now();
+    let old_schema = model.bootstrap().await?;
+    let new_schema = new_schema_name();
+    model.create_model(&new_schema).await?;
+    tracing::info!(%old_schema, %new_schema, "rebuild: building a new model schema");
+    let progress = progress_bar(model, config, &old_schema).await;
+    let target = Target {
+        schema: &new_schema,
+        group: &config.group,
+        topic: &config.log.topic,
+        low_stock_threshold: config.low_stock_threshold,
+    };
+    let mut events = 0u64;
+
+    // Phase 1: the bulk, one transaction per batch, while the live model keeps serving.
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let from = Offsets::new();
+    let read = source.read(&from, tx);
+    let write = async {
+        while let Some(batch) = rx.recv().await {
+            let mut conn = model.pool.begin().await?;
+            expect_done(apply_batch(&mut conn, &target, &batch).await?)?;
+            conn.commit().await?;
+            count(&batch, &mut events, &progress);
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (next, written) = tokio::join!(read, write);
+    written?;
+    let next = next?;
+
+    // Phase 2: under the swap lock (the live projector waits), read what arrived meanwhile,
+    // then point readers and the projector at the new schema, all in one transaction.
+    let mut swap = model.pool.begin().await?;
+    sqlx::query(&format!(
+        "SELECT schema_name FROM {META_SCHEMA}.active_model FOR UPDATE"
+    ))
+    .execute(&mut *swap)
+    .await?;
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let read = source.read(&next, tx);
+    let write = async {
+        while let Some(batch) = rx.recv().await {
+            expect_done(apply_batch(&mut swap, &target, &batch).await?)?;
+            count(&batch, &mut events, &progress);
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (tail, written) = tokio::join!(read, write);
+    written?;
+    tail?;
+    swap_to(&mut swap, &new_schema).await?;
+    swap.commit().await?;
+    progress.finish_and_clear();
+    tracing::info!(%new_schema, events, "rebuild: swapped in the new model");
+
+    tokio::time::sleep(config.drop_grace).await;
+    model.drop_model(&old_schema).await?;
+    Ok(RebuildReport {
+        events,
+        dead: source.undecodable(),
+        elapsed: started.elapsed(),
+        old_schema,
+        new_schema,
+    })
+}
+
+fn expect_done(applied: Applied) -> anyhow::Result<()> {
+    match applied {
+        Applied::Done => Ok(()),
+        // A fresh schema read from the start has nothing to disagree with.
+        Applied::Reseek(at) => anyhow::bail!("rebuild read out of order at {at}"),
+    }
+}
+
+fn count(batch: &Batch, events: &mut u64, progress: &ProgressBar) {
+    let offsets: i64 = batch
+        .ranges
+        .values()
+        .map(|(first, last)| last - first + 1)
+        .sum();
+    *events += batch.records.len() as u64;
+    progress.inc(offsets as u64);
+}
+
+async fn swap_to(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE {META_SCHEMA}.active_model SET schema_name = $1, swapped_at = now()"
+    ))
+    .bind(schema)
+    .execute(&mut *conn)
+    .await?;
+    // Delivered at commit: query APIs switch to the new schema at once.
+    crate::model::notify_progress(conn).await?;
+    Ok(())
+}
+
+/// The live model's offsets tell how far the log reaches (watermarks are not trusted: tansu
+/// reports wrong ones), which gives the progress bar its length and ETA.
+async fn progress_bar(model: &ReadModel, config: &RebuildConfig, live: &str) -> ProgressBar {
+    let total: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT sum(next_offset)::bigint FROM {live}.consumer_offsets WHERE topic = $1"
+    ))
+    .bind(&config.log.topic)
+    .fetch_one(&model.pool)
+    .await
+    .unwrap_or(None);
+    if !config.show_progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total.unwrap_or(0).max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("replay {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
+            .expect("valid template"),
+    );
+    bar
+}

@@ -1,0 +1,378 @@
+//! The consume loop's state machine: poll → decode → batch → dead letters → sink → offsets.
+//! Written against [`Source`], [`Decoder`] and [`DeadLetters`] so it is tested without servers
+//! (`pipeline/tests.rs`); [`crate::runner`] wires it to Kafka.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use foldline_service::position::Offsets;
+use foldline_service::retry::{self, Delays};
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use tokio::sync::watch;
+
+use crate::dead_letter::DeadLetter;
+use crate::source::{DeadLetters, Decoder, Source};
+use crate::{Batch, Flush, Record, RuntimeMetrics, Sink, SinkError, Written};
+
+/// How long a stopping consumer keeps trying to flush what its sink holds back; after that it
+/// stops anyway (what was not flushed is read again from the group's offsets on restart).
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
+
+/// Limits of one batch and when to flush.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+    pub idle_flush: Duration,
+}
+
+pub struct Pipeline<Src, Dec, Dl> {
+    pub source: Src,
+    pub decoder: Dec,
+    pub dead_letters: Dl,
+    pub metrics: RuntimeMetrics,
+    /// False while the sink is unavailable (for `/ready`).
+    pub healthy: Arc<AtomicBool>,
+    pub limits: Limits,
+    /// Where each partition is read on from, valid for one rebalance generation.
+    pub read_from: Mutex<(u64, Offsets)>,
+}
+
+impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
+    pub fn new(
+        source: Src,
+        decoder: Dec,
+        dead_letters: Dl,
+        metrics: RuntimeMetrics,
+        healthy: Arc<AtomicBool>,
+        limits: Limits,
+    ) -> Self {
+        Pipeline {
+            source,
+            decoder,
+            dead_letters,
+            metrics,
+            healthy,
+            limits,
+            read_from: Mutex::default(),
+        }
+    }
+
+    /// Runs until `stop` turns true, then flushes what the sink holds back (bounded in time).
+    pub async fn run<S: Sink>(
+        &self,
+        mut sink: S,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let first = tokio::select! {
+                message = self.source.recv() => Some(message),
+                _ = tokio::time::sleep(self.limits.idle_flush) => None,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let Some(first) = first else {
+                if !self.flush(&mut sink, Flush::Idle, &mut stop).await? {
+                    break;
+                }
+                continue;
+            };
+            let first = match first {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "poll failed");
+                    continue;
+                }
+            };
+            let generation = self.source.generation();
+            let mut batch = Batch {
+                read_from: self.known_positions(),
+                generation,
+                ..Batch::default()
+            };
+            let mut letters = Vec::new();
+            self.take(&first, &mut batch, &mut letters).await;
+            self.fill(&mut batch, &mut letters).await;
+            let now = self.source.generation();
+            if now != generation {
+                // A rebalance happened meanwhile: where partitions were read from is unknown.
+                batch.read_from.clear();
+                batch.generation = now;
+            }
+            if !letters.is_empty() {
+                self.publish_dead_letters(&letters, &mut stop).await?;
+            }
+            if !self.write(&mut sink, &batch, &mut stop).await? {
+                break;
+            }
+        }
+        self.flush_before_shutdown(&mut sink).await;
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    /// Gives the sink a bounded time to write out what it holds back, then commits that.
+    async fn flush_before_shutdown<S: Sink>(&self, sink: &mut S) {
+        // The run's stop signal has fired; retries here get a fresh one and a time limit.
+        let (_keep, mut never) = watch::channel(false);
+        let flushed = tokio::time::timeout(
+            SHUTDOWN_FLUSH_LIMIT,
+            self.flush(sink, Flush::Shutdown, &mut never),
+        )
+        .await;
+        match flushed {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "flush before shutdown failed"),
+            Err(_) => {
+                tracing::warn!("flush before shutdown timed out; the rest is read again on restart")
+            }
+        }
+    }
+
+    /// What is known of where partitions are read from, forgotten at every rebalance.
+    fn known_positions(&self) -> Offsets {
+        let mut known = self.read_from.lock().expect("not poisoned");
+        let generation = self.source.generation();
+        if known.0 != generation {
+            *known = (generation, Offsets::new());
+        }
+        known.1.clone()
+    }
+
+    fn note_positions(&self, positions: &Offsets) {
+        let mut known = self.read_from.lock().expect("not poisoned");
+        let generation = self.source.generation();
+        if known.0 != generation {
+            *known = (generation, Offsets::new());
+        }
+        known.1.merge(positions);
+    }
+
+    /// Adds what arrives within the batch window, up to the count and byte limits.
+    async fn fill(&self, batch: &mut Batch, letters: &mut Vec<DeadLetter>) {
+        let deadline = tokio::time::Instant::now() + self.limits.max_wait;
+        while batch.records.len() + letters.len() < self.limits.max_records
+            && batch.bytes < self.limits.max_bytes
+        {
+            match tokio::time::timeout_at(deadline, self.source.recv()).await {
+                Ok(Ok(message)) => self.take(&message, batch, letters).await,
+                Ok(Err(error)) => tracing::warn!(%error, "poll failed"),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Decodes one record into the batch, or into a dead letter when it cannot be decoded.
+    /// (The decoder waits out a registry that does not answer: that is not the record's fault.)
+    async fn take(&self, message: &OwnedMessage, batch: &mut Batch, letters: &mut Vec<DeadLetter>) {
+        let (partition, offset) = (message.partition(), message.offset());
+        let payload = message.payload();
+        batch.consumed(partition, offset, payload.map_or(0, <[u8]>::len));
+        let letter = |reason: String| DeadLetter {
+            partition,
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            value: payload.map(<[u8]>::to_vec),
+            reason,
+        };
+        let Some(bytes) = payload else {
+            letters.push(letter("empty value (tombstone)".into()));
+            return;
+        };
+        match self.decoder.decode(bytes).await {
+            Ok(event) => batch.records.push(Record {
+                partition,
+                offset,
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                timestamp_ms: message.timestamp().to_millis(),
+                event,
+            }),
+            Err(error) => {
+                tracing::warn!(partition, offset, %error, "undecodable record sent to the dead-letter topic");
+                letters.push(letter(error.to_string()));
+            }
+        }
+    }
+
+    async fn publish_dead_letters(
+        &self,
+        letters: &[DeadLetter],
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut delays = Delays::new(retry::forever(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ));
+        loop {
+            match self.dead_letters.publish(letters).await {
+                Ok(0) => break,
+                Ok(skipped) => {
+                    // Read again after a crash before the batch was durable.
+                    tracing::info!(
+                        skipped,
+                        "records this group had already dead-lettered were not appended again"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "dead-letter topic unavailable; retrying");
+                    if delays.sleep_or_stop(stop).await {
+                        anyhow::bail!("stopped while the dead-letter topic was unavailable");
+                    }
+                }
+            }
+        }
+        for letter in letters {
+            let reason = if letter.value.is_none() {
+                "empty"
+            } else {
+                "undecodable"
+            };
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[reason])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Writes the batch until it is durable (or the sink asks for a reseek). Returns false
+    /// when asked to stop while the sink was unavailable (the batch will be read again).
+    async fn write<S: Sink>(
+        &self,
+        sink: &mut S,
+        batch: &Batch,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let Some(Outcome::Written(written)) = self.call(sink, Call::Write(batch), stop).await?
+        else {
+            return Ok(false);
+        };
+        match written {
+            Written::Done => {
+                self.count(batch);
+                let next = batch.next_offsets();
+                self.source.commit(&next, CommitMode::Async);
+                self.note_positions(&next);
+            }
+            Written::Partly(durable) => {
+                self.count(batch);
+                self.source.commit(&durable, CommitMode::Async);
+                self.note_positions(&batch.next_offsets());
+            }
+            Written::Reseek(stored) => {
+                // Nothing of the batch was written: every partition of it is read again, from
+                // the sink's offset where it has one, else from where the batch was read from
+                // (not its first record: transaction markers may lie between, and seeking past
+                // them would lose the continuity the sink checks — on the next batch it would
+                // ask to reseek that partition, and the two could alternate for ever).
+                self.metrics.reseeks.inc();
+                let mut targets = batch.start_offsets();
+                targets.merge(&stored);
+                tracing::info!(%targets, "moving to the sink's stored offsets");
+                for (partition, offset) in targets.iter() {
+                    self.source.seek(partition, offset)?;
+                }
+                self.note_positions(&targets);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Asks the sink to flush what it holds back and commits what it reports durable.
+    /// Returns false when asked to stop while the sink was unavailable.
+    async fn flush<S: Sink>(
+        &self,
+        sink: &mut S,
+        why: Flush,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let Some(Outcome::Flushed(durable)) = self.call(sink, Call::Flush(why), stop).await? else {
+            return Ok(false);
+        };
+        if !durable.is_empty() {
+            // Before shutdown the commit must reach the group before the consumer closes.
+            let mode = match why {
+                Flush::Idle => CommitMode::Async,
+                Flush::Shutdown => CommitMode::Sync,
+            };
+            self.source.commit(&durable, mode);
+        }
+        Ok(true)
+    }
+
+    fn count(&self, batch: &Batch) {
+        self.metrics.events.inc_by(batch.records.len() as u64);
+        self.metrics
+            .batch_records
+            .observe(batch.records.len() as f64);
+    }
+
+    /// Calls the sink until it answers; a transient error pauses the assigned partitions and
+    /// retries with backoff. `None` when asked to stop meanwhile.
+    async fn call<S: Sink>(
+        &self,
+        sink: &mut S,
+        call: Call<'_>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<Outcome>> {
+        let mut delays = Delays::new(retry::forever(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        ));
+        let mut paused = false;
+        let outcome = loop {
+            let started = Instant::now();
+            let result = match call {
+                Call::Write(batch) => sink.write(batch).await.map(Outcome::Written),
+                Call::Flush(why) => sink.flush(why).await.map(Outcome::Flushed),
+            };
+            match result {
+                Ok(outcome) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break outcome;
+                }
+                Err(SinkError::Fatal(error)) => return Err(error),
+                Err(SinkError::Transient(error)) => {
+                    tracing::warn!(%error, "sink unavailable; partitions paused, retrying");
+                    self.healthy.store(false, Ordering::Release);
+                    self.metrics.sink_retries.inc();
+                    if !paused {
+                        self.source.pause()?;
+                        paused = true;
+                    }
+                    if delays.sleep_or_stop(stop).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        if paused {
+            self.source.resume()?;
+            self.healthy.store(true, Ordering::Release);
+            tracing::info!("sink available again; partitions resumed");
+        }
+        Ok(Some(outcome))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Write(&'a Batch),
+    Flush(Flush),
+}
+
+enum Outcome {
+    Written(Written),
+    Flushed(Offsets),
+}
+
+#[cfg(test)]
+mod tests;

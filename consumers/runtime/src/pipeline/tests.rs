@@ -1,0 +1,520 @@
+//! The consume loop against in-memory fakes: a source of scripted records, a decoder that
+//! refuses bytes starting with `bad`, a dead-letter queue that records (or fails), and a sink
+//! that answers from a script.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Mutex as StdMutex;
+
+use foldline_schemas::event::ProductDeleted;
+use foldline_schemas::{Envelope, Payload};
+use rdkafka::error::KafkaError;
+use rdkafka::Timestamp;
+use tokio::sync::Notify;
+
+use super::*;
+
+#[derive(Default)]
+struct FakeLog {
+    queued: StdMutex<VecDeque<OwnedMessage>>,
+    arrived: Notify,
+    generation: AtomicU64,
+    seeks: StdMutex<Vec<(i32, i64)>>,
+    commits: StdMutex<Vec<(Offsets, bool)>>,
+    pauses: AtomicUsize,
+    resumes: AtomicUsize,
+}
+
+#[derive(Clone, Default)]
+struct FakeSource(Arc<FakeLog>);
+
+impl FakeSource {
+    fn push(&self, partition: i32, offset: i64, value: Option<&str>) {
+        let message = OwnedMessage::new(
+            value.map(|v| v.as_bytes().to_vec()),
+            Some(b"key".to_vec()),
+            "topic".into(),
+            Timestamp::CreateTime(1_700_000_000_000),
+            partition,
+            offset,
+            None,
+        );
+        self.0.queued.lock().unwrap().push_back(message);
+        self.0.arrived.notify_one();
+    }
+
+    fn commits(&self) -> Vec<(Offsets, bool)> {
+        self.0.commits.lock().unwrap().clone()
+    }
+
+    fn seeks(&self) -> Vec<(i32, i64)> {
+        self.0.seeks.lock().unwrap().clone()
+    }
+}
+
+impl Source for FakeSource {
+    async fn recv(&self) -> Result<OwnedMessage, KafkaError> {
+        loop {
+            if let Some(message) = self.0.queued.lock().unwrap().pop_front() {
+                return Ok(message);
+            }
+            self.0.arrived.notified().await;
+        }
+    }
+    fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::SeqCst)
+    }
+    fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()> {
+        self.0.seeks.lock().unwrap().push((partition, offset));
+        Ok(())
+    }
+    fn pause(&self) -> anyhow::Result<()> {
+        self.0.pauses.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn resume(&self) -> anyhow::Result<()> {
+        self.0.resumes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn commit(&self, next: &Offsets, mode: CommitMode) {
+        let sync = matches!(mode, CommitMode::Sync);
+        self.0.commits.lock().unwrap().push((next.clone(), sync));
+    }
+}
+
+/// Decodes any value into a deletion of the product named by the value; `bad…` is undecodable.
+struct FakeDecoder;
+
+impl Decoder for FakeDecoder {
+    async fn decode(&self, bytes: &[u8]) -> Result<Envelope, foldline_schemas::wire::CodecError> {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        if text.starts_with("bad") {
+            return Err(foldline_schemas::wire::CodecError::Undecodable(format!(
+                "not an event: {text}"
+            )));
+        }
+        Ok(Envelope {
+            event_id: Default::default(),
+            product_id: text,
+            version: 1,
+            occurred_at: Default::default(),
+            correlation_id: "c".into(),
+            idempotency_key: None,
+            command_index: None,
+            payload: Payload::ProductDeleted(ProductDeleted {}),
+            actor: None,
+        })
+    }
+}
+
+#[derive(Clone, Default)]
+struct FakeDeadLetters {
+    sent: Arc<StdMutex<Vec<DeadLetter>>>,
+    /// Fails this many calls before accepting.
+    failures: Arc<AtomicUsize>,
+}
+
+impl DeadLetters for FakeDeadLetters {
+    async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            anyhow::bail!("dead-letter topic down");
+        }
+        self.sent.lock().unwrap().extend_from_slice(letters);
+        Ok(0)
+    }
+}
+
+/// What the fake sink answers to each write, in order; `Done` once the script is used up.
+enum Answer {
+    Done,
+    Partly(Offsets),
+    Reseek(Offsets),
+    Transient,
+    Fatal,
+}
+
+#[derive(Clone, Default)]
+struct FakeSink {
+    script: Arc<StdMutex<VecDeque<Answer>>>,
+    /// Every batch `write` was called with (also the failed calls).
+    batches: Arc<StdMutex<Vec<Batch>>>,
+    flushes: Arc<StdMutex<Vec<Flush>>>,
+    /// What `flush` reports durable.
+    held_back: Arc<StdMutex<Offsets>>,
+}
+
+impl FakeSink {
+    fn answering(answers: impl IntoIterator<Item = Answer>) -> FakeSink {
+        let sink = FakeSink::default();
+        sink.script.lock().unwrap().extend(answers);
+        sink
+    }
+    fn batches(&self) -> Vec<Batch> {
+        self.batches.lock().unwrap().clone()
+    }
+}
+
+impl Sink for FakeSink {
+    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        self.batches.lock().unwrap().push(batch.clone());
+        match self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Answer::Done)
+        {
+            Answer::Done => Ok(Written::Done),
+            Answer::Partly(durable) => Ok(Written::Partly(durable)),
+            Answer::Reseek(stored) => Ok(Written::Reseek(stored)),
+            Answer::Transient => Err(SinkError::Transient(anyhow::anyhow!("database down"))),
+            Answer::Fatal => Err(SinkError::Fatal(anyhow::anyhow!("broken invariant"))),
+        }
+    }
+
+    async fn flush(&mut self, why: Flush) -> Result<Offsets, SinkError> {
+        self.flushes.lock().unwrap().push(why);
+        Ok(std::mem::take(&mut *self.held_back.lock().unwrap()))
+    }
+}
+
+struct Running {
+    source: FakeSource,
+    dead_letters: FakeDeadLetters,
+    healthy: Arc<AtomicBool>,
+    metrics: RuntimeMetrics,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(sink: FakeSink, source: FakeSource, dead_letters: FakeDeadLetters) -> Running {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let metrics = RuntimeMetrics::new(&prometheus::Registry::new());
+    let pipeline = Pipeline::new(
+        source.clone(),
+        FakeDecoder,
+        dead_letters.clone(),
+        metrics.clone(),
+        healthy.clone(),
+        Limits {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_wait: Duration::from_millis(20),
+            idle_flush: Duration::from_millis(150),
+        },
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move { pipeline.run(sink, stop_rx).await });
+    Running {
+        source,
+        dead_letters,
+        healthy,
+        metrics,
+        stop,
+        task,
+    }
+}
+
+/// Waits (at most 5 s) until `done` holds.
+async fn until(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not reached in 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Running {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
+fn products(batch: &Batch) -> Vec<(i32, i64, String)> {
+    batch
+        .records
+        .iter()
+        .map(|r| (r.partition, r.offset, r.event.product_id.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_durable_batch_is_committed_and_the_next_batch_reads_on_from_it() {
+    let sink = FakeSink::default();
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(0, 10, Some("a"));
+    run.source.push(1, 4, Some("b"));
+    run.source.push(0, 11, Some("c"));
+    until(|| !run.source.commits().is_empty()).await;
+    let batch = &sink.batches()[0];
+    assert_eq!(
+        products(batch),
+        [(0, 10, "a".into()), (1, 4, "b".into()), (0, 11, "c".into())]
+    );
+    assert_eq!(batch.records[0].key.as_deref(), Some("key"));
+    assert_eq!(batch.records[0].timestamp_ms, Some(1_700_000_000_000));
+    assert!(
+        batch.read_from.is_empty(),
+        "nothing known before the first batch"
+    );
+    assert_eq!(
+        run.source.commits()[0],
+        (Offsets::from([(0, 12), (1, 5)]), false)
+    );
+
+    // Offset 12 of partition 0 was a transaction marker: the next batch starts at 13 and
+    // says it was read on from 12 without a break.
+    run.source.push(0, 13, Some("d"));
+    until(|| sink.batches().len() == 2).await;
+    assert_eq!(
+        sink.batches()[1].read_from,
+        Offsets::from([(0, 12), (1, 5)])
+    );
+    assert!(sink.batches()[1].continues_from(0, 12));
+    assert_eq!(run.metrics.events.get(), 4);
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_records_and_tombstones_go_to_the_dead_letters_and_offsets_move_past_them() {
+    let sink = FakeSink::default();
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(0, 0, Some("a"));
+    run.source.push(0, 1, Some("bad bytes"));
+    run.source.push(0, 2, None);
+    run.source.push(0, 3, Some("b"));
+    until(|| !run.source.commits().is_empty()).await;
+    let letters = run.dead_letters.sent.lock().unwrap().clone();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(
+        (letters[0].offset, letters[0].value.as_deref()),
+        (1, Some(&b"bad bytes"[..]))
+    );
+    assert!(
+        letters[0].reason.contains("not an event"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(letters[0].key.as_deref(), Some(&b"key"[..]));
+    assert_eq!((letters[1].offset, letters[1].value.clone()), (2, None));
+    assert_eq!(
+        products(&sink.batches()[0]),
+        [(0, 0, "a".into()), (0, 3, "b".into())]
+    );
+    assert_eq!(
+        sink.batches()[0].ranges[&0],
+        (0, 3),
+        "ranges include the dead letters"
+    );
+    assert_eq!(run.source.commits()[0].0, Offsets::from([(0, 4)]));
+    let counted = |reason| run.metrics.dead_lettered.with_label_values(&[reason]).get();
+    assert_eq!((counted("undecodable"), counted("empty")), (1, 1));
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_batch_waits_for_the_dead_letter_topic_and_is_not_written_before() {
+    let sink = FakeSink::default();
+    let dead_letters = FakeDeadLetters::default();
+    dead_letters.failures.store(2, Ordering::SeqCst);
+    let run = start(sink.clone(), FakeSource::default(), dead_letters);
+    run.source.push(0, 0, Some("bad"));
+    run.source.push(0, 1, Some("a"));
+    until(|| !run.source.commits().is_empty()).await;
+    assert_eq!(
+        run.dead_letters.failures.load(Ordering::SeqCst),
+        0,
+        "retried twice"
+    );
+    assert_eq!(run.dead_letters.sent.lock().unwrap().len(), 1);
+    assert_eq!(sink.batches().len(), 1, "written once, after the letters");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_transient_sink_error_pauses_the_partitions_and_retries_the_same_batch() {
+    let sink = FakeSink::answering([Answer::Transient, Answer::Transient, Answer::Done]);
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(0, 5, Some("a"));
+    until(|| run.source.0.pauses.load(Ordering::SeqCst) == 1).await;
+    assert!(
+        !run.healthy.load(Ordering::SeqCst),
+        "not ready while the sink is down"
+    );
+    until(|| !run.source.commits().is_empty()).await;
+    let batches = sink.batches();
+    assert_eq!(batches.len(), 3);
+    assert!(batches.iter().all(|b| products(b) == [(0, 5, "a".into())]));
+    assert_eq!(run.source.0.pauses.load(Ordering::SeqCst), 1, "paused once");
+    assert_eq!(run.source.0.resumes.load(Ordering::SeqCst), 1);
+    assert!(run.healthy.load(Ordering::SeqCst));
+    assert_eq!(run.metrics.sink_retries.get(), 2);
+    assert_eq!(run.metrics.events.get(), 1, "counted once");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fatal_sink_error_stops_the_consumer_without_committing() {
+    let sink = FakeSink::answering([Answer::Fatal]);
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(0, 0, Some("a"));
+    let error = run.task.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("broken invariant"), "{error}");
+    assert!(run.source.commits().is_empty());
+}
+
+#[tokio::test]
+async fn a_stop_while_the_sink_is_down_ends_without_committing_the_batch() {
+    let sink = FakeSink::answering((0..1000).map(|_| Answer::Transient));
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(0, 0, Some("a"));
+    until(|| !sink.batches().is_empty()).await;
+    let source = run.source.clone();
+    run.stop().await.unwrap();
+    assert!(
+        source
+            .commits()
+            .iter()
+            .all(|(offsets, _)| offsets.is_empty()),
+        "the batch is read again after a restart"
+    );
+}
+
+#[tokio::test]
+async fn a_reseek_moves_each_partition_to_the_sinks_offset_or_back_to_where_the_batch_began() {
+    let sink = FakeSink::answering([Answer::Done, Answer::Reseek(Offsets::from([(0, 7)]))]);
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(1, 2, Some("a"));
+    until(|| sink.batches().len() == 1).await;
+    // Partition 1 continues from 3; partition 0 is new, first read at 9.
+    run.source.push(0, 9, Some("b"));
+    run.source.push(1, 3, Some("c"));
+    until(|| run.source.seeks().len() == 2).await;
+    let mut seeks = run.source.seeks();
+    seeks.sort();
+    assert_eq!(
+        seeks,
+        [(0, 7), (1, 3)],
+        "the sink's word for 0, where the batch began for 1"
+    );
+    assert_eq!(
+        run.source.commits().len(),
+        1,
+        "nothing of the refused batch is committed"
+    );
+    assert_eq!(run.metrics.reseeks.get(), 1);
+    // What the source delivers after the seek is known to continue from the seek targets.
+    run.source.push(0, 7, Some("d"));
+    until(|| sink.batches().len() == 3).await;
+    assert_eq!(sink.batches()[2].read_from, Offsets::from([(0, 7), (1, 3)]));
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_partly_written_batch_commits_only_what_is_durable_and_the_rest_at_idle_flush() {
+    let sink = FakeSink::answering([Answer::Partly(Offsets::from([(0, 2)]))]);
+    *sink.held_back.lock().unwrap() = Offsets::from([(0, 5)]);
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    for offset in 0..5 {
+        run.source.push(0, offset, Some("a"));
+    }
+    until(|| run.source.commits().len() == 2).await;
+    let commits = run.source.commits();
+    assert_eq!(
+        commits[0],
+        (Offsets::from([(0, 2)]), false),
+        "only what is durable"
+    );
+    assert_eq!(*sink.flushes.lock().unwrap(), [Flush::Idle]);
+    assert_eq!(
+        commits[1],
+        (Offsets::from([(0, 5)]), false),
+        "the rest once flushed"
+    );
+    // The next batch continues from the batch's end, not from the committed offsets.
+    run.source.push(0, 5, Some("b"));
+    until(|| sink.batches().len() == 2).await;
+    assert_eq!(sink.batches()[1].read_from, Offsets::from([(0, 5)]));
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_flushes_what_the_sink_holds_back_and_commits_it_synchronously() {
+    let sink = FakeSink::answering([Answer::Partly(Offsets::new())]);
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(2, 40, Some("a"));
+    until(|| sink.batches().len() == 1).await;
+    *sink.held_back.lock().unwrap() = Offsets::from([(2, 41)]);
+    let source = run.source.clone();
+    run.stop().await.unwrap();
+    assert_eq!(sink.flushes.lock().unwrap().last(), Some(&Flush::Shutdown));
+    assert_eq!(
+        source.commits().last(),
+        Some(&(Offsets::from([(2, 41)]), true))
+    );
+}
+
+#[tokio::test]
+async fn after_a_rebalance_nothing_is_known_of_where_partitions_are_read_from() {
+    let sink = FakeSink::default();
+    let run = start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    );
+    run.source.push(0, 0, Some("a"));
+    until(|| sink.batches().len() == 1).await;
+    run.source.push(0, 1, Some("b"));
+    until(|| sink.batches().len() == 2).await;
+    assert_eq!(sink.batches()[1].read_from, Offsets::from([(0, 1)]));
+    assert_eq!(sink.batches()[1].generation, 0);
+
+    run.source.0.generation.store(1, Ordering::SeqCst);
+    run.source.push(0, 2, Some("c"));
+    until(|| sink.batches().len() == 3).await;
+    let after = &sink.batches()[2];
+    assert_eq!(after.generation, 1);
+    assert!(after.read_from.is_empty(), "{:?}", after.read_from);
+    assert!(
+        !after.continues_from(0, 1),
+        "a sink at 1 must not trust a batch starting at 2"
+    );
+    run.stop().await.unwrap();
+}

@@ -1,0 +1,117 @@
+//! What the consume loop needs from the log, as small traits, and their Kafka implementations.
+//! The loop ([`crate::pipeline`]) is written against the traits so its state machine —
+//! batching, reseeks, partial writes, rebalances, dead letters, retries — is unit-tested with
+//! in-memory fakes; the implementations here are thin wrappers over rdkafka.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foldline_schemas::wire::{CodecError, EventCodec};
+use foldline_schemas::Envelope;
+use foldline_service::position::Offsets;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::context::RuntimeContext;
+use crate::dead_letter::{DeadLetter, DeadLetterQueue};
+
+/// The partitions a consumer group assigned to this instance.
+pub trait Source: Send + Sync {
+    /// The next record of any assigned partition (waits until one arrives).
+    fn recv(&self) -> impl Future<Output = Result<OwnedMessage, KafkaError>> + Send;
+    /// Bumped on every rebalance: where each partition is read from is unknown after it.
+    fn generation(&self) -> u64;
+    /// Reads `partition` on from `offset`.
+    fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()>;
+    /// Stops fetching every assigned partition (while the sink is down), keeping the group.
+    fn pause(&self) -> anyhow::Result<()>;
+    /// Undoes [`Source::pause`].
+    fn resume(&self) -> anyhow::Result<()>;
+    /// Records progress in the group (a restarted or newly assigned member starts there).
+    fn commit(&self, next: &Offsets, mode: CommitMode);
+}
+
+/// Turns a record's bytes into an event; waits while the registry is down, so an error means
+/// the record itself can never be decoded.
+pub trait Decoder: Send + Sync {
+    fn decode(&self, bytes: &[u8]) -> impl Future<Output = Result<Envelope, CodecError>> + Send;
+}
+
+/// Where undecodable records go.
+pub trait DeadLetters: Send + Sync {
+    /// Appends `letters`; returns how many were skipped as already sent by this group.
+    fn publish(&self, letters: &[DeadLetter])
+        -> impl Future<Output = anyhow::Result<usize>> + Send;
+}
+
+impl Decoder for EventCodec {
+    async fn decode(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
+        self.decode_waiting(bytes).await
+    }
+}
+
+impl DeadLetters for DeadLetterQueue {
+    async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+        DeadLetterQueue::publish(self, letters).await
+    }
+}
+
+/// A subscribed rdkafka consumer.
+pub struct KafkaSource {
+    pub consumer: StreamConsumer<RuntimeContext>,
+    pub topic: String,
+    pub generation: Arc<AtomicU64>,
+    /// What [`Source::pause`] paused, so exactly that is resumed.
+    pub paused: Mutex<Option<TopicPartitionList>>,
+}
+
+impl Source for KafkaSource {
+    async fn recv(&self) -> Result<OwnedMessage, KafkaError> {
+        self.consumer.recv().await.map(|message| message.detach())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()> {
+        self.consumer.seek(
+            &self.topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        )?;
+        Ok(())
+    }
+
+    fn pause(&self) -> anyhow::Result<()> {
+        let mut paused = self.paused.lock().expect("not poisoned");
+        if paused.is_none() {
+            let assignment = self.consumer.assignment()?;
+            self.consumer.pause(&assignment)?;
+            *paused = Some(assignment);
+        }
+        Ok(())
+    }
+
+    fn resume(&self) -> anyhow::Result<()> {
+        if let Some(assignment) = self.paused.lock().expect("not poisoned").take() {
+            self.consumer.resume(&assignment)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, next: &Offsets, mode: CommitMode) {
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in next.iter() {
+            let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+        }
+        if let Err(error) = self.consumer.commit(&list, mode) {
+            tracing::debug!(%error, "group offset commit failed (the sink's offsets still hold)");
+        }
+    }
+}
