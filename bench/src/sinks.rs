@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use foldline_archive::bucket::{ArchiveBucket, BucketConfig};
 use foldline_archive::file::read_file;
 use foldline_archive::read::ArchiveReader;
-use foldline_archive::store::{ArchiveStore, StoreConfig};
 use foldline_consumer_runtime::Record;
 use foldline_recent_events::items::items_for;
 use foldline_recent_events::sink::{write_items, WriterMetrics, ITEMS_PER_REQUEST};
@@ -17,7 +17,7 @@ use rdkafka::Message;
 #[derive(clap::Args)]
 pub struct PutArgs {
     #[command(flatten)]
-    store: StoreConfig,
+    store: BucketConfig,
     /// Where the copies go (beside the archive's `products/`).
     #[arg(long, default_value = "bare-put")]
     to_prefix: String,
@@ -26,7 +26,7 @@ pub struct PutArgs {
 /// PUTs every archive file again, one after another, with the archiver's own upload code:
 /// what S3 takes for these bytes without any consuming, decoding or encoding.
 pub async fn raw_put(args: PutArgs) -> anyhow::Result<()> {
-    let store = ArchiveStore::connect(&args.store).await;
+    let store = ArchiveBucket::connect(&args.store).await;
     let reader = ArchiveReader::open(store.clone()).await?;
     let mut files = Vec::new();
     let mut records = 0usize;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use foldline_schemas::wire::EventCodec;
 use foldline_schemas::{Envelope, Payload, ProductCreated};
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -33,7 +33,7 @@ fn lines(output: &Output) -> Vec<Value> {
 #[tokio::test]
 async fn consume_prints_what_the_producer_wrote_decoded_in_rpk_shape() {
     let topic = foldline_testkit::unique("products");
-    let producer = Service::start(
+    let producer = Spawned::start(
         "foldline-producer",
         "FOLDLINE_PRODUCER_LISTEN",
         &[

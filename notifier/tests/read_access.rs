@@ -2,7 +2,7 @@
 //! for EventSource); the page itself stays open.
 
 use foldline_testkit::auth::{admin_token, token};
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 
 #[tokio::test]
 async fn the_stream_needs_a_token_when_reads_are_gated_and_the_page_stays_open() {
@@ -10,7 +10,7 @@ async fn the_stream_needs_a_token_when_reads_are_gated_and_the_page_stays_open()
     foldline_service::kafka::ensure_topic(&foldline_testkit::brokers(), &topic, 3, &[])
         .await
         .unwrap();
-    let notifier = Service::start(
+    let notifier = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
         &[

@@ -5,19 +5,19 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 struct Stack {
     topic: String,
-    producer: Service,
-    notifier: Service,
+    producer: Spawned,
+    notifier: Spawned,
 }
 
 async fn stack(buffer: usize) -> Stack {
     let topic = foldline_testkit::unique("products");
-    let producer = Service::start(
+    let producer = Spawned::start(
         "foldline-producer",
         "FOLDLINE_PRODUCER_LISTEN",
         &[
@@ -26,7 +26,7 @@ async fn stack(buffer: usize) -> Stack {
         ],
     )
     .await;
-    let notifier = Service::start(
+    let notifier = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
         &[
@@ -150,7 +150,7 @@ async fn a_client_resumes_on_another_instance_after_a_disconnect_without_gap_or_
     // While away: more events, some read back from the broker on resume — and the client
     // comes back through another notifier instance (as behind a load balancer).
     stack.create(9, 10).await;
-    let other = Service::start(
+    let other = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
         &[("FOLDLINE_TOPIC", stack.topic.clone())],
@@ -347,8 +347,8 @@ async fn a_client_that_stops_reading_delays_no_one_and_is_told_to_reconnect() {
 }
 
 /// A schema registry of the test's own, on a fixed port so it can come back at the same URL.
-async fn own_registry(port: u16) -> Service {
-    let registry = Service::spawn(
+async fn own_registry(port: u16) -> Spawned {
+    let registry = Spawned::spawn(
         "foldline-schema-registry",
         &[],
         &[("FOLDLINE_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))],
@@ -365,7 +365,7 @@ async fn events_written_while_the_registry_is_down_reach_clients_once_it_is_back
     let stack = stack(4096).await;
     let port = foldline_testkit::process::free_port();
     let mut registry = own_registry(port).await;
-    let notifier = Service::start(
+    let notifier = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
         &[
@@ -404,7 +404,7 @@ async fn a_notifier_started_on_a_grown_log_serves_new_clients_from_its_end() {
     // A second notifier starts on the log as it is now (it finds the end by a watermark query;
     // how long that takes on a 1M-event log is in `scripts/bench soak`), and a new client
     // gets exactly what is written afterwards: nothing older, nothing missed.
-    let other = Service::start(
+    let other = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
         &[("FOLDLINE_TOPIC", stack.topic.clone())],
@@ -436,7 +436,7 @@ async fn recent_events_on_a_grown_log_then_the_stream_from_their_cursor_has_no_g
     let older = stack.create(500, 10).await;
     // A notifier started on that log keeps its last events (read back from a bounded stretch of
     // each partition, not the whole log) and hands them out with the cursor after them.
-    let other = Service::start(
+    let other = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
         &[

@@ -2,20 +2,21 @@
 //! The producer: REST commands in, Avro events appended to the `products` topic.
 //! - [`domain`]: the product aggregate, `decide` and `evolve`, pure (given/when/then tests).
 //! - [`store`]: per-product state and idempotency answers, folded from the log.
-//! - [`log`]: reading the topic into the store (start-up, and resync after a failed commit).
+//! - [`catch_up`]: reading the topic from the store's offsets to its end (start-up, and resync
+//!   after a failed commit).
 //! - [`snapshot`]: the store saved to S3 and loaded at start-up, so a start reads only the tail.
 //! - [`writer`]: the transactional Kafka producer with group commit.
-//! - [`service`]: one write request end to end (lock, decide, encode, append, fold).
+//! - [`handler`]: one write request end to end (lock, decide, encode, append, fold).
 //! - [`gate`]: the middleware every write passes: rate limits, then authentication.
 //! - [`http`]: the routes, headers and problem+json errors.
 //! - [`metrics`]: Prometheus metrics of the above.
 
+pub mod catch_up;
 pub mod domain;
 pub mod gate;
+pub mod handler;
 pub mod http;
-pub mod log;
 pub mod metrics;
-pub mod service;
 pub mod snapshot;
 pub mod store;
 pub mod writer;
@@ -34,8 +35,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use crate::handler::CommandHandler;
 use crate::metrics::Metrics;
-use crate::service::CommandService;
 use crate::store::Store;
 use crate::writer::{Writer, WriterConfig};
 
@@ -196,7 +197,7 @@ pub async fn run(
         .await;
         tracing::info!("{outcome}");
     }
-    let events = log::replay(
+    let events = catch_up::catch_up(
         &config.log.brokers,
         &config.log.topic,
         &store,
@@ -217,7 +218,7 @@ pub async fn run(
         );
     }
     let metrics_at_exit = metrics.clone();
-    let service = Arc::new(CommandService::new(
+    let service = Arc::new(CommandHandler::new(
         store.clone(),
         writer,
         codec,

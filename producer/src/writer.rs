@@ -72,28 +72,34 @@ impl Writer {
     /// Starts the committer thread; fails when the broker cannot initialise transactions.
     pub fn start(config: WriterConfig, metrics: Metrics) -> Result<Writer, KafkaError> {
         let producer = create_producer(&config)?;
-        let (sender, receiver) = mpsc::channel(config.max_batch_records.max(1024));
+        let max_batch_records = config.max_batch_records;
+        Ok(Writer::over(
+            KafkaLog { config, producer },
+            max_batch_records,
+            metrics,
+        ))
+    }
+
+    /// Starts the committer thread over `log`.
+    fn over(log: impl TransactionalLog, max_batch_records: usize, metrics: Metrics) -> Writer {
+        let (sender, receiver) = mpsc::channel(max_batch_records.max(1024));
         let health = Arc::new(AtomicU8::new(READY));
         let resync = Arc::new(tokio::sync::Notify::new());
-        let (thread_health, thread_resync) = (health.clone(), resync.clone());
+        let committer = Committer {
+            max_batch_records,
+            health: health.clone(),
+            resync: resync.clone(),
+            metrics,
+        };
         std::thread::Builder::new()
             .name("foldline-committer".into())
-            .spawn(move || {
-                commit_loop(
-                    config,
-                    producer,
-                    receiver,
-                    thread_health,
-                    thread_resync,
-                    metrics,
-                )
-            })
+            .spawn(move || committer.run(log, receiver))
             .expect("spawn committer thread");
-        Ok(Writer {
+        Writer {
             sender,
             health,
             resync,
-        })
+        }
     }
 
     pub fn status(&self) -> Result<(), AppendError> {
@@ -163,79 +169,113 @@ fn is_fenced(error: &KafkaError) -> bool {
     )
 }
 
-fn commit_loop(
+/// What the committer thread needs of the log, so its state machine (group commit, fenced,
+/// outcome unknown, recovering) is tested without a broker; [`KafkaLog`] is the real one.
+trait TransactionalLog: Send + 'static {
+    /// Appends every request's records in one transaction; each request's positions.
+    fn commit(&mut self, batch: &[AppendRequest]) -> Result<Vec<Vec<Position>>, AppendError>;
+    /// Fence, then read: a new producer whose `init_transactions` completes or aborts whatever
+    /// the old one left open. False once fenced (a newer instance owns the id).
+    fn reinitialise(&mut self, health: &AtomicU8) -> bool;
+}
+
+/// The transactional producer of the committer thread.
+struct KafkaLog {
     config: WriterConfig,
-    mut producer: FutureProducer,
-    mut receiver: mpsc::Receiver<AppendRequest>,
+    producer: FutureProducer,
+}
+
+impl TransactionalLog for KafkaLog {
+    fn commit(&mut self, batch: &[AppendRequest]) -> Result<Vec<Vec<Position>>, AppendError> {
+        commit(&self.producer, &self.config, batch)
+    }
+
+    fn reinitialise(&mut self, health: &AtomicU8) -> bool {
+        match reconnect(|| create_producer(&self.config), health, std::thread::sleep) {
+            Some(producer) => {
+                self.producer = producer;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct Committer {
+    max_batch_records: usize,
     health: Arc<AtomicU8>,
     resync: Arc<tokio::sync::Notify>,
     metrics: Metrics,
-) {
-    while let Some(first) = receiver.blocking_recv() {
-        let mut batch = vec![first];
-        let mut count = batch[0].records.len();
-        while count < config.max_batch_records {
-            match receiver.try_recv() {
-                Ok(next) => {
-                    count += next.records.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        if health.load(Ordering::Acquire) == RECOVERING {
-            // These requests decided on a state that may lack the batch whose outcome is
-            // unknown; only after the state is re-read from the log may writes go on.
-            for request in batch {
-                let _ = request.reply.send(Err(AppendError::Unavailable(
-                    "re-reading the log after a failed commit".into(),
-                )));
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let outcome = commit(&producer, &config, &batch);
-        metrics.observe_commit(batch.len(), count, started.elapsed(), outcome.is_ok());
-        match outcome {
-            Ok(positions) => {
-                for (request, positions) in batch.into_iter().zip(positions) {
-                    let _ = request.reply.send(Ok(positions));
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, requests = batch.len(), "append failed");
-                for request in batch {
-                    let _ = request.reply.send(Err(error.clone()));
-                }
-                match error {
-                    AppendError::Unavailable(_) => {}
-                    AppendError::Fenced => {
-                        health.store(FENCED, Ordering::Release);
-                        tracing::error!("fenced by another instance; this producer stops writing");
-                        return;
+}
+
+impl Committer {
+    fn run(self, mut log: impl TransactionalLog, mut receiver: mpsc::Receiver<AppendRequest>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut batch = vec![first];
+            let mut count = batch[0].records.len();
+            while count < self.max_batch_records {
+                match receiver.try_recv() {
+                    Ok(next) => {
+                        count += next.records.len();
+                        batch.push(next);
                     }
-                    AppendError::OutcomeUnknown(_) => {
-                        health.store(RECOVERING, Ordering::Release);
-                        // Fence, then read: the new producer's init_transactions completes or
-                        // aborts the transaction whose outcome is unknown, and only then is the
-                        // log re-read (by the resync loop) and writes decided again.
-                        let reconnected =
-                            reconnect(|| create_producer(&config), &health, std::thread::sleep);
-                        let Some(reconnected) = reconnected else {
+                    Err(_) => break,
+                }
+            }
+            if self.health.load(Ordering::Acquire) == RECOVERING {
+                // These requests decided on a state that may lack the batch whose outcome is
+                // unknown; only after the state is re-read from the log may writes go on.
+                for request in batch {
+                    let _ = request.reply.send(Err(AppendError::Unavailable(
+                        "re-reading the log after a failed commit".into(),
+                    )));
+                }
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let outcome = log.commit(&batch);
+            self.metrics
+                .observe_commit(batch.len(), count, started.elapsed(), outcome.is_ok());
+            match outcome {
+                Ok(positions) => {
+                    for (request, positions) in batch.into_iter().zip(positions) {
+                        let _ = request.reply.send(Ok(positions));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, requests = batch.len(), "append failed");
+                    for request in batch {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                    match error {
+                        AppendError::Unavailable(_) => {}
+                        AppendError::Fenced => {
+                            self.health.store(FENCED, Ordering::Release);
                             tracing::error!(
-                                "fenced while reconnecting; this producer stops writing"
+                                "fenced by another instance; this producer stops writing"
                             );
                             return;
-                        };
-                        producer = reconnected;
-                        // notify_one keeps the signal if the resync loop is not waiting yet.
-                        resync.notify_one();
+                        }
+                        AppendError::OutcomeUnknown(_) => {
+                            self.health.store(RECOVERING, Ordering::Release);
+                            // Fence, then read: the new producer's init_transactions completes
+                            // or aborts the transaction whose outcome is unknown, and only then
+                            // is the log re-read (by the resync loop) and writes decided again.
+                            if !log.reinitialise(&self.health) {
+                                tracing::error!(
+                                    "fenced while reconnecting; this producer stops writing"
+                                );
+                                return;
+                            }
+                            // notify_one keeps the signal if the resync loop is not waiting yet.
+                            self.resync.notify_one();
+                        }
                     }
                 }
             }
         }
+        tracing::info!("committer stopped");
     }
-    tracing::info!("committer stopped");
 }
 
 /// Calls `init` (a new producer and its `init_transactions`) until one initialises;
@@ -384,7 +424,214 @@ fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> Ap
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// A log that answers commits from a script (`Ok` = commit at increasing offsets) and
+    /// records each batch's request count.
+    #[derive(Clone, Default)]
+    struct ScriptedLog {
+        answers: Arc<Mutex<VecDeque<Option<AppendError>>>>,
+        batches: Arc<Mutex<Vec<usize>>>,
+        reinitialised: Arc<Mutex<usize>>,
+        fenced_on_reinit: bool,
+        /// While true the committer waits inside `commit`, so requests pile up.
+        hold: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl TransactionalLog for ScriptedLog {
+        fn commit(&mut self, batch: &[AppendRequest]) -> Result<Vec<Vec<Position>>, AppendError> {
+            while self.hold.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut batches = self.batches.lock().unwrap();
+            batches.push(batch.len());
+            if let Some(Some(error)) = self.answers.lock().unwrap().pop_front() {
+                return Err(error);
+            }
+            let mut offset = 100 * batches.len() as i64;
+            Ok(batch
+                .iter()
+                .map(|request| {
+                    request
+                        .records
+                        .iter()
+                        .map(|_| {
+                            offset += 1;
+                            Position {
+                                partition: 0,
+                                offset,
+                            }
+                        })
+                        .collect()
+                })
+                .collect())
+        }
+
+        fn reinitialise(&mut self, health: &AtomicU8) -> bool {
+            *self.reinitialised.lock().unwrap() += 1;
+            if self.fenced_on_reinit {
+                health.store(FENCED, Ordering::Release);
+                return false;
+            }
+            true
+        }
+    }
+
+    fn records(n: usize) -> Vec<OutRecord> {
+        (0..n)
+            .map(|i| OutRecord {
+                key: format!("p-{i}"),
+                value: vec![0],
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn writer(log: &ScriptedLog) -> Writer {
+        let metrics = Metrics::new(&prometheus::Registry::new());
+        Writer::over(log.clone(), 5000, metrics)
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_are_committed_together_and_each_gets_its_own_positions() {
+        let log = ScriptedLog::default();
+        let writer = writer(&log);
+        log.hold.store(true, Ordering::Release);
+        // The first request occupies the committer; the next three wait and go in one batch.
+        let first = tokio::spawn({
+            let w = writer.clone();
+            async move { w.append(records(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiting: Vec<_> = (1..=3)
+            .map(|n| {
+                let w = writer.clone();
+                tokio::spawn(async move { w.append(records(n)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log.hold.store(false, Ordering::Release);
+        assert_eq!(first.await.unwrap().unwrap().len(), 1);
+        let mut answers = Vec::new();
+        for request in waiting {
+            answers.push(request.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            *log.batches.lock().unwrap(),
+            [1, 3],
+            "one transaction for the three"
+        );
+        assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2, 3]);
+        let offsets: Vec<i64> = answers.iter().flatten().map(|p| p.offset).collect();
+        assert_eq!(
+            offsets,
+            [201, 202, 203, 204, 205, 206],
+            "no position answered twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_refuses_writes_until_the_log_is_read_again() {
+        let log = ScriptedLog::default();
+        log.answers
+            .lock()
+            .unwrap()
+            .push_back(Some(AppendError::OutcomeUnknown("commit timed out".into())));
+        let writer = writer(&log);
+        let failed = writer.append(records(1)).await;
+        assert!(
+            matches!(failed, Err(AppendError::OutcomeUnknown(_))),
+            "{failed:?}"
+        );
+        // The committer fenced (re-initialised) and asks for the log to be read again.
+        tokio::time::timeout(Duration::from_secs(5), writer.resync_requested())
+            .await
+            .expect("a resync is requested");
+        assert_eq!(*log.reinitialised.lock().unwrap(), 1);
+        assert!(writer.is_recovering());
+        assert!(matches!(
+            writer.append(records(1)).await,
+            Err(AppendError::Unavailable(_))
+        ));
+        assert_eq!(
+            log.batches.lock().unwrap().len(),
+            1,
+            "nothing committed while recovering"
+        );
+        // The service re-read the log: writes go on.
+        writer.resume();
+        assert!(writer.append(records(1)).await.is_ok());
+        assert_eq!(log.batches.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_writer_answers_fenced_for_ever_and_commits_nothing_more() {
+        let log = ScriptedLog::default();
+        log.answers
+            .lock()
+            .unwrap()
+            .push_back(Some(AppendError::Fenced));
+        let writer = writer(&log);
+        assert!(matches!(
+            writer.append(records(1)).await,
+            Err(AppendError::Fenced)
+        ));
+        for _ in 0..3 {
+            assert!(matches!(
+                writer.append(records(1)).await,
+                Err(AppendError::Fenced)
+            ));
+        }
+        assert!(matches!(writer.status(), Err(AppendError::Fenced)));
+        assert_eq!(log.batches.lock().unwrap().len(), 1);
+        assert_eq!(
+            *log.reinitialised.lock().unwrap(),
+            0,
+            "never re-initialises"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_fenced_while_recovering_stops() {
+        let log = ScriptedLog {
+            fenced_on_reinit: true,
+            ..ScriptedLog::default()
+        };
+        log.answers
+            .lock()
+            .unwrap()
+            .push_back(Some(AppendError::OutcomeUnknown("broker gone".into())));
+        let writer = writer(&log);
+        assert!(writer.append(records(1)).await.is_err());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(writer.status(), Err(AppendError::Fenced)) {
+            assert!(std::time::Instant::now() < deadline, "not fenced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(matches!(
+            writer.append(records(1)).await,
+            Err(AppendError::Fenced)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_aborted_transaction_answers_unavailable_and_writes_go_on() {
+        let log = ScriptedLog::default();
+        log.answers
+            .lock()
+            .unwrap()
+            .push_back(Some(AppendError::Unavailable("broker down".into())));
+        let writer = writer(&log);
+        assert!(matches!(
+            writer.append(records(1)).await,
+            Err(AppendError::Unavailable(_))
+        ));
+        assert!(writer.append(records(2)).await.is_ok());
+        assert_eq!(*log.reinitialised.lock().unwrap(), 0);
+    }
 
     #[test]
     fn a_delivery_without_an_offset_is_not_an_answer() {

@@ -175,7 +175,7 @@ async fn an_unreadable_snapshot_or_an_unreachable_s3_means_reading_the_whole_log
     // S3 unreachable at start-up: the producer still starts, from the log alone.
     producer.service.terminate();
     let port = foldline_testkit::process::free_port();
-    let without_s3 = foldline_testkit::process::Service::start(
+    let without_s3 = foldline_testkit::process::Spawned::start(
         "foldline-producer",
         "FOLDLINE_PRODUCER_LISTEN",
         &[

@@ -81,11 +81,13 @@ pub enum CallError {
     Refused(String),
 }
 
-impl CallError {
-    pub fn is_transient(&self) -> bool {
+impl crate::retry::Transient for CallError {
+    fn is_transient(&self) -> bool {
         matches!(self, CallError::Unavailable(_))
     }
+}
 
+impl CallError {
     /// No answer at all (connection refused, timeout), 5xx, 429 and the throttling codes are
     /// transient; any other answer is a refusal.
     pub fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> CallError

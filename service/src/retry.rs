@@ -7,6 +7,12 @@ use std::time::Duration;
 
 pub use backon::{BackoffBuilder, BlockingRetryable, ExponentialBuilder, Retryable};
 
+/// An error that knows whether trying again can help: the one place each error type decides
+/// (as vector's `RetryLogic` does); retry loops and the consumer runtime ask it.
+pub trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
 /// Delays from `first`, doubling up to `max`, each with random jitter (so instances that lost
 /// a dependency together do not all come back at the same instant), for ever.
 pub fn forever(first: Duration, max: Duration) -> ExponentialBuilder {

@@ -34,17 +34,18 @@ pub fn binary(name: &str) -> String {
     })
 }
 
-pub struct Service {
+/// A binary of this workspace started by a test, stopped (and its port freed) on drop.
+pub struct Spawned {
     pub name: String,
     /// `http://127.0.0.1:<port>` of the port given in `listen_var`.
     pub url: String,
     child: Option<Child>,
 }
 
-impl Service {
+impl Spawned {
     /// Starts `bin` with `env`, listening where `listen_var` says (a free port), and waits
     /// until `GET /ready` answers 200.
-    pub async fn start(bin: &str, listen_var: &str, env: &[(&str, String)]) -> Service {
+    pub async fn start(bin: &str, listen_var: &str, env: &[(&str, String)]) -> Spawned {
         Self::start_args(bin, &[], listen_var, env).await
     }
 
@@ -53,17 +54,17 @@ impl Service {
         args: &[&str],
         listen_var: &str,
         env: &[(&str, String)],
-    ) -> Service {
+    ) -> Spawned {
         let port = free_port();
         let mut env = env.to_vec();
         env.push((listen_var, format!("127.0.0.1:{port}")));
-        let service = Service::spawn(bin, args, &env, port);
+        let service = Spawned::spawn(bin, args, &env, port);
         service.wait_ready(Duration::from_secs(60)).await;
         service
     }
 
     /// Starts `bin` whose ops port is `port` (set in `env`) without waiting for readiness.
-    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, String)], port: u16) -> Service {
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, String)], port: u16) -> Spawned {
         let mut command = Command::new(binary(bin));
         command
             .args(args)
@@ -80,7 +81,7 @@ impl Service {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        Service {
+        Spawned {
             name: bin.to_owned(),
             url: format!("http://127.0.0.1:{port}"),
             child: Some(child),
@@ -153,7 +154,7 @@ impl Service {
     }
 }
 
-impl Drop for Service {
+impl Drop for Spawned {
     fn drop(&mut self) {
         self.kill();
     }
@@ -165,7 +166,7 @@ pub struct Restartable {
     bin: &'static str,
     env: Vec<(&'static str, String)>,
     port: u16,
-    pub service: Service,
+    pub service: Spawned,
 }
 
 impl Restartable {
@@ -177,7 +178,7 @@ impl Restartable {
     ) -> Restartable {
         let port = free_port();
         env.push((listen_var, format!("127.0.0.1:{port}")));
-        let service = Service::spawn(bin, &[], &env, port);
+        let service = Spawned::spawn(bin, &[], &env, port);
         service.wait_ready(Duration::from_secs(60)).await;
         Restartable {
             bin,
@@ -206,7 +207,7 @@ impl Restartable {
     pub async fn kill_and_restart(&mut self) -> f64 {
         self.service.kill();
         let killed = std::time::Instant::now();
-        self.service = Service::spawn(self.bin, &[], &self.env, self.port);
+        self.service = Spawned::spawn(self.bin, &[], &self.env, self.port);
         self.service.wait_ready(Duration::from_secs(120)).await;
         killed.elapsed().as_secs_f64()
     }

@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 
 use foldline_consumer_runtime::Record;
 use foldline_service::position::Offsets;
-use foldline_service::retry::{self, Retryable};
+use foldline_service::retry::{self, Retryable, Transient};
 use tokio::sync::mpsc;
 
+use crate::bucket::ArchiveBucket;
 use crate::file::read_file;
 use crate::layout::{check_continuity, Continuity, FileRange};
-use crate::store::ArchiveStore;
 
 /// The archive as listed when opened.
 pub struct ArchiveReader {
-    store: ArchiveStore,
+    bucket: ArchiveBucket,
     pub files: BTreeMap<i32, Vec<FileRange>>,
 }
 
@@ -27,8 +27,8 @@ pub struct FileRecords {
 impl ArchiveReader {
     /// Lists the archive. Gaps between a partition's files are reported (they mean history
     /// that is not in the archive) but do not stop the read.
-    pub async fn open(store: ArchiveStore) -> anyhow::Result<ArchiveReader> {
-        let files = store.list().await?;
+    pub async fn open(bucket: ArchiveBucket) -> anyhow::Result<ArchiveReader> {
+        let files = bucket.list().await?;
         for (partition, ranges) in &files {
             match check_continuity(ranges) {
                 Ok(()) => {}
@@ -44,7 +44,7 @@ impl ArchiveReader {
                 }
             }
         }
-        Ok(ArchiveReader { store, files })
+        Ok(ArchiveReader { bucket, files })
     }
 
     /// The offset after the archive's last file, per partition.
@@ -72,7 +72,7 @@ impl ArchiveReader {
     /// partition by partition in offset order, a few files ahead.
     pub fn stream(&self, from: &Offsets) -> mpsc::Receiver<anyhow::Result<FileRecords>> {
         let (tx, rx) = mpsc::channel(2);
-        let store = self.store.clone();
+        let bucket = self.bucket.clone();
         let wanted: Vec<(FileRange, i64)> = self
             .files
             .iter()
@@ -87,7 +87,7 @@ impl ArchiveReader {
         tokio::spawn(async move {
             let mut next = Offsets::new();
             for (range, start) in wanted {
-                let read = fetch(&store, range).await;
+                let read = fetch(&bucket, range).await;
                 let sent = match read {
                     Ok(mut records) => {
                         let floor = next.get(range.partition).unwrap_or(start).max(start);
@@ -106,9 +106,9 @@ impl ArchiveReader {
     }
 }
 
-async fn fetch(store: &ArchiveStore, range: FileRange) -> anyhow::Result<Vec<Record>> {
-    let key = range.key(&store.prefix);
-    let bytes = (|| store.get(&key))
+async fn fetch(bucket: &ArchiveBucket, range: FileRange) -> anyhow::Result<Vec<Record>> {
+    let key = range.key(&bucket.prefix);
+    let bytes = (|| bucket.get(&key))
         .retry(retry::forever(
             std::time::Duration::from_millis(200),
             std::time::Duration::from_secs(5),

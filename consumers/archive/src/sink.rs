@@ -15,9 +15,9 @@ use foldline_consumer_runtime::{Batch, Flush, Record, Sink, SinkError, Written};
 use foldline_service::position::Offsets;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
+use crate::bucket::{Bucket, BucketError};
 use crate::file::{Compression, FileWriter};
 use crate::layout::FileRange;
-use crate::store::{ArchiveStore, StoreError};
 
 /// When a file is closed and uploaded.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,8 +36,8 @@ pub struct Rotation {
     pub compression: Compression,
 }
 
-pub struct ArchiveSink {
-    store: ArchiveStore,
+pub struct ArchiveSink<B> {
+    bucket: B,
     rotation: Rotation,
     /// Per partition, valid for one rebalance generation.
     partitions: BTreeMap<i32, PartitionFiles>,
@@ -76,10 +76,10 @@ struct ClosedFile {
     records: usize,
 }
 
-impl ArchiveSink {
-    pub fn new(store: ArchiveStore, rotation: Rotation) -> ArchiveSink {
+impl<B: Bucket> ArchiveSink<B> {
+    pub fn new(bucket: B, rotation: Rotation) -> ArchiveSink<B> {
         ArchiveSink {
-            store,
+            bucket,
             rotation,
             partitions: BTreeMap::new(),
             generation: None,
@@ -89,9 +89,9 @@ impl ArchiveSink {
     }
 
     /// The archive's end per partition (listed at most once per generation).
-    async fn archived_end(&mut self, partition: i32) -> Result<Option<i64>, StoreError> {
+    async fn archived_end(&mut self, partition: i32) -> Result<Option<i64>, BucketError> {
         if self.listed.is_none() {
-            let listing = self.store.list().await?;
+            let listing = self.bucket.list().await?;
             self.listed = Some(
                 listing
                     .into_iter()
@@ -104,7 +104,7 @@ impl ArchiveSink {
 
     /// Where each of the batch's partitions stands; the partitions the consumer must re-read
     /// from the archive's end, if any.
-    async fn positions(&mut self, batch: &Batch) -> Result<Offsets, StoreError> {
+    async fn positions(&mut self, batch: &Batch) -> Result<Offsets, BucketError> {
         if self.generation != Some(batch.generation) {
             // After a rebalance every partition is read again from the group's offsets, which
             // never pass what was uploaded: what was held back is read again.
@@ -179,8 +179,8 @@ impl ArchiveSink {
     }
 
     /// Uploads closed files, partitions side by side, each in offset order.
-    async fn upload(&mut self) -> Result<(), StoreError> {
-        let store = &self.store;
+    async fn upload(&mut self) -> Result<(), BucketError> {
+        let bucket = &self.bucket;
         let metrics = &self.metrics;
         let uploads = self
             .partitions
@@ -189,8 +189,8 @@ impl ArchiveSink {
             .map(|files| async move {
                 while let Some(file) = files.closed.front() {
                     let started = Instant::now();
-                    store
-                        .put(&file.range.key(&store.prefix), file.bytes.clone())
+                    bucket
+                        .put(&file.range.key(bucket.prefix()), file.bytes.clone())
                         .await?;
                     metrics
                         .upload_seconds
@@ -201,7 +201,7 @@ impl ArchiveSink {
                     files.durable = file.range.next();
                     files.closed.pop_front();
                 }
-                Ok::<_, StoreError>(())
+                Ok::<_, BucketError>(())
             });
         let results = futures::future::join_all(uploads).await;
         self.metrics.held_records.set(
@@ -280,23 +280,23 @@ impl OpenFile {
     }
 }
 
-impl Sink for ArchiveSink {
+impl<B: Bucket> Sink for ArchiveSink<B> {
     async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
-        let reseek = self.positions(batch).await.map_err(store_error)?;
+        let reseek = self.positions(batch).await.map_err(bucket_error)?;
         if !reseek.is_empty() {
             return Ok(Written::Reseek(reseek));
         }
         // Idempotent on a retry of the same batch: offsets already appended are skipped.
         self.append(batch).map_err(SinkError::Fatal)?;
         self.rotate(false).map_err(SinkError::Fatal)?;
-        self.upload().await.map_err(store_error)?;
+        self.upload().await.map_err(bucket_error)?;
         Ok(Written::Partly(self.durable()))
     }
 
     async fn flush(&mut self, why: Flush) -> Result<Offsets, SinkError> {
         self.rotate(why == Flush::Shutdown)
             .map_err(SinkError::Fatal)?;
-        self.upload().await.map_err(store_error)?;
+        self.upload().await.map_err(bucket_error)?;
         Ok(self.durable())
     }
 
@@ -305,12 +305,8 @@ impl Sink for ArchiveSink {
     }
 }
 
-fn store_error(error: StoreError) -> SinkError {
-    if error.is_transient() {
-        SinkError::Transient(error.into())
-    } else {
-        SinkError::Fatal(error.into())
-    }
+fn bucket_error(error: BucketError) -> SinkError {
+    SinkError::classify(error)
 }
 
 #[derive(Clone)]
@@ -354,3 +350,6 @@ impl ArchiveMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use foldline_archive::bucket::{ArchiveBucket, BucketConfig};
 use foldline_archive::layout::{check_continuity, FileRange};
 use foldline_archive::read::ArchiveReader;
-use foldline_archive::store::{ArchiveStore, StoreConfig};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::aws::AwsEndpoint;
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 use foldline_testkit::s3::OwnS3;
 use rdkafka::Message;
 use serde_json::json;
@@ -19,7 +19,7 @@ type Events = BTreeSet<(i32, i64, String)>;
 struct Setup {
     topic: String,
     bucket: String,
-    producer: Service,
+    producer: Spawned,
     s3: OwnS3,
     http: reqwest::Client,
 }
@@ -27,7 +27,7 @@ struct Setup {
 impl Setup {
     async fn start() -> Setup {
         let topic = foldline_testkit::unique("archive");
-        let producer = Service::start(
+        let producer = Spawned::start(
             "foldline-producer",
             "FOLDLINE_PRODUCER_LISTEN",
             &[
@@ -45,8 +45,8 @@ impl Setup {
         }
     }
 
-    fn store_config(&self) -> StoreConfig {
-        StoreConfig {
+    fn store_config(&self) -> BucketConfig {
+        BucketConfig {
             s3_endpoint: self.s3.url(),
             bucket: self.bucket.clone(),
             prefix: "products".into(),
@@ -63,9 +63,9 @@ impl Setup {
     /// Starts the archiver without waiting for readiness (it is not ready while S3 is down).
     /// Files close at 25 records or after 1 s and every file goes up as a multipart upload
     /// (create, part, complete), so a kill often lands in the middle of an upload.
-    fn archiver(&self) -> Service {
+    fn archiver(&self) -> Spawned {
         let port = foldline_testkit::process::free_port();
-        Service::spawn(
+        Spawned::spawn(
             "foldline-archiver",
             &[],
             &[
@@ -160,7 +160,7 @@ impl Setup {
 
     /// The archive's files per partition and every record in them (duplicates kept).
     async fn archived(&self) -> (BTreeMap<i32, Vec<FileRange>>, Vec<(i32, i64, String)>) {
-        let store = ArchiveStore::connect(&self.store_config()).await;
+        let store = ArchiveBucket::connect(&self.store_config()).await;
         let Ok(reader) = ArchiveReader::open(store.clone()).await else {
             return (BTreeMap::new(), Vec::new());
         };

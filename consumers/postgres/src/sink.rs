@@ -66,9 +66,5 @@ pub fn classify(error: sqlx::Error) -> SinkError {
         }),
         _ => false,
     };
-    if transient {
-        SinkError::Transient(error.into())
-    } else {
-        SinkError::Fatal(error.into())
-    }
+    SinkError::new(error, transient)
 }

@@ -2,12 +2,12 @@
 //! health, readiness and metrics stay open.
 
 use foldline_testkit::auth::{admin_token, token};
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 
 #[tokio::test]
 async fn queries_need_a_token_when_reads_are_gated() {
     let database_url = foldline_testkit::postgres::fresh_database().await;
-    let query = Service::start(
+    let query = Spawned::start(
         "foldline-query",
         "FOLDLINE_QUERY_LISTEN",
         &[

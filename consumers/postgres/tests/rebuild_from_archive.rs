@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Stack;
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 use foldline_testkit::s3::OwnS3;
 
 async fn replay(stack: &Stack, args: &[&str], env: &[(&str, String)]) -> String {
@@ -54,7 +54,7 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
         ("FOLDLINE_ARCHIVE_FILE_RECORDS", "20".into()),
         ("FOLDLINE_ARCHIVE_FILE_SECONDS", "1".into()),
     ]);
-    let mut archiver = Service::start(
+    let mut archiver = Spawned::start(
         "foldline-archiver",
         "FOLDLINE_ARCHIVER_LISTEN",
         &archiver_env,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use foldline_archive::bucket::{ArchiveBucket, BucketConfig};
 use foldline_archive::history::ArchiveThenTopic;
 use foldline_archive::read::ArchiveReader;
-use foldline_archive::store::{ArchiveStore, StoreConfig};
 use foldline_consumer_runtime::history::TopicSource;
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_postgres::model::ReadModel;
@@ -66,7 +66,7 @@ enum Command {
         from_archive: bool,
         /// The archive (with --from-archive).
         #[command(flatten)]
-        archive: StoreConfig,
+        archive: BucketConfig,
     },
 }
 
@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
                 undecodable: 0,
             };
             let report = if from_archive {
-                let archive = ArchiveReader::open(ArchiveStore::connect(&archive).await).await?;
+                let archive = ArchiveReader::open(ArchiveBucket::connect(&archive).await).await?;
                 tracing::info!(ends = %archive.ends(), "rebuild: reading the archive, then the topic");
                 rebuild(
                     &model,

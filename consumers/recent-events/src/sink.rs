@@ -63,13 +63,7 @@ impl Sink for RecentEventsSink {
             .buffer_unordered(self.concurrency)
             .try_collect::<()>()
             .await
-            .map_err(|error| {
-                if error.is_transient() {
-                    SinkError::Transient(error.into())
-                } else {
-                    SinkError::Fatal(error.into())
-                }
-            })?;
+            .map_err(SinkError::classify)?;
         Ok(Written::Done)
     }
 

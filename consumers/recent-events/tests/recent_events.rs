@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use foldline_service::aws::AwsEndpoint;
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
@@ -83,7 +83,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     let topic = foldline_testkit::unique("recent");
     let table = foldline_testkit::unique("RecentEvents");
     let group = format!("{topic}-recent");
-    let producer = Service::start(
+    let producer = Spawned::start(
         "foldline-producer",
         "FOLDLINE_PRODUCER_LISTEN",
         &[
@@ -127,7 +127,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
         // Small batches: several BatchWriteItem rounds per batch and several batches.
         ("FOLDLINE_BATCH_RECORDS", "30".into()),
     ];
-    let mut consumer = Service::start(
+    let mut consumer = Spawned::start(
         "foldline-recent-events",
         "FOLDLINE_RECENT_EVENTS_LISTEN",
         &env,
@@ -172,7 +172,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     }
 
     // The query API serves them back, newest first (the live page's product panel).
-    let query = Service::start(
+    let query = Spawned::start(
         "foldline-query",
         "FOLDLINE_QUERY_LISTEN",
         &[
@@ -225,7 +225,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
         .unwrap();
     assert_eq!(bad.status(), 400);
     // DynamoDB unreachable: a clear 503 problem, not a hang or an empty answer.
-    let unreachable = Service::start(
+    let unreachable = Spawned::start(
         "foldline-query",
         "FOLDLINE_QUERY_LISTEN",
         &[
@@ -253,7 +253,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     // Redelivery: stop, reset the group to offset 0, start again: everything is written again.
     assert!(consumer.terminate(), "graceful shutdown");
     reset_group(&group, &topic);
-    let consumer = Service::start(
+    let consumer = Spawned::start(
         "foldline-recent-events",
         "FOLDLINE_RECENT_EVENTS_LISTEN",
         &env,

@@ -1,6 +1,7 @@
 use std::future::Future;
 
 use foldline_service::position::Offsets;
+use foldline_service::retry::Transient;
 
 use crate::Batch;
 
@@ -50,6 +51,26 @@ pub enum Flush {
     Idle,
     /// The consumer is stopping: write out everything held.
     Shutdown,
+}
+
+impl SinkError {
+    /// The one place an error becomes a retry or a stop, for errors that know which they are.
+    pub fn classify<E>(error: E) -> SinkError
+    where
+        E: Transient + Into<anyhow::Error>,
+    {
+        let transient = error.is_transient();
+        SinkError::new(error, transient)
+    }
+
+    /// `transient`: whether trying the same batch again can succeed.
+    pub fn new(error: impl Into<anyhow::Error>, transient: bool) -> SinkError {
+        if transient {
+            SinkError::Transient(error.into())
+        } else {
+            SinkError::Fatal(error.into())
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::domain::Command;
-use crate::service::PlannedCommand;
+use crate::handler::PlannedCommand;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::problem::Problem;
 use crate::domain::Actor;
-use crate::service::RequestMeta;
+use crate::handler::RequestMeta;
 
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::domain::{Actor, Command};
 use crate::gate::Gate;
-use crate::service::{CommandService, PlannedCommand};
+use crate::handler::{CommandHandler, PlannedCommand};
 use crate::store::Answer;
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
 use openapi::{BatchAnswerDoc, ProblemDoc, WriteErrors};
@@ -29,7 +29,7 @@ pub const MAX_BATCH_COMMANDS: usize = 1000;
 
 /// The write routes; every one passes the [`Gate`] (rate limit, bearer token) before its body
 /// is read.
-pub fn routes(service: Arc<CommandService>, gate: Arc<Gate>) -> Router {
+pub fn routes(service: Arc<CommandHandler>, gate: Arc<Gate>) -> Router {
     Router::new()
         .route("/products", post(create))
         .route("/products/{id}", patch(update).delete(remove))
@@ -55,7 +55,7 @@ fn answer_response(status: StatusCode, answer: &Answer, location: bool) -> Respo
 }
 
 async fn run_single(
-    service: &Arc<CommandService>,
+    service: &Arc<CommandHandler>,
     (actor, headers): (Actor, &HeaderMap),
     product_id: Option<String>,
     command: Command,
@@ -87,7 +87,7 @@ async fn run_single(
         WriteErrors
     ))]
 async fn create(
-    State(service): State<Arc<CommandService>>,
+    State(service): State<Arc<CommandHandler>>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Result<Json<CreateBody>, JsonRejection>,
@@ -116,7 +116,7 @@ async fn create(
         WriteErrors
     ))]
 async fn update(
-    State(service): State<Arc<CommandService>>,
+    State(service): State<Arc<CommandHandler>>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -145,7 +145,7 @@ async fn update(
         WriteErrors
     ))]
 async fn adjust_stock(
-    State(service): State<Arc<CommandService>>,
+    State(service): State<Arc<CommandHandler>>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -180,7 +180,7 @@ async fn adjust_stock(
         WriteErrors
     ))]
 async fn remove(
-    State(service): State<Arc<CommandService>>,
+    State(service): State<Arc<CommandHandler>>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -208,7 +208,7 @@ async fn remove(
         WriteErrors
     ))]
 async fn batch(
-    State(service): State<Arc<CommandService>>,
+    State(service): State<Arc<CommandHandler>>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Result<Json<BatchBody>, JsonRejection>,

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 pub use foldline_service::problem::Problem;
 
 use crate::domain::DomainError;
-use crate::service::WriteError;
+use crate::handler::WriteError;
 use crate::writer::AppendError;
 
 impl From<DomainError> for Problem {

@@ -4,11 +4,11 @@
 use foldline_service::position::Offsets;
 
 use clap::{Parser, Subcommand};
+use foldline_archive::bucket::{ArchiveBucket, BucketConfig};
 use foldline_archive::layout::check_continuity;
 use foldline_archive::read::ArchiveReader;
 use foldline_archive::restore::restore;
 use foldline_archive::sink::{ArchiveSink, Rotation};
-use foldline_archive::store::{ArchiveStore, StoreConfig};
 use foldline_archive::DEFAULT_GROUP;
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 
@@ -22,7 +22,7 @@ struct Cli {
     #[command(flatten)]
     runtime: RuntimeConfig,
     #[command(flatten)]
-    store: StoreConfig,
+    bucket: BucketConfig,
     #[command(flatten)]
     rotation: Rotation,
     /// Consumer group; instances in one group split the partitions.
@@ -60,14 +60,14 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     foldline_service::telemetry::init("info");
     let cli = Cli::parse();
-    let store = ArchiveStore::connect(&cli.store).await;
+    let bucket = ArchiveBucket::connect(&cli.bucket).await;
     match cli.command {
         Some(Command::List) => {
-            let reader = ArchiveReader::open(store).await?;
+            let reader = ArchiveReader::open(bucket).await?;
             let mut broken = false;
             for (partition, files) in &reader.files {
                 for file in files {
-                    println!("{}", file.key(&cli.store.prefix));
+                    println!("{}", file.key(&cli.bucket.prefix));
                 }
                 if let Err(problem) = check_continuity(files) {
                     eprintln!("partition {partition}: {problem:?}");
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Restore { to_topic, from }) => {
-            let reader = ArchiveReader::open(store).await?;
+            let reader = ArchiveReader::open(bucket).await?;
             let mut log = cli.runtime.log.clone();
             log.topic = to_topic;
             let report = restore(&reader, &log, &from, true).await?;
@@ -97,13 +97,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            store.ensure_bucket().await?;
+            bucket.ensure_bucket().await?;
             let consumer = Consumer {
                 name: "archiver",
                 version: env!("CARGO_PKG_VERSION"),
                 group_id: cli.group,
                 config: cli.runtime,
-                sink: ArchiveSink::new(store, cli.rotation),
+                sink: ArchiveSink::new(bucket, cli.rotation),
             };
             foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use foldline_producer::domain::{evolve, Product};
 use foldline_schemas::wire::EventCodec;
 use foldline_schemas::Envelope;
-use foldline_testkit::process::Service;
+use foldline_testkit::process::Spawned;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::Message;
@@ -25,8 +25,8 @@ pub struct Stack {
     pub database_url: String,
     pub topic: String,
     pub dlq: String,
-    pub producer: Service,
-    pub query: Service,
+    pub producer: Spawned,
+    pub query: Spawned,
     pub http: reqwest::Client,
 }
 
@@ -38,7 +38,7 @@ impl Stack {
         foldline_service::kafka::ensure_topic(&foldline_testkit::brokers(), &dlq, 1, &[])
             .await
             .unwrap();
-        let producer = Service::start(
+        let producer = Spawned::start(
             "foldline-producer",
             "FOLDLINE_PRODUCER_LISTEN",
             &[
@@ -50,7 +50,7 @@ impl Stack {
             ],
         )
         .await;
-        let query = Service::start(
+        let query = Spawned::start(
             "foldline-query",
             "FOLDLINE_QUERY_LISTEN",
             &[
@@ -79,8 +79,8 @@ impl Stack {
         ]
     }
 
-    pub async fn projector(&self, group: &str) -> Service {
-        Service::start(
+    pub async fn projector(&self, group: &str) -> Spawned {
+        Spawned::start(
             "foldline-projector",
             "FOLDLINE_PROJECTOR_LISTEN",
             &self.projector_env(group),

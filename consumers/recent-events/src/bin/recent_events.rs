@@ -6,7 +6,7 @@ use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_recent_events::sink::RecentEventsSink;
 use foldline_recent_events::table::ensure_table;
 use foldline_recent_events::{DynamoDb, DEFAULT_GROUP};
-use foldline_service::retry::{self, Retryable};
+use foldline_service::retry::{self, Retryable, Transient};
 
 #[derive(Parser)]
 #[command(

@@ -27,7 +27,7 @@ const DECISION_LIMIT: Duration = Duration::from_secs(60);
 /// commit marker landed after it, and a retried command was decided again on a state without
 /// its first copy). So the ends of the log *including* undecided records are taken first, and
 /// committed records are read until every one of those has been decided.
-pub async fn replay(
+pub async fn catch_up(
     brokers: &str,
     topic: &str,
     store: &Store,

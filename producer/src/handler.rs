@@ -45,7 +45,7 @@ pub enum WriteError {
     Codec(#[from] CodecError),
 }
 
-pub struct CommandService {
+pub struct CommandHandler {
     pub store: Arc<Store>,
     pub writer: Writer,
     pub codec: Arc<EventCodec>,
@@ -55,7 +55,7 @@ pub struct CommandService {
     pub topic: String,
 }
 
-impl CommandService {
+impl CommandHandler {
     pub fn new(
         store: Arc<Store>,
         writer: Writer,
@@ -65,7 +65,7 @@ impl CommandService {
         brokers: String,
         topic: String,
     ) -> Self {
-        CommandService {
+        CommandHandler {
             store,
             writer,
             codec,
@@ -229,7 +229,7 @@ impl CommandService {
                 service.writer.resync_requested().await;
                 tracing::info!(from = ?service.store.next_offsets(), "re-reading the log after a failed commit");
                 loop {
-                    match crate::log::replay(
+                    match crate::catch_up::catch_up(
                         &service.brokers,
                         &service.topic,
                         &service.store,

@@ -2,6 +2,7 @@
 //! files of each partition, reading a file back.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -18,7 +19,7 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// Where the archive is, and how files are uploaded.
 #[derive(clap::Args, Debug, Clone)]
-pub struct StoreConfig {
+pub struct BucketConfig {
     /// S3 API endpoint (empty: AWS itself).
     #[arg(
         long,
@@ -42,18 +43,53 @@ pub struct StoreConfig {
     pub aws: AwsEndpoint,
 }
 
-pub type StoreError = CallError;
+pub type BucketError = CallError;
 
-fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> StoreError
+fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> BucketError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     CallError::classify(what, error)
 }
 
+/// What the archiver's sink needs of a bucket, so its rotation, offsets and reseeks are
+/// unit-tested over an in-memory bucket (`sink/tests.rs`); [`ArchiveBucket`] is the S3 one.
+pub trait Bucket: Send + Sync + 'static {
+    /// The key prefix of the archive's files.
+    fn prefix(&self) -> &str;
+    /// Every archive file, per partition, in offset order.
+    fn list(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<i32, Vec<FileRange>>, BucketError>> + Send;
+    /// Stores one file under `key`, replacing what is there.
+    fn put(&self, key: &str, bytes: Bytes) -> impl Future<Output = Result<(), BucketError>> + Send;
+}
+
+impl Bucket for ArchiveBucket {
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    async fn list(&self) -> Result<BTreeMap<i32, Vec<FileRange>>, BucketError> {
+        ArchiveBucket::list(self).await
+    }
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BucketError> {
+        ArchiveBucket::put(self, key, bytes).await
+    }
+}
+
+/// How a file of `len` bytes is cut into multipart parts of `part_size` (the last one
+/// shorter): consecutive, covering every byte once.
+pub fn part_ranges(len: usize, part_size: usize) -> Vec<std::ops::Range<usize>> {
+    let part_size = part_size.max(1);
+    (0..len)
+        .step_by(part_size)
+        .map(|start| start..(start + part_size).min(len))
+        .collect()
+}
+
 /// The archive bucket.
 #[derive(Clone)]
-pub struct ArchiveStore {
+pub struct ArchiveBucket {
     client: Client,
     pub bucket: String,
     pub prefix: String,
@@ -61,9 +97,9 @@ pub struct ArchiveStore {
     part_size: usize,
 }
 
-impl ArchiveStore {
-    pub async fn connect(config: &StoreConfig) -> ArchiveStore {
-        ArchiveStore {
+impl ArchiveBucket {
+    pub async fn connect(config: &BucketConfig) -> ArchiveBucket {
+        ArchiveBucket {
             client: foldline_service::aws::s3_client(&config.aws, &config.s3_endpoint).await,
             bucket: config.bucket.clone(),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
@@ -73,7 +109,7 @@ impl ArchiveStore {
     }
 
     /// Creates the bucket unless it exists.
-    pub async fn ensure_bucket(&self) -> Result<(), StoreError> {
+    pub async fn ensure_bucket(&self) -> Result<(), BucketError> {
         if self
             .client
             .head_bucket()
@@ -101,7 +137,7 @@ impl ArchiveStore {
     }
 
     /// Whether the server answers (for `/ready`).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn ping(&self) -> Result<(), BucketError> {
         self.client
             .head_bucket()
             .bucket(&self.bucket)
@@ -113,7 +149,7 @@ impl ArchiveStore {
 
     /// Uploads one file; big files go up in parts. Writing the same key again replaces it
     /// with the same bytes (keys are derived from offsets), so a retry is harmless.
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BucketError> {
         if bytes.len() < self.multipart_threshold {
             return self
                 .client
@@ -130,7 +166,7 @@ impl ArchiveStore {
         self.put_multipart(key, bytes).await
     }
 
-    async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+    async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), BucketError> {
         let upload = self
             .client
             .create_multipart_upload()
@@ -165,12 +201,15 @@ impl ArchiveStore {
         key: &str,
         upload_id: &str,
         bytes: &Bytes,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), BucketError> {
         let mut parts = Vec::new();
-        for (index, start) in (0..bytes.len()).step_by(self.part_size).enumerate() {
+        for (index, range) in part_ranges(bytes.len(), self.part_size)
+            .into_iter()
+            .enumerate()
+        {
             let number = index as i32 + 1;
             // A view into the file, not a copy.
-            let chunk = bytes.slice(start..(start + self.part_size).min(bytes.len()));
+            let chunk = bytes.slice(range);
             let part = self
                 .client
                 .upload_part()
@@ -206,7 +245,7 @@ impl ArchiveStore {
     }
 
     /// Every archive file, per partition, in offset order.
-    pub async fn list(&self) -> Result<BTreeMap<i32, Vec<FileRange>>, StoreError> {
+    pub async fn list(&self) -> Result<BTreeMap<i32, Vec<FileRange>>, BucketError> {
         let mut files: BTreeMap<i32, Vec<FileRange>> = BTreeMap::new();
         let mut pages = self
             .client
@@ -231,7 +270,7 @@ impl ArchiveStore {
         Ok(files)
     }
 
-    pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, BucketError> {
         let object = self
             .client
             .get_object()
@@ -246,5 +285,25 @@ impl ArchiveStore {
             .await
             .map_err(|e| CallError::Unavailable(format!("get {key}: {e}")))?;
         Ok(body.into_bytes().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_ranges;
+
+    #[test]
+    fn multipart_parts_are_consecutive_cover_every_byte_and_only_the_last_is_short() {
+        assert_eq!(part_ranges(10, 4), [0..4, 4..8, 8..10]);
+        assert_eq!(
+            part_ranges(8, 4),
+            [0..4, 4..8],
+            "an exact multiple has no empty part"
+        );
+        assert_eq!(part_ranges(3, 4), vec![(0..3)]);
+        assert!(part_ranges(0, 4).is_empty());
+        let big = part_ranges(17 * 1024 * 1024, 8 * 1024 * 1024);
+        assert_eq!(big.len(), 3);
+        assert_eq!(big[2].len(), 1024 * 1024);
     }
 }
