@@ -33,15 +33,7 @@ fn lines(output: &Output) -> Vec<Value> {
 #[tokio::test]
 async fn consume_prints_what_the_producer_wrote_decoded_in_rpk_shape() {
     let topic = foldline_testkit::unique("products");
-    let producer = Spawned::start(
-        "foldline-producer",
-        "FOLDLINE_PRODUCER_LISTEN",
-        &[
-            ("FOLDLINE_TOPIC", topic.clone()),
-            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("cli")),
-        ],
-    )
-    .await;
+    let producer = Spawned::producer(&topic).await;
     let answer: Value = foldline_testkit::auth::client()
         .post(format!("{}/products", producer.url))
         .json(

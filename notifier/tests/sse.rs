@@ -17,15 +17,7 @@ struct Stack {
 
 async fn stack(buffer: usize) -> Stack {
     let topic = foldline_testkit::unique("products");
-    let producer = Spawned::start(
-        "foldline-producer",
-        "FOLDLINE_PRODUCER_LISTEN",
-        &[
-            ("FOLDLINE_TOPIC", topic.clone()),
-            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("sse")),
-        ],
-    )
-    .await;
+    let producer = Spawned::producer(&topic).await;
     let notifier = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",
@@ -445,14 +437,8 @@ async fn recent_events_on_a_grown_log_then_the_stream_from_their_cursor_has_no_g
         ],
     )
     .await;
-    let recent: Value = http()
-        .get(format!("{}/events/recent?limit=40", other.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let recent: Value =
+        foldline_testkit::get_json(&http(), &format!("{}/events/recent?limit=40", other.url)).await;
     let events = recent["events"].as_array().unwrap();
     assert_eq!(events.len(), 40, "the last 40 of 500");
     let history: Vec<&str> = events
@@ -484,17 +470,14 @@ async fn recent_events_on_a_grown_log_then_the_stream_from_their_cursor_has_no_g
     );
 
     // The history now ends with the new events, and filters by product.
-    let after: Value = http()
-        .get(format!(
+    let after: Value = foldline_testkit::get_json(
+        &http(),
+        &format!(
             "{}/events/recent?limit=5&product_id={}",
             other.url, newer[0]
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let only: Vec<&str> = after["events"]
         .as_array()
         .unwrap()

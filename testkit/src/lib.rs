@@ -26,6 +26,16 @@ pub fn registry_url() -> String {
 }
 
 /// A name no other test run uses: `prefix-<random>`.
+/// GETs `url` with `client` and parses the answer as JSON; panics (the test fails) with the
+/// status and body when the answer is not a 2xx.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    let answer = client.get(url).send().await.unwrap();
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert!(status.is_success(), "GET {url}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",

@@ -43,6 +43,20 @@ pub struct Spawned {
 }
 
 impl Spawned {
+    /// Starts a producer writing to `topic` under a transactional id of its own, so tests
+    /// running side by side never fence each other.
+    pub async fn producer(topic: &str) -> Spawned {
+        Spawned::start(
+            "foldline-producer",
+            "FOLDLINE_PRODUCER_LISTEN",
+            &[
+                ("FOLDLINE_TOPIC", topic.to_owned()),
+                ("FOLDLINE_TRANSACTIONAL_ID", crate::unique("producer")),
+            ],
+        )
+        .await
+    }
+
     /// Starts `bin` with `env`, listening where `listen_var` says (a free port), and waits
     /// until `GET /ready` answers 200.
     pub async fn start(bin: &str, listen_var: &str, env: &[(&str, String)]) -> Spawned {

@@ -27,15 +27,7 @@ struct Setup {
 impl Setup {
     async fn start() -> Setup {
         let topic = foldline_testkit::unique("archive");
-        let producer = Spawned::start(
-            "foldline-producer",
-            "FOLDLINE_PRODUCER_LISTEN",
-            &[
-                ("FOLDLINE_TOPIC", topic.clone()),
-                ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("tx")),
-            ],
-        )
-        .await;
+        let producer = Spawned::producer(&topic).await;
         Setup {
             topic,
             bucket: foldline_testkit::unique("bucket"),

@@ -83,15 +83,7 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     let topic = foldline_testkit::unique("recent");
     let table = foldline_testkit::unique("RecentEvents");
     let group = format!("{topic}-recent");
-    let producer = Spawned::start(
-        "foldline-producer",
-        "FOLDLINE_PRODUCER_LISTEN",
-        &[
-            ("FOLDLINE_TOPIC", topic.clone()),
-            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("tx")),
-        ],
-    )
-    .await;
+    let producer = Spawned::producer(&topic).await;
     let http = foldline_testkit::auth::client();
     let mut versions: BTreeMap<String, i64> = BTreeMap::new();
     for round in 0..6 {
@@ -183,14 +175,11 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
     )
     .await;
     let (id, version) = versions.iter().max_by_key(|(_, v)| **v).unwrap();
-    let answer: serde_json::Value = http
-        .get(format!("{}/products/{id}/events?limit=2", query.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: serde_json::Value = foldline_testkit::get_json(
+        &http,
+        &format!("{}/products/{id}/events?limit=2", query.url),
+    )
+    .await;
     let items = answer["items"].as_array().unwrap();
     let got: Vec<i64> = items
         .iter()
@@ -209,14 +198,11 @@ async fn every_event_becomes_two_items_and_a_redelivery_adds_no_duplicate() {
         items[0]["occurred_at"].is_i64(),
         "epoch milliseconds, as on the SSE stream: {answer}"
     );
-    let none: serde_json::Value = http
-        .get(format!("{}/products/no-such-product/events", query.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: serde_json::Value = foldline_testkit::get_json(
+        &http,
+        &format!("{}/products/no-such-product/events", query.url),
+    )
+    .await;
     assert_eq!(none["items"], json!([]));
     let bad = http
         .get(format!("{}/products/{id}/events?limit=0", query.url))

@@ -38,18 +38,7 @@ impl Stack {
         foldline_service::kafka::ensure_topic(&foldline_testkit::brokers(), &dlq, 1, &[])
             .await
             .unwrap();
-        let producer = Spawned::start(
-            "foldline-producer",
-            "FOLDLINE_PRODUCER_LISTEN",
-            &[
-                ("FOLDLINE_TOPIC", topic.clone()),
-                (
-                    "FOLDLINE_TRANSACTIONAL_ID",
-                    foldline_testkit::unique("producer"),
-                ),
-            ],
-        )
-        .await;
+        let producer = Spawned::producer(&topic).await;
         let query = Spawned::start(
             "foldline-query",
             "FOLDLINE_QUERY_LISTEN",

@@ -191,6 +191,15 @@ struct Running {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// Runs a pipeline over `sink`, an empty source and a dead-letter queue that works.
+fn start_with(sink: &FakeSink) -> Running {
+    start(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+    )
+}
+
 fn start(sink: FakeSink, source: FakeSource, dead_letters: FakeDeadLetters) -> Running {
     let healthy = Arc::new(AtomicBool::new(true));
     let metrics = RuntimeMetrics::new(&prometheus::Registry::new());
@@ -246,11 +255,7 @@ fn products(batch: &Batch) -> Vec<(i32, i64, String)> {
 #[tokio::test]
 async fn a_durable_batch_is_committed_and_the_next_batch_reads_on_from_it() {
     let sink = FakeSink::default();
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(0, 10, Some("a"));
     run.source.push(1, 4, Some("b"));
     run.source.push(0, 11, Some("c"));
@@ -287,11 +292,7 @@ async fn a_durable_batch_is_committed_and_the_next_batch_reads_on_from_it() {
 #[tokio::test]
 async fn undecodable_records_and_tombstones_go_to_the_dead_letters_and_offsets_move_past_them() {
     let sink = FakeSink::default();
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(0, 0, Some("a"));
     run.source.push(0, 1, Some("bad bytes"));
     run.source.push(0, 2, None);
@@ -347,11 +348,7 @@ async fn the_batch_waits_for_the_dead_letter_topic_and_is_not_written_before() {
 #[tokio::test]
 async fn a_transient_sink_error_pauses_the_partitions_and_retries_the_same_batch() {
     let sink = FakeSink::answering([Answer::Transient, Answer::Transient, Answer::Done]);
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(0, 5, Some("a"));
     until(|| run.source.0.pauses.load(Ordering::SeqCst) == 1).await;
     assert!(
@@ -373,11 +370,7 @@ async fn a_transient_sink_error_pauses_the_partitions_and_retries_the_same_batch
 #[tokio::test]
 async fn a_fatal_sink_error_stops_the_consumer_without_committing() {
     let sink = FakeSink::answering([Answer::Fatal]);
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(0, 0, Some("a"));
     let error = run.task.await.unwrap().unwrap_err();
     assert!(error.to_string().contains("broken invariant"), "{error}");
@@ -387,11 +380,7 @@ async fn a_fatal_sink_error_stops_the_consumer_without_committing() {
 #[tokio::test]
 async fn a_stop_while_the_sink_is_down_ends_without_committing_the_batch() {
     let sink = FakeSink::answering((0..1000).map(|_| Answer::Transient));
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(0, 0, Some("a"));
     until(|| !sink.batches().is_empty()).await;
     let source = run.source.clone();
@@ -408,11 +397,7 @@ async fn a_stop_while_the_sink_is_down_ends_without_committing_the_batch() {
 #[tokio::test]
 async fn a_reseek_moves_each_partition_to_the_sinks_offset_or_back_to_where_the_batch_began() {
     let sink = FakeSink::answering([Answer::Done, Answer::Reseek(Offsets::from([(0, 7)]))]);
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(1, 2, Some("a"));
     until(|| sink.batches().len() == 1).await;
     // Partition 1 continues from 3; partition 0 is new, first read at 9.
@@ -443,11 +428,7 @@ async fn a_reseek_moves_each_partition_to_the_sinks_offset_or_back_to_where_the_
 async fn a_partly_written_batch_commits_only_what_is_durable_and_the_rest_at_idle_flush() {
     let sink = FakeSink::answering([Answer::Partly(Offsets::from([(0, 2)]))]);
     *sink.held_back.lock().unwrap() = Offsets::from([(0, 5)]);
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     for offset in 0..5 {
         run.source.push(0, offset, Some("a"));
     }
@@ -474,11 +455,7 @@ async fn a_partly_written_batch_commits_only_what_is_durable_and_the_rest_at_idl
 #[tokio::test]
 async fn shutdown_flushes_what_the_sink_holds_back_and_commits_it_synchronously() {
     let sink = FakeSink::answering([Answer::Partly(Offsets::new())]);
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(2, 40, Some("a"));
     until(|| sink.batches().len() == 1).await;
     *sink.held_back.lock().unwrap() = Offsets::from([(2, 41)]);
@@ -494,11 +471,7 @@ async fn shutdown_flushes_what_the_sink_holds_back_and_commits_it_synchronously(
 #[tokio::test]
 async fn after_a_rebalance_nothing_is_known_of_where_partitions_are_read_from() {
     let sink = FakeSink::default();
-    let run = start(
-        sink.clone(),
-        FakeSource::default(),
-        FakeDeadLetters::default(),
-    );
+    let run = start_with(&sink);
     run.source.push(0, 0, Some("a"));
     until(|| sink.batches().len() == 1).await;
     run.source.push(0, 1, Some("b"));
