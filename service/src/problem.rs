@@ -13,8 +13,9 @@ pub struct Problem {
     pub slug: &'static str,
     pub title: &'static str,
     pub detail: String,
-    /// For batch requests: the index of the command that was refused.
-    pub index: Option<usize>,
+    /// Extension members (RFC 9457 §3.2) a service adds, such as the producer's
+    /// `command_index` for the refused command of a batch.
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -29,8 +30,14 @@ impl Problem {
             slug,
             title,
             detail: detail.into(),
-            index: None,
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    /// Adds an extension member to the body.
+    pub fn with(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(name.to_owned(), value.into());
+        self
     }
 }
 
@@ -42,8 +49,8 @@ impl IntoResponse for Problem {
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
-        if let Some(index) = self.index {
-            body["command_index"] = json!(index);
+        for (name, value) in self.extensions {
+            body[name] = value;
         }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(

@@ -49,9 +49,7 @@ impl From<WriteError> for Problem {
     fn from(error: WriteError) -> Self {
         match error {
             WriteError::Rejected { index, error } => {
-                let mut problem = Problem::from(error);
-                problem.index = Some(index);
-                problem
+                Problem::from(error).with("command_index", index)
             }
             WriteError::Append(AppendError::OutcomeUnknown(cause)) => {
                 tracing::error!(%cause, "commit outcome unknown");
