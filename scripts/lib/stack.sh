@@ -87,6 +87,10 @@ install_browser_and_compose() {
   command -v docker-compose >/dev/null || apt_install docker-compose
   # Debian's Chromium and its driver for the live page's browser test.
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
+  # kubectl (kustomize built in) renders deploy/kubernetes for its offline validation. The
+  # machine image ships it as the Debian package `kubectl`; where apt knows no such package
+  # the install fails here, naming it.
+  command -v kubectl >/dev/null || apt_install kubectl
 }
 
 install_s3s() {
