@@ -1,10 +1,21 @@
 //! Kafka client settings shared by producers and consumers.
 //!
-//! The local broker (tansu) and Redpanda both speak the Kafka API, but tansu answers
-//! ListOffsets with wrong high watermarks. Code therefore decides "caught up" only from
-//! end-of-partition events (`enable.partition.eof`), which both brokers get right.
+//! The local broker (nisshi; tansu before it) and Redpanda both speak the Kafka API, but the
+//! local brokers have answered ListOffsets with wrong high watermarks. Code therefore decides
+//! "caught up" only from end-of-partition events (`enable.partition.eof`), which every broker
+//! gets right.
 
-use rdkafka::ClientConfig;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::position::Offsets;
 
 /// Settings common to every client: bootstrap servers and a client id.
 pub fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
@@ -38,17 +49,6 @@ pub fn assign_consumer_config(brokers: &str, client_id: &str) -> ClientConfig {
         .set("fetch.wait.max.ms", "50");
     config
 }
-
-use crate::position::Offsets;
-use std::future::Future;
-use std::time::{Duration, Instant};
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
