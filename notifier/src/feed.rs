@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use foldline_schemas::wire::EventCodec;
 use foldline_service::kafka::{self, SetupError, TopicReader};
+use foldline_service::position::Position;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::broadcast;
@@ -37,9 +38,19 @@ pub struct LiveEvent {
 /// skipping an event for that); `None` only for records that can never decode (the
 /// consumers dead-letter those; the feed skips them).
 pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEvent> {
-    let event = codec.decode_waiting(message.payload()?).await.ok()?;
+    let position = Position {
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let event = match codec.decode_waiting(message.payload()?).await {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%position, %error, "undecodable record left out of the live feed");
+            return None;
+        }
+    };
     let mut json = serde_json::to_value(&event).ok()?;
-    json["position"] = format!("{}:{}", message.partition(), message.offset()).into();
+    json["position"] = position.to_string().into();
     Some(LiveEvent {
         partition: message.partition(),
         offset: message.offset(),
