@@ -90,13 +90,6 @@ impl Offsets {
         first <= stored || self.get(partition) == Some(stored)
     }
 
-    /// Whether every partition of `other` is at least as far here.
-    pub fn covers(&self, other: &Offsets) -> bool {
-        other
-            .iter()
-            .all(|(partition, next)| self.get(partition).is_some_and(|here| here >= next))
-    }
-
     /// Partitions and their next offsets, by partition.
     pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.0.iter().map(|(p, o)| (*p, *o))
@@ -108,10 +101,6 @@ impl Offsets {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     /// Forgets every partition (after a rebalance nothing is known).
@@ -211,12 +200,6 @@ mod tests {
         offsets.advance_to(0, 2);
         offsets.advance_to(1, 4);
         assert_eq!(offsets, Offsets::from([(0, 5), (1, 4), (2, 7)]));
-        assert!(offsets.covers(&Offsets::from([(0, 5), (2, 1)])));
-        assert!(!offsets.covers(&Offsets::from([(0, 6)])));
-        assert!(
-            !offsets.covers(&Offsets::from([(3, 0)])),
-            "a partition it does not name"
-        );
         assert_eq!(
             serde_json::to_string(&offsets).unwrap(),
             r#"{"0":5,"1":4,"2":7}"#

@@ -29,9 +29,6 @@ mod sink;
 mod source;
 
 pub use batch::{Batch, Record};
-pub use dead_letter::DeadLetter;
 pub use metrics::RuntimeMetrics;
-pub use pipeline::{Limits, Pipeline};
 pub use runner::{run, run_until_signal, Consumer, RuntimeConfig};
 pub use sink::{Flush, Sink, SinkError, Written};
-pub use source::{DeadLetters, Decoder, KafkaSource, Source};

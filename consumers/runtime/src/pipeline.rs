@@ -134,21 +134,21 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
 
     /// What is known of where partitions are read from, forgotten at every rebalance.
     fn known_positions(&self) -> Offsets {
-        let mut known = self.read_from.lock().expect("not poisoned");
-        let generation = self.source.generation();
-        if known.0 != generation {
-            *known = (generation, Offsets::new());
-        }
-        known.1.clone()
+        self.with_known(|known| known.clone())
     }
 
     fn note_positions(&self, positions: &Offsets) {
+        self.with_known(|known| known.merge(positions));
+    }
+
+    /// Runs `f` on the known positions of the current rebalance generation.
+    fn with_known<T>(&self, f: impl FnOnce(&mut Offsets) -> T) -> T {
         let mut known = self.read_from.lock().expect("not poisoned");
         let generation = self.source.generation();
         if known.0 != generation {
             *known = (generation, Offsets::new());
         }
-        known.1.merge(positions);
+        f(&mut known.1)
     }
 
     /// Adds what arrives within the batch window, up to the count and byte limits.
