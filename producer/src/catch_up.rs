@@ -17,8 +17,8 @@ use foldline_service::position::Offsets;
 /// How long a transaction an earlier instance left behind may take to be decided.
 const DECISION_LIMIT: Duration = Duration::from_secs(60);
 
-/// Folds every committed event after the store's offsets into the store; returns how many
-/// events were read. Undecodable records are skipped (and counted); a registry outage is
+/// Folds every committed event of `partitions` after the store's offsets into the store;
+/// returns how many events were read. Undecodable records are skipped (and counted); a registry outage is
 /// waited out, never skipped, so the state cannot silently miss events.
 ///
 /// Reading to the end is not enough right after fencing: a commit the previous instance sent
@@ -30,13 +30,22 @@ const DECISION_LIMIT: Duration = Duration::from_secs(60);
 pub async fn catch_up(
     brokers: &str,
     topic: &str,
+    partitions: &[i32],
     store: &Store,
     codec: &EventCodec,
     metrics: &Metrics,
 ) -> Result<u64, SetupError> {
+    let start = store.next_offsets();
     let (mut events, mut positions) =
-        fold_committed(brokers, topic, store, codec, metrics, &store.next_offsets()).await?;
-    let ends = kafka::undecided_ends(brokers, "foldline-producer-ends", topic, &positions).await?;
+        fold_committed(brokers, topic, partitions, store, codec, metrics, &start).await?;
+    let ends = kafka::undecided_ends(
+        brokers,
+        "foldline-producer-ends",
+        topic,
+        &positions,
+        Some(partitions),
+    )
+    .await?;
     let started = Instant::now();
     loop {
         let undecided: BTreeMap<i32, (i64, i64)> = ends
@@ -55,17 +64,18 @@ pub async fn catch_up(
         tracing::info!(?undecided, "waiting for a transaction of an earlier instance to be decided (partition: (read up to, log end))");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (more, next) =
-            fold_committed(brokers, topic, store, codec, metrics, &positions).await?;
+            fold_committed(brokers, topic, partitions, store, codec, metrics, &positions).await?;
         events += more;
         positions = next;
     }
 }
 
-/// Folds committed records from `start` to the end of every partition; returns how many and
+/// Folds committed records of `partitions` from `start` to their ends; returns how many and
 /// the reader's positions there (past markers and aborted records).
 async fn fold_committed(
     brokers: &str,
     topic: &str,
+    partitions: &[i32],
     store: &Store,
     codec: &EventCodec,
     metrics: &Metrics,
@@ -76,7 +86,7 @@ async fn fold_committed(
         "foldline-producer-replay",
         topic,
         start,
-        None,
+        Some(partitions),
         false,
     )?;
     let mut events = 0_u64;

@@ -1,10 +1,17 @@
-//! Executes write requests: idempotency, per-product locking, decision, encoding, append,
-//! and only then the in-memory fold. A request is one or more commands (the batch endpoint);
-//! its events are appended atomically, so either all of its commands happen or none.
+//! Executes write requests: routing to the partition's lane, idempotency, per-product
+//! locking, decision, encoding, append, and only then the in-memory fold. A request is one or
+//! more commands (the batch endpoint); its events are appended atomically, so either all of
+//! its commands happen or none.
+//!
+//! Every request has a *home partition*: that of the products it names (a batch naming
+//! products of partitions written by different lanes is refused: no transaction spans them),
+//! or for a request that only creates, that of its Idempotency-Key (so a retry lands where
+//! the first try did), or else one this instance serves. New products get ids in the home
+//! partition. A request whose home is served by another instance is answered
+//! [`WriteError::Elsewhere`], which the HTTP layer forwards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use foldline_schemas::wire::{CodecError, EventCodec};
@@ -14,6 +21,8 @@ use uuid::Uuid;
 
 use crate::domain::{decide, evolve, Actor, Command, DomainError, Product};
 use crate::metrics::Metrics;
+use crate::ownership::{Lanes, Route};
+use crate::partitioning::{new_id_in, partition_of};
 use crate::store::{Answer, Store};
 use crate::writer::{AppendError, OutRecord, Writer};
 
@@ -43,47 +52,83 @@ pub enum WriteError {
     Append(#[from] AppendError),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// Another instance writes the request's partition (its URL when known).
+    #[error("partition {partition} is written by another producer instance")]
+    Elsewhere {
+        partition: i32,
+        owner: Option<String>,
+    },
+    /// The batch names products of partitions that no single transaction covers.
+    #[error("the commands touch products of partitions {0:?}, which are written separately")]
+    SpansPartitions(Vec<i32>),
 }
 
 pub struct CommandHandler {
     pub store: Arc<Store>,
-    pub writer: Writer,
+    pub lanes: Arc<Lanes>,
     pub codec: Arc<EventCodec>,
     pub metrics: Metrics,
     pub low_stock_threshold: i64,
-    pub brokers: String,
-    pub topic: String,
 }
 
 impl CommandHandler {
     pub fn new(
-        store: Arc<Store>,
-        writer: Writer,
+        lanes: Arc<Lanes>,
         codec: Arc<EventCodec>,
         metrics: Metrics,
         low_stock_threshold: i64,
-        brokers: String,
-        topic: String,
     ) -> Self {
         CommandHandler {
-            store,
-            writer,
+            store: lanes.store().clone(),
+            lanes,
             codec,
             metrics,
             low_stock_threshold,
-            brokers,
-            topic,
         }
+    }
+
+    /// The request's home partition (see the module's docs); assigns the new products' ids.
+    fn home_partition(
+        &self,
+        commands: &mut [PlannedCommand],
+        meta: &RequestMeta,
+    ) -> Result<i32, WriteError> {
+        let count = self.lanes.partition_count;
+        let named: BTreeSet<i32> = commands
+            .iter()
+            .filter_map(|c| c.product_id.as_deref())
+            .map(|id| partition_of(id, count))
+            .collect();
+        if !self.lanes.one_lane(&named) {
+            return Err(WriteError::SpansPartitions(named.into_iter().collect()));
+        }
+        let home = match (named.first(), &meta.idempotency_key) {
+            (Some(partition), _) => *partition,
+            (None, Some(key)) => partition_of(key, count),
+            (None, None) => self.lanes.partition_for_new(),
+        };
+        for planned in commands.iter_mut() {
+            if planned.product_id.is_none() {
+                planned.product_id = Some(new_id_in(home, count));
+            }
+        }
+        Ok(home)
     }
 
     /// Runs the request and answers one [`Answer`] per command, in order. With an
     /// idempotency key that already succeeded, answers the first answers and appends nothing.
     pub async fn execute(
         self: &Arc<Self>,
-        commands: Vec<PlannedCommand>,
+        mut commands: Vec<PlannedCommand>,
         meta: RequestMeta,
     ) -> Result<Vec<Answer>, WriteError> {
-        self.writer.status()?;
+        let partition = self.home_partition(&mut commands, &meta)?;
+        let lane = match self.lanes.route(partition).await {
+            Route::Here(lane) => lane,
+            Route::Elsewhere { owner } => return Err(WriteError::Elsewhere { partition, owner }),
+        };
+        let writer = &lane.lane.writer;
+        writer.status()?;
         let answer_guard = match &meta.idempotency_key {
             Some(key) => {
                 let guard = self.store.answer_slot(key).lock_owned().await;
@@ -94,7 +139,7 @@ impl CommandHandler {
             }
             None => None,
         };
-        let result = self.execute_locked(commands, &meta).await;
+        let result = self.execute_locked(writer, commands, &meta).await;
         if let (Ok(answers), Some(mut guard)) = (&result, answer_guard) {
             let by_index: BTreeMap<i64, Answer> = answers
                 .iter()
@@ -117,14 +162,10 @@ impl CommandHandler {
 
     async fn execute_locked(
         &self,
-        mut commands: Vec<PlannedCommand>,
+        writer: &Writer,
+        commands: Vec<PlannedCommand>,
         meta: &RequestMeta,
     ) -> Result<Vec<Answer>, WriteError> {
-        for planned in &mut commands {
-            if planned.product_id.is_none() {
-                planned.product_id = Some(Uuid::now_v7().to_string());
-            }
-        }
         // Lock every product the request touches, in sorted order so requests never deadlock.
         let ids: BTreeSet<String> = commands
             .iter()
@@ -183,6 +224,7 @@ impl CommandHandler {
         let mut records = Vec::with_capacity(envelopes.len());
         for (_, envelope) in &envelopes {
             records.push(OutRecord {
+                partition: partition_of(&envelope.product_id, self.lanes.partition_count),
                 key: envelope.product_id.clone(),
                 value: self.codec.encode(envelope).await?,
                 headers: vec![
@@ -192,7 +234,7 @@ impl CommandHandler {
                 ],
             });
         }
-        let positions = self.writer.append(records).await?;
+        let positions = writer.append(records).await?;
         self.store.note_events(
             positions
                 .iter()
@@ -217,42 +259,5 @@ impl CommandHandler {
             .into_iter()
             .map(|a| a.expect("every command appends"))
             .collect())
-    }
-
-    /// Re-reads the log whenever the writer asks (after a commit with an unknown outcome and
-    /// a reconnect), then lets writes go on. Driven by the writer, not by the request that saw
-    /// the failure: that request may have timed out and been dropped meanwhile.
-    pub fn start_resync_loop(self: &Arc<Self>) {
-        let service = self.clone();
-        tokio::spawn(async move {
-            loop {
-                service.writer.resync_requested().await;
-                tracing::info!(from = ?service.store.next_offsets(), "re-reading the log after a failed commit");
-                loop {
-                    match crate::catch_up::catch_up(
-                        &service.brokers,
-                        &service.topic,
-                        &service.store,
-                        &service.codec,
-                        &service.metrics,
-                    )
-                    .await
-                    {
-                        Ok(events) => {
-                            tracing::info!(
-                                events,
-                                "state re-read from the log after a failed commit"
-                            );
-                            break;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "resync from the log failed, retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-                service.writer.resume();
-            }
-        });
     }
 }

@@ -6,22 +6,28 @@
 //!   after a failed commit).
 //! - [`snapshot`]: the store saved to S3 and loaded at start-up, so a start reads only the tail.
 //! - [`writer`]: the transactional Kafka producer with group commit.
-//! - [`handler`]: one write request end to end (lock, decide, encode, append, fold).
+//! - [`partitioning`]: which partition a product's events go to (Kafka's murmur2).
+//! - [`ownership`]: which partitions this instance writes (one lane, or a consumer group
+//!   sharing them between instances), taking them over and giving them up.
+//! - [`forward`]: sending a write to the instance that owns its partition.
+//! - [`handler`]: one write request end to end (route, lock, decide, encode, append, fold).
 //! - [`gate`]: the middleware every write passes: rate limits, then authentication.
 //! - [`http`]: the routes, headers and problem+json errors.
 //! - [`metrics`]: Prometheus metrics of the above.
 
 pub mod catch_up;
 pub mod domain;
+pub mod forward;
 pub mod gate;
 pub mod handler;
 pub mod http;
 pub mod metrics;
+pub mod ownership;
+pub mod partitioning;
 pub mod snapshot;
 pub mod store;
 pub mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +43,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::handler::CommandHandler;
 use crate::metrics::Metrics;
+use crate::ownership::{directory::Directory, group, LaneSetup, Lanes, Mode};
 use crate::store::Store;
-use crate::writer::{Writer, WriterConfig};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -60,13 +66,30 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: String,
-    /// Kafka transactional.id: a second instance with the same id fences the first.
+    /// Kafka transactional.id: a second instance with the same id fences the first. In
+    /// `partitions` mode, the prefix of each partition's id (`<id>-p<N>`) and the producers'
+    /// consumer group.
     #[arg(
         long,
         env = "FOLDLINE_TRANSACTIONAL_ID",
         default_value = "foldline-producer"
     )]
     pub transactional_id: String,
+    /// `single`: this instance writes every partition (a batch may touch any products).
+    /// `partitions`: instances with the same transactional id share the partitions through
+    /// a consumer group and forward requests to the partition's owner (a batch stays within
+    /// one partition).
+    #[arg(
+        long,
+        env = "FOLDLINE_PRODUCER_OWNERSHIP",
+        value_enum,
+        default_value = "single"
+    )]
+    pub ownership: Mode,
+    /// The URL other instances forward requests to (`partitions` mode); empty: `http://` and
+    /// the listening address.
+    #[arg(long, env = "FOLDLINE_PRODUCER_URL", default_value = "")]
+    pub advertised_url: String,
     /// A StockAdjusted that takes stock from >= this to below it adds a LowStockWarning.
     #[arg(long, env = "LOW_STOCK_THRESHOLD", default_value_t = 5)]
     pub low_stock_threshold: i64,
@@ -110,9 +133,6 @@ impl Config {
     }
 }
 
-/// A start that read at least this many events from the log snapshots at once.
-const SNAPSHOT_AFTER_READING: u64 = 10_000;
-
 /// Fences earlier instances, loads the state from the log, then serves until `shutdown`
 /// resolves. `/ready` turns green only after the log has been read to its end.
 pub async fn run(
@@ -144,93 +164,93 @@ pub async fn run(
         .context("registering the event schema in the registry")?;
     tracing::info!(schema_id, "event schema registered");
 
-    let loaded = Arc::new(AtomicBool::new(false));
-    let writer_slot: Arc<std::sync::OnceLock<Writer>> = Arc::new(std::sync::OnceLock::new());
+    let partition_count = foldline_service::kafka::topic_partition_count(
+        &config.log.brokers,
+        &config.log.topic,
+    )
+    .await
+    .context("reading the topic's partitions")?;
+    let advertised_url = match config.advertised_url.trim() {
+        "" => format!("http://{}", listener.local_addr()?),
+        url => url.trim_end_matches('/').to_owned(),
+    };
+    let directory = match config.ownership {
+        Mode::Single => None,
+        Mode::Partitions => Some(
+            Directory::start(&config.log.brokers, &config.log.topic, &advertised_url).await?,
+        ),
+    };
+    let lanes_slot: Arc<std::sync::OnceLock<Arc<Lanes>>> = Arc::new(std::sync::OnceLock::new());
     let readiness = {
-        let loaded = loaded.clone();
-        let writer_slot = writer_slot.clone();
+        let lanes_slot = lanes_slot.clone();
         foldline_service::ops::readiness(move || {
-            let loaded = loaded.load(Ordering::Acquire);
-            let writer = writer_slot.get().map(Writer::status);
-            async move {
-                match (loaded, writer) {
-                    (false, _) | (_, None) => Err("reading the log".to_owned()),
-                    (true, Some(Err(e))) => Err(e.to_string()),
-                    (true, Some(Ok(()))) => Ok(()),
-                }
-            }
+            let status = lanes_slot
+                .get()
+                .map_or(Err("starting".to_owned()), |lanes| lanes.status());
+            async move { status }
         })
     };
     let ops = Ops::new("producer", env!("CARGO_PKG_VERSION"), readiness);
     let metrics = Metrics::new(&ops.registry);
-
-    // Fence, then read, then serve. init_transactions fences any earlier instance with this
-    // transactional.id and completes or aborts the transaction it left (a commit it sent
-    // before it died becomes visible only now); only after that does reading the log to its
-    // end see every committed command. Read first, and a retried command whose first copy
-    // was still pending would be decided again on a state without it: appended twice.
-    let writer = Writer::start(
-        WriterConfig {
+    let snapshots = snapshot::SnapshotStore::connect(&config.snapshot, &config.log.topic).await;
+    let lanes = Lanes::new(
+        config.ownership,
+        partition_count,
+        LaneSetup {
             brokers: config.log.brokers.clone(),
             topic: config.log.topic.clone(),
             transactional_id: config.transactional_id.clone(),
             max_batch_records: config.max_batch_records,
-            commit_timeout: Duration::from_secs(10),
-        },
-        metrics.clone(),
-    )
-    .context("initialising the transactional producer")?;
-    let _ = writer_slot.set(writer.clone());
-    tracing::info!(transactional_id = %config.transactional_id, "transactional producer initialised; earlier instances fenced");
-
-    let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
-    let started = std::time::Instant::now();
-    let snapshots = snapshot::SnapshotStore::connect(&config.snapshot, &config.log.topic).await;
-    if let Some(snapshots) = &snapshots {
-        let outcome = snapshot::restore(
+            store: Arc::new(Store::new(config.idempotency_ttl_secs * 1000)),
+            codec: codec.clone(),
+            metrics: metrics.clone(),
             snapshots,
-            &store,
+        },
+        directory,
+    );
+    let _ = lanes_slot.set(lanes.clone());
+
+    // Fence, then read, then serve (see `ownership`): init_transactions fences any earlier
+    // instance with the lane's transactional.id and completes or aborts the transaction it
+    // left (a commit it sent before it died becomes visible only now); only after that does
+    // reading the log to its end see every committed command. Read first, and a retried
+    // command whose first copy was still pending would be decided again on a state without
+    // it: appended twice.
+    let stop_membership = tokio_util::sync::CancellationToken::new();
+    let membership = match config.ownership {
+        Mode::Single => {
+            lanes
+                .take_over_now((0..partition_count).collect())
+                .await?;
+            None
+        }
+        Mode::Partitions => Some(group::join(
+            lanes.clone(),
             &config.log.brokers,
             &config.log.topic,
-            &codec,
-        )
-        .await;
-        tracing::info!("{outcome}");
-    }
-    let events = catch_up::catch_up(
-        &config.log.brokers,
-        &config.log.topic,
-        &store,
-        &codec,
-        &metrics,
-    )
-    .await
-    .context("reading the log")?;
-    tracing::info!(events, products = store.product_count(), elapsed = ?started.elapsed(), "state loaded (snapshot, if any, plus the log after it)");
-    if let Some(snapshots) = &snapshots {
-        snapshot::spawn_periodic(
-            snapshots.clone(),
-            store.clone(),
-            config.log.topic.clone(),
-            Duration::from_secs(config.snapshot.snapshot_interval_secs.max(1)),
-            events >= SNAPSHOT_AFTER_READING,
-            metrics.clone(),
-        );
-    }
-    let metrics_at_exit = metrics.clone();
+            &config.transactional_id,
+            stop_membership.clone(),
+        )?),
+    };
+    lanes.spawn_periodic_snapshots(
+        Duration::from_secs(config.snapshot.snapshot_interval_secs.max(1)),
+    );
     let service = Arc::new(CommandHandler::new(
-        store.clone(),
-        writer,
+        lanes.clone(),
         codec,
-        metrics,
+        metrics.clone(),
         config.low_stock_threshold,
-        config.log.brokers.clone(),
-        config.log.topic.clone(),
     ));
-    service.start_resync_loop();
-    loaded.store(true, Ordering::Release);
 
-    let app = http::routes(service, gate)
+    let forwarder = (config.ownership == Mode::Partitions).then(|| {
+        forward::Forwarder::new(
+            &advertised_url,
+            config.max_body_bytes,
+            Duration::from_millis(config.request_timeout_ms),
+            metrics.clone(),
+        )
+    });
+    let app = http::routes(service, gate, forwarder)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -242,12 +262,17 @@ pub async fn run(
         .layer(cors);
     let app = ops.instrument(app);
     foldline_service::serve::serve(listener, app, shutdown).await?;
-    // In-flight requests are done: the last snapshot makes the next start read almost nothing.
-    if let Some(snapshots) = &snapshots {
-        if let Err(error) =
-            snapshot::save_now(snapshots, &store, &config.log.topic, &metrics_at_exit).await
-        {
-            tracing::warn!(error = %format!("{error:#}"), "no snapshot at shutdown");
+    // In-flight requests are done: give the partitions up (their snapshots make the next
+    // owner read almost nothing).
+    match membership {
+        Some(thread) => {
+            stop_membership.cancel();
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        None => {
+            for lane in lanes.lanes() {
+                lanes.save_snapshot(&lane).await;
+            }
         }
     }
     Ok(())

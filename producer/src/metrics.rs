@@ -15,6 +15,7 @@ pub struct Metrics {
     pub undecodable_events: IntCounter,
     pub snapshots: IntCounterVec,
     pub snapshot_bytes: IntGauge,
+    pub forwarded: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -81,6 +82,14 @@ impl Metrics {
                 "Size of the last stored snapshot (compressed)",
             )
             .expect("valid metric"),
+            forwarded: IntCounterVec::new(
+                Opts::new(
+                    "producer_forwarded_requests_total",
+                    "Requests forwarded to the instance owning their partition, by outcome (answered, unreachable, no_owner)",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         };
         registry
             .register(Box::new(metrics.commits.clone()))
@@ -108,6 +117,9 @@ impl Metrics {
             .expect("once");
         registry
             .register(Box::new(metrics.snapshot_bytes.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.forwarded.clone()))
             .expect("once");
         metrics
     }

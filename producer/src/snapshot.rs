@@ -10,7 +10,6 @@
 //! slower, never wrong.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -171,11 +170,13 @@ impl Snapshot {
     }
 }
 
-/// The snapshot object of one topic.
+/// The snapshot object of one topic (or, [`SnapshotStore::scoped`], of one of its partitions:
+/// in `partitions` mode each owner stores the state of the partitions it writes).
 #[derive(Clone)]
 pub struct SnapshotStore {
     client: aws_sdk_s3::Client,
     bucket: String,
+    topic: String,
     key: String,
 }
 
@@ -188,8 +189,21 @@ impl SnapshotStore {
         Some(SnapshotStore {
             client: foldline_service::aws::s3_client(&config.aws, &config.s3_endpoint).await,
             bucket: config.snapshot_bucket.clone(),
+            topic: topic.to_owned(),
             key: format!("producer/{topic}.json.zst"),
         })
+    }
+
+    /// The snapshot of the whole topic (`None`) or of one partition.
+    pub fn scoped(&self, partition: Option<i32>) -> SnapshotStore {
+        let key = match partition {
+            None => format!("producer/{}.json.zst", self.topic),
+            Some(partition) => format!("producer/{}/p{partition}.json.zst", self.topic),
+        };
+        SnapshotStore {
+            key,
+            ..self.clone()
+        }
     }
 
     /// The stored snapshot, `None` when there is none yet.
@@ -275,6 +289,12 @@ pub async fn restore(
     if let Err(why) = loaded.verify(brokers, topic, codec).await {
         return format!("snapshot does not match the log ({why}): reading the whole log");
     }
+    if !store.is_behind(&loaded.next_offsets) {
+        return format!(
+            "the state here already goes as far as the snapshot ({:?}): reading the tail",
+            loaded.next_offsets
+        );
+    }
     let described = format!(
         "snapshot of {} taken {} ({} products, {} keys, next offsets {:?}) loaded in {:?}",
         topic,
@@ -288,47 +308,17 @@ pub async fn restore(
     described
 }
 
-/// Writes a snapshot every `interval` while the state moves; with `at_once`, right away too
-/// (after a start that had to read much of the log, so the next start does not).
-pub fn spawn_periodic(
-    snapshots: SnapshotStore,
-    store: Arc<Store>,
-    topic: String,
-    interval: Duration,
-    at_once: bool,
-    metrics: Metrics,
-) {
-    tokio::spawn(async move {
-        let mut saved = (!at_once).then(|| store.next_offsets());
-        let mut wait = !at_once;
-        loop {
-            if wait {
-                tokio::time::sleep(interval).await;
-            }
-            wait = true;
-            let now = store.next_offsets();
-            if saved.as_ref() == Some(&now) {
-                continue;
-            }
-            match save_now(&snapshots, &store, &topic, &metrics).await {
-                Ok(()) => saved = Some(now),
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "snapshot not stored; the next one will try again")
-                }
-            }
-        }
-    });
-}
-
-/// Takes and stores a snapshot now.
+/// Takes and stores a snapshot now: of the whole state, or with `only = Some((partition,
+/// partition_count))` of one partition's products, keys and offsets.
 pub async fn save_now(
     snapshots: &SnapshotStore,
     store: &Store,
     topic: &str,
+    only: Option<(i32, i32)>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let snapshot = store.snapshot(topic).await;
+    let snapshot = store.snapshot(topic, only).await;
     let (products, keys) = (snapshot.products.len(), snapshot.answers.len());
     let next_offsets = snapshot.next_offsets.clone();
     let size = match snapshots.save(snapshot).await {

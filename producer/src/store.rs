@@ -13,6 +13,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
 use crate::domain::{evolve, Product};
+use crate::partitioning::partition_of;
 use crate::snapshot::{RememberedAnswers, Snapshot};
 use crate::writer::Position;
 use foldline_service::position::Offsets;
@@ -209,12 +210,25 @@ impl Store {
     /// positions while it holds its products' and its key's locks, so every state read
     /// afterwards holds at least what the positions cover. A state that holds more is
     /// harmless: replaying the tail skips events a product already has (see `apply_logged`).
-    pub async fn snapshot(&self, topic: &str) -> Snapshot {
+    ///
+    /// With `only = Some((partition, partition_count))`, only what belongs to that partition:
+    /// its products, the keys whose answers are there, its offset.
+    pub async fn snapshot(&self, topic: &str, only: Option<(i32, i32)>) -> Snapshot {
+        let in_scope = |p: i32| only.is_none_or(|(partition, _)| partition == p);
         let (next_offsets, known_events) = {
             let covered = self.covered.lock().expect("not poisoned");
             (
-                covered.next_offsets.clone(),
-                covered.known_events.clone().into_iter().collect(),
+                covered
+                    .next_offsets
+                    .iter()
+                    .filter(|(p, _)| in_scope(*p))
+                    .collect(),
+                covered
+                    .known_events
+                    .iter()
+                    .filter(|(p, _)| in_scope(**p))
+                    .map(|(p, e)| (*p, *e))
+                    .collect(),
             )
         };
         let slots: Vec<ProductSlot> = self
@@ -227,7 +241,12 @@ impl Store {
         let mut products = Vec::with_capacity(slots.len());
         for slot in slots {
             if let Some(product) = slot.lock().await.clone() {
-                products.push(product);
+                let here = only.is_none_or(|(partition, count)| {
+                    partition_of(&product.id, count) == partition
+                });
+                if here {
+                    products.push(product);
+                }
             }
         }
         let answered_at: HashMap<String, i64> = self
@@ -248,6 +267,15 @@ impl Store {
         let mut answers = Vec::with_capacity(slots.len());
         for (key, slot) in slots {
             if let Some(by_index) = slot.lock().await.clone() {
+                // A request's commands all go to one partition (see `ownership`).
+                let here = by_index.values().next().is_none_or(|a| {
+                    a.position
+                        .parse::<Position>()
+                        .is_ok_and(|position| in_scope(position.partition))
+                });
+                if !here {
+                    continue;
+                }
                 let answered_at_ms = answered_at.get(&key).copied().unwrap_or(now);
                 answers.push(RememberedAnswers {
                     key,
@@ -259,12 +287,29 @@ impl Store {
         Snapshot::new(topic, next_offsets, known_events, products, answers)
     }
 
-    /// Loads a snapshot into a store that holds nothing yet (at start-up); keys older than
-    /// the TTL are left out.
+    /// Whether the log positions of `offsets` go further than the state here, in some
+    /// partition (then a snapshot taken there is worth loading).
+    pub fn is_behind(&self, offsets: &Offsets) -> bool {
+        let covered = self.covered.lock().expect("not poisoned");
+        offsets
+            .iter()
+            .any(|(p, o)| covered.next_offsets.get(p).unwrap_or(0) < o)
+    }
+
+    /// Loads a snapshot that goes further into the log than the state here (at start-up, or
+    /// when taking over a partition whose state here is older): its products replace older
+    /// states, its keys are added (those older than the TTL left out), its offsets advance
+    /// the store's. The caller holds no product of the snapshot's partitions.
     pub fn restore(&self, snapshot: Snapshot) {
         let mut products = self.products.lock().expect("not poisoned");
         for product in snapshot.products {
-            products.insert(product.id.clone(), Arc::new(AsyncMutex::new(Some(product))));
+            let newer = products.get(&product.id).is_none_or(|slot| {
+                slot.try_lock()
+                    .is_ok_and(|p| p.as_ref().is_none_or(|p| p.version < product.version))
+            });
+            if newer {
+                products.insert(product.id.clone(), Arc::new(AsyncMutex::new(Some(product))));
+            }
         }
         let horizon = chrono::Utc::now().timestamp_millis() - self.idempotency_ttl_ms;
         let mut remembered: Vec<RememberedAnswers> = snapshot
@@ -276,12 +321,21 @@ impl Store {
         let mut answers = self.answers.lock().expect("not poisoned");
         let mut ages = self.answer_ages.lock().expect("not poisoned");
         for a in remembered {
+            if answers.contains_key(&a.key) {
+                continue;
+            }
             ages.push_back((a.answered_at_ms, a.key.clone()));
             answers.insert(a.key, Arc::new(AsyncMutex::new(Some(a.by_index))));
         }
         let mut covered = self.covered.lock().expect("not poisoned");
-        covered.next_offsets = snapshot.next_offsets;
-        covered.known_events = snapshot.known_events.into_iter().collect();
+        for (partition, offset) in snapshot.next_offsets.iter() {
+            if covered.next_offsets.get(partition).unwrap_or(0) < offset {
+                covered.next_offsets.set(partition, offset);
+                if let Some(known) = snapshot.known_events.get(&partition) {
+                    covered.known_events.insert(partition, *known);
+                }
+            }
+        }
     }
 }
 

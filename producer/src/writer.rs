@@ -20,8 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
-/// A record ready to append: key, Confluent-framed Avro value and headers.
+/// A record ready to append: partition (the key's, see [`crate::partitioning`]), key,
+/// Confluent-framed Avro value and headers.
 pub struct OutRecord {
+    pub partition: i32,
     pub key: String,
     pub value: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
@@ -336,6 +338,7 @@ fn commit(
             let future = producer
                 .send_result(
                     FutureRecord::to(&config.topic)
+                        .partition(record.partition)
                         .key(&record.key)
                         .payload(&record.value)
                         .headers(headers),
@@ -483,6 +486,7 @@ mod tests {
     fn records(n: usize) -> Vec<OutRecord> {
         (0..n)
             .map(|i| OutRecord {
+                partition: 0,
                 key: format!("p-{i}"),
                 value: vec![0],
                 headers: Vec::new(),

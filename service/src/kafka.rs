@@ -118,6 +118,18 @@ pub fn partition_count<C: Consumer>(
     }
 }
 
+/// Number of partitions of `topic` (waiting up to 30 s for it to appear).
+pub async fn topic_partition_count(brokers: &str, topic: &str) -> Result<i32, SetupError> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            base_config(&brokers, "foldline-metadata").create()?;
+        partition_count(&consumer, &topic, Duration::from_secs(30))
+    })
+    .await
+    .expect("the metadata query does not panic")
+}
+
 /// Reads every committed record of `topic` from `start` (partition → offset, default the
 /// beginning) up to the end of each partition, as seen by end-of-partition events (never by
 /// watermarks: tansu reports wrong ones). Returns the next offset of each partition.
@@ -302,17 +314,19 @@ pub async fn committed_ends(
 
 /// Where each partition of `topic` ends *including records of transactions not yet decided*:
 /// the position of a `read_uncommitted` reader at each end-of-partition, reading from
-/// `start`. A `read_committed` reader whose positions reach these offsets has seen every
-/// transaction that had written anything by now decided (committed or aborted).
+/// `start`, of `partitions` (all when `None`). A `read_committed` reader whose positions reach
+/// these offsets has seen every transaction that had written anything by now decided
+/// (committed or aborted).
 pub async fn undecided_ends(
     brokers: &str,
     client_id: &str,
     topic: &str,
     start: &Offsets,
+    partitions: Option<&[i32]>,
 ) -> Result<Offsets, SetupError> {
     let mut config = assign_consumer_config(brokers, client_id);
     config.set("isolation.level", "read_uncommitted");
-    let mut reader = TopicReader::open_with(config, topic, start, None, false)?;
+    let mut reader = TopicReader::open_with(config, topic, start, partitions, false)?;
     while reader.next().await?.is_some() {}
     reader.positions()
 }

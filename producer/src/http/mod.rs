@@ -17,6 +17,7 @@ use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
 
 use crate::domain::{Actor, Command};
+use crate::forward::Forwarder;
 use crate::gate::Gate;
 use crate::handler::{CommandHandler, PlannedCommand};
 use crate::store::Answer;
@@ -28,13 +29,24 @@ use problem::Problem;
 pub const MAX_BATCH_COMMANDS: usize = 1000;
 
 /// The write routes; every one passes the [`Gate`] (rate limit, bearer token) before its body
-/// is read.
-pub fn routes(service: Arc<CommandHandler>, gate: Arc<Gate>) -> Router {
-    Router::new()
+/// is read, then, with a `forwarder` (`partitions` mode), the forwarding layer.
+pub fn routes(
+    service: Arc<CommandHandler>,
+    gate: Arc<Gate>,
+    forwarder: Option<Arc<Forwarder>>,
+) -> Router {
+    let mut writes = Router::new()
         .route("/products", post(create))
         .route("/products/{id}", patch(update).delete(remove))
         .route("/products/{id}/stock", post(adjust_stock))
-        .route("/commands", post(batch))
+        .route("/commands", post(batch));
+    if let Some(forwarder) = forwarder {
+        writes = writes.route_layer(middleware::from_fn_with_state(
+            forwarder,
+            crate::forward::forward,
+        ));
+    }
+    writes
         .route_layer(middleware::from_fn_with_state(gate, crate::gate::gate))
         .with_state(service)
         .route("/openapi.json", get(openapi::document))

@@ -45,6 +45,10 @@ impl From<DomainError> for Problem {
     }
 }
 
+/// The problem type of a request whose partition another instance writes; the forwarding
+/// layer (`crate::forward`) looks for it.
+pub const PARTITION_ELSEWHERE: &str = "partition-elsewhere";
+
 impl From<WriteError> for Problem {
     fn from(error: WriteError) -> Self {
         match error {
@@ -69,6 +73,24 @@ impl From<WriteError> for Problem {
                     "nothing was appended; retry later",
                 )
             }
+            WriteError::Elsewhere { partition, owner } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PARTITION_ELSEWHERE,
+                "Another producer instance writes this product's partition",
+                match &owner {
+                    Some(owner) => format!("partition {partition} is written by {owner}; nothing was appended, retry (or send it there)"),
+                    None => format!("partition {partition} is moving between producer instances; nothing was appended, retry shortly"),
+                },
+            )
+            .with("partition", partition)
+            .with("owner", owner),
+            WriteError::SpansPartitions(partitions) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "batch-spans-partitions",
+                "The batch touches products written by separate transactions",
+                format!("the commands name products of partitions {partitions:?}; with FOLDLINE_PRODUCER_OWNERSHIP=partitions a batch is one transaction of one partition, so send these commands as separate requests (a batch's new products are always created in its partition)"),
+            )
+            .with("partitions", partitions),
             WriteError::Codec(error) => {
                 tracing::warn!(%error, "encoding failed");
                 Problem::new(

@@ -1,0 +1,140 @@
+//! Forwarding a write to the instance that owns its partition (`partitions` mode).
+//!
+//! Only the handler knows a request's partition (it needs the body and the state), so this
+//! layer keeps the body (within the body limit), lets the handler run, and when the answer
+//! is the `partition-elsewhere` problem with a known owner, sends the same request there
+//! once and answers what the owner answered. A forwarded request carries
+//! `Foldline-Forwarded-By`, and is never forwarded again: if ownership moved meanwhile, the
+//! client gets the 503 (nothing was appended) and retries. Forwarding adds one hop on
+//! loopback or the cluster network; clients that want none can send to the owner named in
+//! the problem's `owner` member.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::http::problem::{Problem, PARTITION_ELSEWHERE};
+use crate::metrics::Metrics;
+
+/// Marks a forwarded request (its value: the forwarding instance's URL).
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("foldline-forwarded-by");
+
+pub struct Forwarder {
+    client: reqwest::Client,
+    me: String,
+    max_body_bytes: usize,
+    metrics: Metrics,
+}
+
+impl Forwarder {
+    pub fn new(me: &str, max_body_bytes: usize, timeout: Duration, metrics: Metrics) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .expect("an HTTP client without TLS settings builds"),
+            me: me.to_owned(),
+            max_body_bytes,
+            metrics,
+        })
+    }
+}
+
+/// The owner named by a `partition-elsewhere` answer, if that is what `response` is.
+async fn owner_named(response: Response) -> (Option<String>, Response) {
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return (None, response);
+    }
+    let (parts, body) = response.into_parts();
+    // A problem body is small; anything larger is not ours to read.
+    let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let owner = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(|p| {
+            p["type"].as_str() == Some(&format!("urn:foldline:problem:{PARTITION_ELSEWHERE}"))
+        })
+        .and_then(|p| p["owner"].as_str().map(str::to_owned));
+    (owner, Response::from_parts(parts, Body::from(bytes)))
+}
+
+pub async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match to_bytes(body, forwarder.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Body too large",
+                format!("the body must be at most {} bytes", forwarder.max_body_bytes),
+            )
+            .into_response()
+        }
+    };
+    let forwarded = parts.headers.contains_key(&FORWARDED_BY);
+    let response = next
+        .run(Request::from_parts(parts.clone(), Body::from(bytes.clone())))
+        .await;
+    if forwarded {
+        return response;
+    }
+    let (owner, response) = owner_named(response).await;
+    let Some(owner) = owner else {
+        return response;
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = forwarder
+        .client
+        .request(parts.method.clone(), format!("{owner}{path}"))
+        .header(FORWARDED_BY, &forwarder.me)
+        .body(bytes);
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH && name != header::CONNECTION {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    match outgoing.send().await {
+        Ok(answer) => {
+            forwarder.metrics.forwarded.with_label_values(&["answered"]).inc();
+            let mut reply = Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != header::CONTENT_LENGTH && name != header::CONNECTION && name != header::TRANSFER_ENCODING {
+                    reply = reply.header(name, value);
+                }
+            }
+            match answer.bytes().await {
+                Ok(body) => reply.body(Body::from(body)).unwrap_or_else(|_| response_lost(&owner)),
+                Err(_) => response_lost(&owner),
+            }
+        }
+        Err(error) => {
+            forwarder.metrics.forwarded.with_label_values(&["unreachable"]).inc();
+            tracing::warn!(%error, %owner, "the partition's owner did not answer");
+            // Nothing is known to be appended unless the owner answered: the client retries
+            // with its Idempotency-Key, which finds the first answer if there was one.
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PARTITION_ELSEWHERE,
+                "The producer instance writing this product's partition did not answer",
+                format!("forwarding to {owner} failed ({error}); retry shortly (with the same Idempotency-Key, if the request had one)"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The owner answered but its body was lost on the way: the outcome is unknown to us.
+fn response_lost(owner: &str) -> Response {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "outcome-unknown",
+        "The owner's answer was lost",
+        format!("{owner} answered but the answer could not be read; retry with the same Idempotency-Key to be safe"),
+    )
+    .into_response()
+}
