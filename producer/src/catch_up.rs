@@ -63,8 +63,10 @@ pub async fn catch_up(
         }
         tracing::info!(?undecided, "waiting for a transaction of an earlier instance to be decided (partition: (read up to, log end))");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (more, next) =
-            fold_committed(brokers, topic, partitions, store, codec, metrics, &positions).await?;
+        let (more, next) = fold_committed(
+            brokers, topic, partitions, store, codec, metrics, &positions,
+        )
+        .await?;
         events += more;
         positions = next;
     }

@@ -32,7 +32,12 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(me: &str, max_body_bytes: usize, timeout: Duration, metrics: Metrics) -> Arc<Forwarder> {
+    pub fn new(
+        me: &str,
+        max_body_bytes: usize,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             client: reqwest::Client::builder()
                 .timeout(timeout)
@@ -62,7 +67,11 @@ async fn owner_named(response: Response) -> (Option<String>, Response) {
     (owner, Response::from_parts(parts, Body::from(bytes)))
 }
 
-pub async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request, next: Next) -> Response {
+pub async fn forward(
+    State(forwarder): State<Arc<Forwarder>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (parts, body) = request.into_parts();
     let bytes = match to_bytes(body, forwarder.max_body_bytes).await {
         Ok(bytes) => bytes,
@@ -71,14 +80,20 @@ pub async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request, 
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
                 "Body too large",
-                format!("the body must be at most {} bytes", forwarder.max_body_bytes),
+                format!(
+                    "the body must be at most {} bytes",
+                    forwarder.max_body_bytes
+                ),
             )
             .into_response()
         }
     };
     let forwarded = parts.headers.contains_key(&FORWARDED_BY);
     let response = next
-        .run(Request::from_parts(parts.clone(), Body::from(bytes.clone())))
+        .run(Request::from_parts(
+            parts.clone(),
+            Body::from(bytes.clone()),
+        ))
         .await;
     if forwarded {
         return response;
@@ -100,20 +115,33 @@ pub async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request, 
     }
     match outgoing.send().await {
         Ok(answer) => {
-            forwarder.metrics.forwarded.with_label_values(&["answered"]).inc();
+            forwarder
+                .metrics
+                .forwarded
+                .with_label_values(&["answered"])
+                .inc();
             let mut reply = Response::builder().status(answer.status());
             for (name, value) in answer.headers() {
-                if name != header::CONTENT_LENGTH && name != header::CONNECTION && name != header::TRANSFER_ENCODING {
+                if name != header::CONTENT_LENGTH
+                    && name != header::CONNECTION
+                    && name != header::TRANSFER_ENCODING
+                {
                     reply = reply.header(name, value);
                 }
             }
             match answer.bytes().await {
-                Ok(body) => reply.body(Body::from(body)).unwrap_or_else(|_| response_lost(&owner)),
+                Ok(body) => reply
+                    .body(Body::from(body))
+                    .unwrap_or_else(|_| response_lost(&owner)),
                 Err(_) => response_lost(&owner),
             }
         }
         Err(error) => {
-            forwarder.metrics.forwarded.with_label_values(&["unreachable"]).inc();
+            forwarder
+                .metrics
+                .forwarded
+                .with_label_values(&["unreachable"])
+                .inc();
             tracing::warn!(%error, %owner, "the partition's owner did not answer");
             // Nothing is known to be appended unless the owner answered: the client retries
             // with its Idempotency-Key, which finds the first answer if there was one.

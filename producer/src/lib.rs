@@ -146,6 +146,10 @@ pub async fn run(
         &config.limits,
     );
     let cors = cors(&config.cors_origins)?;
+    anyhow::ensure!(
+        !config.transactional_id.trim().is_empty(),
+        "FOLDLINE_TRANSACTIONAL_ID must not be empty (it names the producer's transactions and, in partitions mode, its group)"
+    );
     foldline_service::kafka::ensure_topic(
         &config.log.brokers,
         &config.log.topic,
@@ -164,21 +168,19 @@ pub async fn run(
         .context("registering the event schema in the registry")?;
     tracing::info!(schema_id, "event schema registered");
 
-    let partition_count = foldline_service::kafka::topic_partition_count(
-        &config.log.brokers,
-        &config.log.topic,
-    )
-    .await
-    .context("reading the topic's partitions")?;
+    let partition_count =
+        foldline_service::kafka::topic_partition_count(&config.log.brokers, &config.log.topic)
+            .await
+            .context("reading the topic's partitions")?;
     let advertised_url = match config.advertised_url.trim() {
         "" => format!("http://{}", listener.local_addr()?),
         url => url.trim_end_matches('/').to_owned(),
     };
     let directory = match config.ownership {
         Mode::Single => None,
-        Mode::Partitions => Some(
-            Directory::start(&config.log.brokers, &config.log.topic, &advertised_url).await?,
-        ),
+        Mode::Partitions => {
+            Some(Directory::start(&config.log.brokers, &config.log.topic, &advertised_url).await?)
+        }
     };
     let lanes_slot: Arc<std::sync::OnceLock<Arc<Lanes>>> = Arc::new(std::sync::OnceLock::new());
     let readiness = {
@@ -219,9 +221,7 @@ pub async fn run(
     let stop_membership = tokio_util::sync::CancellationToken::new();
     let membership = match config.ownership {
         Mode::Single => {
-            lanes
-                .take_over_now((0..partition_count).collect())
-                .await?;
+            lanes.take_over_now((0..partition_count).collect()).await?;
             None
         }
         Mode::Partitions => Some(group::join(
@@ -232,9 +232,9 @@ pub async fn run(
             stop_membership.clone(),
         )?),
     };
-    lanes.spawn_periodic_snapshots(
-        Duration::from_secs(config.snapshot.snapshot_interval_secs.max(1)),
-    );
+    lanes.spawn_periodic_snapshots(Duration::from_secs(
+        config.snapshot.snapshot_interval_secs.max(1),
+    ));
     let service = Arc::new(CommandHandler::new(
         lanes.clone(),
         codec,

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub snapshots: IntCounterVec,
     pub snapshot_bytes: IntGauge,
     pub forwarded: IntCounterVec,
+    pub partitions_served: IntGauge,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -90,6 +91,11 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            partitions_served: IntGauge::new(
+                "producer_partitions_served",
+                "Partitions of the topic this instance writes now",
+            )
+            .expect("valid metric"),
         };
         registry
             .register(Box::new(metrics.commits.clone()))
@@ -120,6 +126,9 @@ impl Metrics {
             .expect("once");
         registry
             .register(Box::new(metrics.forwarded.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.partitions_served.clone()))
             .expect("once");
         metrics
     }

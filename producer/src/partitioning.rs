@@ -32,7 +32,10 @@ mod tests {
     fn matches_kafkas_partitioner() {
         // Expected partitions from Kafka's Java client (`Utils.toPositive(Utils.murmur2(key)) %
         // n`), the reference librdkafka's murmur2 partitioner is checked against.
-        assert_eq!(murmur2::murmur2(b"21", murmur2::KAFKA_SEED) as i32, -973932308);
+        assert_eq!(
+            murmur2::murmur2(b"21", murmur2::KAFKA_SEED) as i32,
+            -973932308
+        );
         assert_eq!(
             murmur2::murmur2(b"foobar", murmur2::KAFKA_SEED) as i32,
             -790332482

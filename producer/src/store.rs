@@ -241,9 +241,8 @@ impl Store {
         let mut products = Vec::with_capacity(slots.len());
         for slot in slots {
             if let Some(product) = slot.lock().await.clone() {
-                let here = only.is_none_or(|(partition, count)| {
-                    partition_of(&product.id, count) == partition
-                });
+                let here = only
+                    .is_none_or(|(partition, count)| partition_of(&product.id, count) == partition);
                 if here {
                     products.push(product);
                 }

@@ -44,16 +44,21 @@ pub fn topic_of(events_topic: &str) -> String {
 
 impl Directory {
     /// Creates the directory topic if needed and follows it in the background.
-    pub async fn start(brokers: &str, events_topic: &str, me: &str) -> anyhow::Result<Arc<Directory>> {
+    pub async fn start(
+        brokers: &str,
+        events_topic: &str,
+        me: &str,
+    ) -> anyhow::Result<Arc<Directory>> {
         let topic = topic_of(events_topic);
         kafka::ensure_topic(brokers, &topic, 1, &[("retention.ms", "-1")])
             .await
             .context("creating the owners topic")?;
-        let producer: FutureProducer = kafka::producer_config(brokers, "foldline-producer-directory")
-            .set("acks", "all")
-            .set("message.timeout.ms", "10000")
-            .create()
-            .context("the owners topic's producer")?;
+        let producer: FutureProducer =
+            kafka::producer_config(brokers, "foldline-producer-directory")
+                .set("acks", "all")
+                .set("message.timeout.ms", "10000")
+                .create()
+                .context("the owners topic's producer")?;
         let directory = Arc::new(Directory {
             me: me.to_owned(),
             topic: topic.clone(),
@@ -80,7 +85,9 @@ impl Directory {
                         continue;
                     }
                 };
-                let Some(directory) = following.upgrade() else { return };
+                let Some(directory) = following.upgrade() else {
+                    return;
+                };
                 let partition = message
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
@@ -97,7 +104,10 @@ impl Directory {
                             .expect("not poisoned")
                             .insert(partition, record.url);
                     }
-                    _ => tracing::warn!(offset = message.offset(), "unreadable record in the owners topic; skipped"),
+                    _ => tracing::warn!(
+                        offset = message.offset(),
+                        "unreadable record in the owners topic; skipped"
+                    ),
                 }
             }
         });
@@ -117,7 +127,7 @@ impl Directory {
 
     /// Says that this instance now serves `partitions` (in the background; librdkafka retries).
     pub fn publish(self: &Arc<Self>, partitions: &[i32]) {
-        for partition in partitions.iter().copied() {
+        for &partition in partitions {
             let directory = self.clone();
             tokio::spawn(async move {
                 let record = OwnerRecord {

@@ -56,7 +56,8 @@ impl ConsumerContext for OwnersContext {
                 self.lanes.joined.store(true, Ordering::Release);
                 if !partitions.is_empty() {
                     let lanes = self.lanes.clone();
-                    self.runtime.spawn(async move { lanes.take_over(partitions).await });
+                    self.runtime
+                        .spawn(async move { lanes.take_over(partitions).await });
                 }
             }
             Rebalance::Revoke(_) => {}
@@ -83,7 +84,10 @@ pub fn join(
         foldline_service::kafka::base_config(brokers, "foldline-producer-owner")
             .set("group.id", group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .set("heartbeat.interval.ms", "1000")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
@@ -101,9 +105,7 @@ pub fn join(
             // are stored), then the group moves them to the others at once.
             consumer.unsubscribe();
             let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline
-                && consumer.assignment().is_ok_and(|a| a.count() > 0)
-            {
+            while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 let _ = consumer.poll(Duration::from_millis(100));
             }
             drop(consumer);

@@ -62,7 +62,9 @@ pub struct LaneGuard {
 pub enum Route {
     Here(LaneGuard),
     /// Another instance owns it (its base URL when known), or nobody does right now.
-    Elsewhere { owner: Option<String> },
+    Elsewhere {
+        owner: Option<String>,
+    },
 }
 
 /// What taking over a lane needs: how to fence, where to read the state from.
@@ -143,10 +145,7 @@ impl Lanes {
             }
         }
         Route::Elsewhere {
-            owner: self
-                .directory
-                .as_ref()
-                .and_then(|d| d.owner_of(partition)),
+            owner: self.directory.as_ref().and_then(|d| d.owner_of(partition)),
         }
     }
 
@@ -165,6 +164,10 @@ impl Lanes {
                 serving.remove(partition);
             }
         }
+        self.setup
+            .metrics
+            .partitions_served
+            .set(serving.len() as i64);
         lane.closed.cancel();
     }
 
@@ -215,7 +218,13 @@ impl Lanes {
         if !self.joined.load(std::sync::atomic::Ordering::Acquire) {
             return Err("joining the producers' group".into());
         }
-        let pending: Vec<i32> = self.pending.lock().expect("not poisoned").keys().copied().collect();
+        let pending: Vec<i32> = self
+            .pending
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .copied()
+            .collect();
         if !pending.is_empty() {
             return Err(format!("taking over partitions {pending:?}"));
         }
@@ -300,6 +309,10 @@ impl Lanes {
                 pending.remove(partition);
                 serving.insert(*partition, lane.clone());
             }
+            self.setup
+                .metrics
+                .partitions_served
+                .set(serving.len() as i64);
         }
         self.spawn_resync(lane.clone());
         if let Some(directory) = &self.directory {
@@ -399,7 +412,9 @@ impl Lanes {
         for lane in lanes {
             match tokio::time::timeout(Duration::from_secs(10), lane.serving.write()).await {
                 Ok(mut serving) => *serving = false,
-                Err(_) => tracing::warn!(partitions = ?lane.partitions, "commits still in flight after 10 s; giving the partitions up anyway (the next owner fences them)"),
+                Err(_) => {
+                    tracing::warn!(partitions = ?lane.partitions, "commits still in flight after 10 s; giving the partitions up anyway (the next owner fences them)")
+                }
             }
             self.remove(&lane);
             self.save_snapshot(&lane).await;
@@ -461,7 +476,10 @@ impl Lanes {
                     .await
                     {
                         Ok(events) => {
-                            tracing::info!(events, "state re-read from the log after a failed commit");
+                            tracing::info!(
+                                events,
+                                "state re-read from the log after a failed commit"
+                            );
                             break;
                         }
                         Err(error) => {
