@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -17,6 +19,7 @@ pub struct Metrics {
     pub snapshot_bytes: IntGauge,
     pub forwarded: IntCounterVec,
     pub partitions_served: IntGauge,
+    pub partition_served: IntGaugeVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -96,6 +99,14 @@ impl Metrics {
                 "Partitions of the topic this instance writes now",
             )
             .expect("valid metric"),
+            partition_served: IntGaugeVec::new(
+                Opts::new(
+                    "producer_partition_served",
+                    "1 while this instance writes the partition, 0 once it gave it up",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
         };
         registry
             .register(Box::new(metrics.commits.clone()))
@@ -129,6 +140,9 @@ impl Metrics {
             .expect("once");
         registry
             .register(Box::new(metrics.partitions_served.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.partition_served.clone()))
             .expect("once");
         metrics
     }

@@ -23,7 +23,7 @@ async fn a_producer_killed_mid_commit_under_retrying_writers_loses_and_doubles_n
     let topic = foldline_testkit::unique("products");
     // Restarted on the same port, so clients only see refused connections meanwhile.
     let mut producer = Restartable::producer(&topic).await;
-    let writers = Writers::start(&producer.service.url, LoadPlan::default()).await;
+    let writers = Writers::start(&[producer.service.url.clone()], LoadPlan::default()).await;
 
     for round in 1..=rounds() {
         let under_load = rand::rng().random_range(400..1500);

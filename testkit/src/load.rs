@@ -66,7 +66,9 @@ impl Default for LoadPlan {
 impl Writers {
     /// Creates the shared products (retrying like the rest), then starts the writers. Each
     /// writer loops: a stock change on a shared product, now and then a create of its own.
-    pub async fn start(producer_url: &str, plan: LoadPlan) -> Writers {
+    /// With several producer URLs each command goes to one at random and, when that one does
+    /// not answer, to the next (what a load balancer in front of the instances does).
+    pub async fn start(producer_urls: &[String], plan: LoadPlan) -> Writers {
         let client = Arc::new(
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
@@ -74,7 +76,7 @@ impl Writers {
                 .build()
                 .unwrap(),
         );
-        let url = Arc::new(producer_url.to_owned());
+        let url = Arc::new(producer_urls.to_vec());
         let mut setup = WriterReport::default();
         let mut shared = Vec::new();
         for _ in 0..plan.shared_products {
@@ -146,7 +148,7 @@ fn create_body() -> Body {
 /// answer. `None` when the producer refused it (4xx).
 async fn send(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     body: Body,
     plan: &LoadPlan,
     report: &mut WriterReport,
@@ -161,7 +163,9 @@ async fn send(
         Duration::from_millis(50),
         Duration::from_secs(1),
     ));
+    let mut at = rand::rng().random_range(0..urls.len());
     loop {
+        let url = &urls[at % urls.len()];
         let outcome = client
             .post(format!("{url}{path}"))
             .header("idempotency-key", &key)
@@ -183,8 +187,13 @@ async fn send(
                 report.refused += 1;
                 return None;
             }
-            // 429, 503, other 5xx, timeouts, refused or dropped connections: same key again.
-            _ => report.retries += 1,
+            // 429, 503, other 5xx: same key again.
+            Ok(_) => report.retries += 1,
+            // Timeouts, refused or dropped connections: same key, at the next instance.
+            Err(_) => {
+                report.retries += 1;
+                at += 1;
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -134,6 +134,24 @@ impl Spawned {
         }
     }
 
+    /// The label values `label` of the samples of `name` whose value is 1 (e.g. the
+    /// partitions a producer serves: `producer_partition_served`, `partition`).
+    pub async fn labels_set(&self, name: &str, label: &str) -> Vec<String> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{name}{{{label}=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split_once("\"} "))
+            .filter(|(_, value)| value.trim() == "1")
+            .map(|(label, _)| label.to_owned())
+            .collect()
+    }
+
     /// The value of the Prometheus sample `name` (no labels) on `/metrics`; 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.url))
@@ -205,12 +223,20 @@ impl Restartable {
     /// The producer on `topic` with a transactional id of its own, snapshotting every second
     /// so that restarts under load load a snapshot plus the tail.
     pub async fn producer(topic: &str) -> Restartable {
+        Restartable::fleet_member(topic, &crate::unique("producer"), false).await
+    }
+
+    /// A producer of the fleet `transactional_id`; with `share`, in `partitions` mode (the
+    /// fleet's instances share the partitions).
+    pub async fn fleet_member(topic: &str, transactional_id: &str, share: bool) -> Restartable {
+        let ownership = if share { "partitions" } else { "single" };
         Restartable::start(
             "foldline-producer",
             "FOLDLINE_PRODUCER_LISTEN",
             vec![
                 ("FOLDLINE_TOPIC", topic.to_owned()),
-                ("FOLDLINE_TRANSACTIONAL_ID", crate::unique("producer")),
+                ("FOLDLINE_TRANSACTIONAL_ID", transactional_id.to_owned()),
+                ("FOLDLINE_PRODUCER_OWNERSHIP", ownership.to_owned()),
                 ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "1".into()),
             ],
         )

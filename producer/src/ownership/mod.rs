@@ -162,6 +162,11 @@ impl Lanes {
         for partition in &lane.partitions {
             if serving.get(partition).is_some_and(|l| Arc::ptr_eq(l, lane)) {
                 serving.remove(partition);
+                self.setup
+                    .metrics
+                    .partition_served
+                    .with_label_values(&[&partition.to_string()])
+                    .set(0);
             }
         }
         self.setup
@@ -308,6 +313,11 @@ impl Lanes {
             for partition in partitions {
                 pending.remove(partition);
                 serving.insert(*partition, lane.clone());
+                self.setup
+                    .metrics
+                    .partition_served
+                    .with_label_values(&[&partition.to_string()])
+                    .set(1);
             }
             self.setup
                 .metrics

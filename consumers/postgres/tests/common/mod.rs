@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
