@@ -110,6 +110,8 @@ def test_every_service_runs_a_real_binary_with_probes_requests_and_a_disruption_
         assert pod["terminationGracePeriodSeconds"] >= 30, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         for key, item in env.items():
+            if "fieldRef" in item.get("valueFrom", {}):
+                continue  # the pod's own facts (its IP), for the settings that use them
             assert key in settings, f"{name}: {key} is not in docs/configuration.md"
             ref = item.get("valueFrom", {}).get("secretKeyRef")
             if ref:
@@ -123,9 +125,16 @@ def test_every_service_runs_a_real_binary_with_probes_requests_and_a_disruption_
             assert budget["spec"]["minAvailable"] < replicas, f"{name}: a drain could never proceed"
     config = by_kind(docs, "ConfigMap")["foldline-config"]["data"]
     assert set(config) <= settings, set(config) - settings
-    # One transactional id for every producer instance: a second replica would fence the
-    # first, so the producer runs one until partition ownership exists.
-    assert deployments["producer"]["spec"]["replicas"] == 1
+    # Several producers share the partitions; each says where to forward requests for its
+    # partitions: its own pod's address.
+    producer = deployments["producer"]
+    assert producer["spec"]["replicas"] >= 2
+    env = {e["name"]: e for e in producer["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FOLDLINE_PRODUCER_OWNERSHIP"]["value"] == "partitions"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["FOLDLINE_PRODUCER_URL"]["value"] == "http://$(POD_IP):8080"
+    names = [e["name"] for e in producer["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names.index("POD_IP") < names.index("FOLDLINE_PRODUCER_URL"), "$(POD_IP) expands only after its definition"
 
 
 def test_every_service_is_scraped_and_consumers_scale_with_their_groups_lag():
