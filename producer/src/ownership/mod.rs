@@ -86,6 +86,8 @@ pub struct Lanes {
     serving: std::sync::RwLock<HashMap<i32, Arc<Lane>>>,
     /// Partitions being taken over, each with the token that cancels it when revoked first.
     pending: Mutex<HashMap<i32, CancellationToken>>,
+    /// Partitions the group gives this instance now (`partitions` mode).
+    assigned: Mutex<BTreeSet<i32>>,
     /// True once the consumer group gave this instance its share (always in `single` mode).
     pub joined: std::sync::atomic::AtomicBool,
     pub directory: Option<Arc<Directory>>,
@@ -104,6 +106,7 @@ impl Lanes {
             setup,
             serving: Default::default(),
             pending: Default::default(),
+            assigned: Default::default(),
             joined: (mode == Mode::Single).into(),
             directory,
         })
@@ -126,14 +129,23 @@ impl Lanes {
         self.mode == Mode::Single || partitions.len() <= 1
     }
 
-    /// Where a request for `partition` goes; a lane that was fenced (another instance took
-    /// the partition while this one did not notice) is dropped on the way.
-    pub async fn route(&self, partition: i32) -> Route {
+    /// Where a request for `partition` goes. In `partitions` mode a lane that was fenced is
+    /// dropped on the way: another instance took the partition while this one did not notice
+    /// — or, if the group still gives it to this instance, a take-over that was revoked
+    /// half-way initialised the id after this lane did, and the partition is taken over again
+    /// (fencing that stray producer). In `single` mode a fenced lane stays, answering 503: a
+    /// newer instance with the same id is the writer now.
+    pub async fn route(self: &Arc<Self>, partition: i32) -> Route {
         let lane = self.serving_lane(partition);
         if let Some(lane) = lane {
-            if matches!(lane.writer.status(), Err(AppendError::Fenced)) {
-                tracing::warn!(partition, "fenced: another instance owns the partition now");
+            let fenced = matches!(lane.writer.status(), Err(AppendError::Fenced));
+            if fenced && self.mode == Mode::Partitions {
+                tracing::warn!(partition, "fenced: another producer initialised this partition's transactional id");
                 self.remove(&lane);
+                let still_mine = self.assigned.lock().expect("not poisoned").contains(&partition);
+                if still_mine {
+                    self.take_over(lane.partitions.clone()).await;
+                }
             } else {
                 let guard = lane.serving.clone().read_owned().await;
                 if *guard {
@@ -245,6 +257,21 @@ impl Lanes {
     /// Fence, then read, then serve `partitions` (one lane per partition in `partitions` mode).
     /// Retries until it succeeds or the partitions are revoked first.
     pub async fn take_over(self: &Arc<Self>, partitions: Vec<i32>) {
+        self.assigned
+            .lock()
+            .expect("not poisoned")
+            .extend(partitions.iter().copied());
+        // A partition already being taken over is left to that take-over.
+        let partitions: Vec<i32> = {
+            let pending = self.pending.lock().expect("not poisoned");
+            partitions
+                .into_iter()
+                .filter(|p| !pending.contains_key(p))
+                .collect()
+        };
+        if partitions.is_empty() {
+            return;
+        }
         let groups: Vec<Vec<i32>> = match self.mode {
             Mode::Single => vec![partitions],
             Mode::Partitions => partitions.into_iter().map(|p| vec![p]).collect(),
@@ -398,6 +425,10 @@ impl Lanes {
     /// Stops serving `partitions`: waits (up to 10 s) for the commits in flight, stores the
     /// partitions' snapshots so the next owner reads little, then drops the lanes.
     pub async fn give_up(&self, partitions: &[i32]) {
+        self.assigned
+            .lock()
+            .expect("not poisoned")
+            .retain(|p| !partitions.contains(p));
         {
             let pending = self.pending.lock().expect("not poisoned");
             for partition in partitions {
