@@ -23,6 +23,10 @@ pub struct Args {
     /// transactions). Shows what one commit costs on this broker.
     #[arg(long, default_value_t = 0)]
     transaction_records: usize,
+    /// Transactional producers committing side by side (each its own transactional id and
+    /// a share of the records): does the broker's commit rate grow with parallel commits?
+    #[arg(long, default_value_t = 1)]
+    transactional_producers: usize,
     /// librdkafka debug contexts, for looking into a slow broker.
     #[arg(long)]
     debug: Option<String>,
@@ -103,24 +107,60 @@ fn config(args: &Args) -> rdkafka::ClientConfig {
     config
 }
 
-/// Transactions of `transaction_records` records, one at a time: records/s and the
-/// latency of each whole transaction (begin → commit acknowledged).
+/// Transactions of `transaction_records` records, one at a time per producer, from
+/// `transactional_producers` producers at once: records/s in all and the latency of each whole
+/// transaction (begin → commit acknowledged).
 async fn run_transactions(args: &Args) -> anyhow::Result<()> {
+    let producers = args.transactional_producers.max(1);
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for n in 0..producers {
+        let share = args.records / producers + usize::from(n < args.records % producers);
+        runs.push(one_transactional_producer(args, share));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut sent = 0;
+    for run in futures::future::join_all(runs).await {
+        let (records, histogram) = run?;
+        sent += records;
+        latencies.add(histogram)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": sent,
+            "producers": producers,
+            "transactions": latencies.len(),
+            "seconds": seconds,
+            "rate": sent as f64 / seconds,
+            "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        })
+    );
+    Ok(())
+}
+
+/// One transactional producer sending `records` in transactions of `transaction_records`.
+async fn one_transactional_producer(
+    args: &Args,
+    records: usize,
+) -> anyhow::Result<(usize, Histogram<u64>)> {
     let producer: FutureProducer = config(args)
         .set(
             "transactional.id",
             format!("foldline-bench-{}", uuid::Uuid::new_v4()),
         )
         .create()?;
-    producer.init_transactions(Duration::from_secs(15))?;
+    let init = producer.clone();
+    tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(15))).await??;
     let value = vec![b'x'; args.value_bytes];
     let mut latencies = Histogram::<u64>::new(3)?;
-    let started = Instant::now();
     let mut sent = 0;
-    while sent < args.records {
+    while sent < records {
         let began = Instant::now();
         producer.begin_transaction()?;
-        let n = args.transaction_records.min(args.records - sent);
+        let n = args.transaction_records.min(records - sent);
         let mut deliveries = Vec::with_capacity(n);
         for i in 0..n {
             let key = format!("key-{}", (sent + i) % 1000);
@@ -134,22 +174,14 @@ async fn run_transactions(args: &Args) -> anyhow::Result<()> {
         for delivery in deliveries {
             let _ = delivery.await;
         }
-        foldline_service::kafka::await_reports_released(&producer);
-        producer.commit_transaction(Duration::from_secs(30))?;
+        let committing = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            foldline_service::kafka::await_reports_released(&committing);
+            committing.commit_transaction(Duration::from_secs(30))
+        })
+        .await??;
         let _ = latencies.record(began.elapsed().as_micros() as u64);
         sent += n;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "records": sent,
-            "transactions": latencies.len(),
-            "seconds": seconds,
-            "rate": sent as f64 / seconds,
-            "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0,
-        })
-    );
-    Ok(())
+    Ok((sent, latencies))
 }

@@ -134,15 +134,19 @@ impl Spawned {
         }
     }
 
-    /// The label values `label` of the samples of `name` whose value is 1 (e.g. the
-    /// partitions a producer serves: `producer_partition_served`, `partition`).
-    pub async fn labels_set(&self, name: &str, label: &str) -> Vec<String> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
+    async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The label values `label` of the samples of `name` whose value is 1 (e.g. the
+    /// partitions a producer serves: `producer_partition_served`, `partition`).
+    pub async fn labels_set(&self, name: &str, label: &str) -> Vec<String> {
+        let text = self.metrics_text().await;
         let prefix = format!("{name}{{{label}=\"");
         text.lines()
             .filter_map(|l| l.strip_prefix(&prefix))
@@ -154,12 +158,7 @@ impl Spawned {
 
     /// The value of the Prometheus sample `name` (no labels) on `/metrics`; 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .map_or(0.0, |v| v.parse().unwrap())

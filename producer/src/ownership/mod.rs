@@ -140,9 +140,16 @@ impl Lanes {
         if let Some(lane) = lane {
             let fenced = matches!(lane.writer.status(), Err(AppendError::Fenced));
             if fenced && self.mode == Mode::Partitions {
-                tracing::warn!(partition, "fenced: another producer initialised this partition's transactional id");
+                tracing::warn!(
+                    partition,
+                    "fenced: another producer initialised this partition's transactional id"
+                );
                 self.remove(&lane);
-                let still_mine = self.assigned.lock().expect("not poisoned").contains(&partition);
+                let still_mine = self
+                    .assigned
+                    .lock()
+                    .expect("not poisoned")
+                    .contains(&partition);
                 if still_mine {
                     self.take_over(lane.partitions.clone()).await;
                 }
@@ -174,18 +181,20 @@ impl Lanes {
         for partition in &lane.partitions {
             if serving.get(partition).is_some_and(|l| Arc::ptr_eq(l, lane)) {
                 serving.remove(partition);
-                self.setup
-                    .metrics
-                    .partition_served
-                    .with_label_values(&[&partition.to_string()])
-                    .set(0);
+                self.count_served(&serving, *partition, false);
             }
         }
-        self.setup
-            .metrics
-            .partitions_served
-            .set(serving.len() as i64);
         lane.closed.cancel();
+    }
+
+    /// The gauges of what is served, after `partition` started (`true`) or stopped.
+    fn count_served(&self, serving: &HashMap<i32, Arc<Lane>>, partition: i32, served: bool) {
+        let metrics = &self.setup.metrics;
+        metrics
+            .partition_served
+            .with_label_values(&[&partition.to_string()])
+            .set(i64::from(served));
+        metrics.partitions_served.set(serving.len() as i64);
     }
 
     /// A partition for a request that only creates products: one this instance serves, at
@@ -340,16 +349,8 @@ impl Lanes {
             for partition in partitions {
                 pending.remove(partition);
                 serving.insert(*partition, lane.clone());
-                self.setup
-                    .metrics
-                    .partition_served
-                    .with_label_values(&[&partition.to_string()])
-                    .set(1);
+                self.count_served(&serving, *partition, true);
             }
-            self.setup
-                .metrics
-                .partitions_served
-                .set(serving.len() as i64);
         }
         self.spawn_resync(lane.clone());
         if let Some(directory) = &self.directory {
