@@ -3,12 +3,13 @@
 //! more commands (the batch endpoint); its events are appended atomically, so either all of
 //! its commands happen or none.
 //!
-//! Every request has a *home partition*: that of the products it names (a batch naming
-//! products of partitions written by different lanes is refused: no transaction spans them),
-//! or for a request that only creates, that of its Idempotency-Key (so a retry lands where
-//! the first try did), or else one this instance serves. New products get ids in the home
-//! partition. A request whose home is served by another instance is answered
-//! [`WriteError::Elsewhere`], which the HTTP layer forwards.
+//! In `partitions` mode every request has a *home partition*: that of the products it names
+//! (a batch naming products of partitions written by different lanes is refused: no
+//! transaction spans them), or for a request that only creates, that of its Idempotency-Key
+//! (so a retry lands where the first try did), or else one this instance serves. New products
+//! get ids in the home partition. A request whose home is served by another instance is
+//! answered [`WriteError::Elsewhere`], which the HTTP layer forwards. In `single` mode the one
+//! lane writes every partition and ids are drawn freely.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use uuid::Uuid;
 
 use crate::domain::{decide, evolve, Actor, Command, DomainError, Product};
 use crate::metrics::Metrics;
-use crate::ownership::{Lanes, Route};
+use crate::ownership::{Lanes, Mode, Route};
 use crate::partitioning::{new_id_in, partition_of};
 use crate::store::{Answer, Store};
 use crate::writer::{AppendError, OutRecord, Writer};
@@ -88,12 +89,23 @@ impl CommandHandler {
     }
 
     /// The request's home partition (see the module's docs); assigns the new products' ids.
+    /// In `single` mode one lane writes every partition, so new ids are left free (a batch's
+    /// creates spread over the partitions, as they always did).
     fn home_partition(
         &self,
         commands: &mut [PlannedCommand],
         meta: &RequestMeta,
     ) -> Result<i32, WriteError> {
         let count = self.lanes.partition_count;
+        if self.lanes.mode == Mode::Single {
+            for planned in commands.iter_mut() {
+                planned
+                    .product_id
+                    .get_or_insert_with(|| Uuid::now_v7().to_string());
+            }
+            let first = commands.first().and_then(|c| c.product_id.as_deref());
+            return Ok(first.map_or(0, |id| partition_of(id, count)));
+        }
         let named: BTreeSet<i32> = commands
             .iter()
             .filter_map(|c| c.product_id.as_deref())

@@ -246,20 +246,27 @@ impl Committer {
                 }
                 Err(error) => {
                     tracing::warn!(%error, requests = batch.len(), "append failed");
+                    // The writer's state changes before anyone is answered, so a client that
+                    // retries at once already sees it (and never a queue nobody reads).
+                    match error {
+                        AppendError::Unavailable(_) => {}
+                        AppendError::Fenced => self.health.store(FENCED, Ordering::Release),
+                        AppendError::OutcomeUnknown(_) => {
+                            self.health.store(RECOVERING, Ordering::Release)
+                        }
+                    }
                     for request in batch {
                         let _ = request.reply.send(Err(error.clone()));
                     }
                     match error {
                         AppendError::Unavailable(_) => {}
                         AppendError::Fenced => {
-                            self.health.store(FENCED, Ordering::Release);
                             tracing::error!(
                                 "fenced by another instance; this producer stops writing"
                             );
                             return;
                         }
                         AppendError::OutcomeUnknown(_) => {
-                            self.health.store(RECOVERING, Ordering::Release);
                             // Fence, then read: the new producer's init_transactions completes
                             // or aborts the transaction whose outcome is unknown, and only then
                             // is the log re-read (by the resync loop) and writes decided again.
