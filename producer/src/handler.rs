@@ -129,7 +129,29 @@ impl CommandHandler {
 
     /// Runs the request and answers one [`Answer`] per command, in order. With an
     /// idempotency key that already succeeded, answers the first answers and appends nothing.
+    ///
+    /// The work runs in a task of its own, so it finishes even when the caller goes away: a
+    /// closed connection (a client that gave up, a forwarding instance that died) or the
+    /// request timeout drops the HTTP handler's future, and had that happened after the
+    /// events were handed to the writer, they would be committed while the state, the
+    /// versions and the key's answer here never learnt of it — the key's retry was then
+    /// decided again and appended twice (seen in the chaos run with three producers).
     pub async fn execute(
+        self: &Arc<Self>,
+        commands: Vec<PlannedCommand>,
+        meta: RequestMeta,
+    ) -> Result<Vec<Answer>, WriteError> {
+        let handler = self.clone();
+        match tokio::spawn(async move { handler.execute_to_the_end(commands, meta).await }).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(WriteError::Append(AppendError::Unavailable(
+                "the producer is shutting down".into(),
+            ))),
+        }
+    }
+
+    async fn execute_to_the_end(
         self: &Arc<Self>,
         mut commands: Vec<PlannedCommand>,
         meta: RequestMeta,

@@ -320,11 +320,22 @@ impl Store {
         let mut answers = self.answers.lock().expect("not poisoned");
         let mut ages = self.answer_ages.lock().expect("not poisoned");
         for a in remembered {
-            if answers.contains_key(&a.key) {
-                continue;
+            match answers.get(&a.key) {
+                // An empty slot (a request of that key failed here, and a retry holds the
+                // slot) is filled in place: a request waiting on it then finds the answer.
+                Some(slot) => {
+                    if let Ok(mut answer) = slot.try_lock() {
+                        if answer.is_none() {
+                            *answer = Some(a.by_index);
+                            ages.push_back((a.answered_at_ms, a.key));
+                        }
+                    }
+                }
+                None => {
+                    ages.push_back((a.answered_at_ms, a.key.clone()));
+                    answers.insert(a.key, Arc::new(AsyncMutex::new(Some(a.by_index))));
+                }
             }
-            ages.push_back((a.answered_at_ms, a.key.clone()));
-            answers.insert(a.key, Arc::new(AsyncMutex::new(Some(a.by_index))));
         }
         let mut covered = self.covered.lock().expect("not poisoned");
         for (partition, offset) in snapshot.next_offsets.iter() {

@@ -285,3 +285,55 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     );
     assert_gap_free(&events);
 }
+
+/// A client that gives up mid-request (its connection closes, as when a forwarding instance
+/// dies) must not leave the command half-known: if its events were committed, the retry with
+/// the same key answers the first answer and appends nothing. The clients here give up after
+/// 1 to 128 ms, so some of them close while their batch is with the committer.
+#[tokio::test]
+async fn a_client_that_gives_up_mid_commit_still_gets_its_command_once() {
+    let config = common::config();
+    let topic = config.log.topic.clone();
+    let producer = Producer::start(config).await;
+    let batch = json!({"commands": (0..500).map(|_| json!(
+        {"op": "create", "name": "Lamp", "price_cents": 1, "stock": 1, "seller_id": "s1"}
+    )).collect::<Vec<_>>()});
+    let mut keys = Vec::new();
+    for (n, give_up_ms) in [1, 2, 4, 8, 16, 32, 64, 128].into_iter().enumerate() {
+        let key = format!("impatient-{n}");
+        let impatient = foldline_testkit::auth::client()
+            .post(format!("{}/commands", producer.url))
+            .header("idempotency-key", &key)
+            .json(&batch)
+            .timeout(Duration::from_millis(give_up_ms))
+            .send()
+            .await;
+        let answered = impatient.is_ok_and(|r| r.status() == 200);
+        // The retry, patiently.
+        let retry = foldline_testkit::auth::client()
+            .post(format!("{}/commands", producer.url))
+            .header("idempotency-key", &key)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            retry.status(),
+            200,
+            "{key} (first try answered: {answered})"
+        );
+        keys.push(key);
+    }
+    let events = read_topic(&foldline_testkit::brokers(), &topic).await;
+    for key in &keys {
+        let appended = events
+            .iter()
+            .filter(|(e, _, _)| e.idempotency_key.as_deref() == Some(key.as_str()))
+            .count();
+        assert_eq!(
+            appended, 500,
+            "{key}: each of its 500 creates appended once"
+        );
+    }
+    producer.stop().await;
+}
