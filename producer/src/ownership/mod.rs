@@ -200,13 +200,7 @@ impl Lanes {
     /// A partition for a request that only creates products: one this instance serves, at
     /// random (all partitions in `single` mode), or any when it serves none (then forwarded).
     pub fn partition_for_new(&self) -> i32 {
-        let serving: Vec<i32> = self
-            .serving
-            .read()
-            .expect("not poisoned")
-            .keys()
-            .copied()
-            .collect();
+        let serving = self.served();
         if serving.is_empty() {
             rand::random_range(0..self.partition_count)
         } else {
