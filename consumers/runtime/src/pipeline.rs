@@ -275,10 +275,15 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                 let mut targets = batch.start_offsets();
                 targets.merge(&stored);
                 tracing::info!(%targets, "moving to the sink's stored offsets");
+                let generation = self.source.generation();
                 for (partition, offset) in targets.iter() {
                     self.source.seek(partition, offset)?;
                 }
-                self.note_positions(&targets);
+                // A rebalance meanwhile (or a seek it made impossible) leaves where the
+                // partitions are read from unknown again.
+                if self.source.generation() == generation {
+                    self.note_positions(&targets);
+                }
             }
         }
         Ok(true)

@@ -69,6 +69,18 @@ pub struct KafkaSource {
     pub paused: Mutex<Option<TopicPartitionList>>,
 }
 
+impl KafkaSource {
+    /// Whether a failed seek of `partition` is a rebalance's doing: the partition is no
+    /// longer assigned, or librdkafka says its state does not allow it (a group rejoin).
+    fn rebalancing(&self, partition: i32, error: &KafkaError) -> bool {
+        let assigned = self
+            .consumer
+            .assignment()
+            .is_ok_and(|a| a.find_partition(&self.topic, partition).is_some());
+        !assigned || error.to_string().contains("Erroneous state")
+    }
+}
+
 impl Source for KafkaSource {
     async fn recv(&self) -> Result<OwnedMessage, KafkaError> {
         self.consumer.recv().await.map(|message| message.detach())
@@ -79,13 +91,25 @@ impl Source for KafkaSource {
     }
 
     fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()> {
-        self.consumer.seek(
+        let sought = self.consumer.seek(
             &self.topic,
             partition,
             Offset::Offset(offset),
             Duration::from_secs(10),
-        )?;
-        Ok(())
+        );
+        match sought {
+            Ok(()) => Ok(()),
+            // A partition lost in a rebalance (seen right after a broker restart, while the
+            // group was rejoining: "Erroneous state") cannot be sought, and need not be: its
+            // next reader starts from the committed offset, and the sink, which keeps its
+            // offsets with its data, asks for a reseek again if that is not where it stands.
+            Err(error) if self.rebalancing(partition, &error) => {
+                tracing::warn!(%error, partition, offset, "seek skipped: the partition is being reassigned");
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     fn pause(&self) -> anyhow::Result<()> {
