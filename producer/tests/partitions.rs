@@ -183,6 +183,27 @@ async fn producers_share_the_partitions_and_forward_what_they_do_not_write() {
         "the batch's new product joins its partition"
     );
 
+    // Bad input through the forwarding layer: clear problems, nothing appended.
+    let client = foldline_testkit::auth::client();
+    let huge = client
+        .post(format!("{}/products/{a}/stock", urls[2]))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let problem: Value = huge.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:foldline:problem:body-too-large");
+    let malformed = client
+        .post(format!("{}/products/{b}/stock", urls[0]))
+        .header("content-type", "application/json")
+        .body("{\"delta\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+
     let events = read_topic(&foldline_testkit::brokers(), &topic).await;
     let last = assert_gap_free(&events);
     // 9 creates, 27 adjustments, the batch's create and adjustment; nothing of the refused one.
