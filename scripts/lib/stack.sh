@@ -48,11 +48,16 @@ set_tool_paths() {
   VENV="$TOOLS/venv-$(python_env_id)"
   # cargo-installed servers live in a folder per version, so a changed pin builds anew.
   S3S_BIN="$TOOLS/s3s-fs-0.14.1/bin/s3s-fs"
+  DYNAMODB_BIN="$TOOLS/dynoxide-rs-$DYNOXIDE_VERSION-wal-normal/bin/dynoxide"
   BROKER_BIN="$TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
 }
 # The local Kafka-API broker (see README, "The local log"): nisshi, tansu's renamed upstream,
 # with its SQLite engine: transactions with zombie fencing, durable across SIGKILL.
 NISSHI_VERSION=0.7.0
+# The local DynamoDB API (see README, "The recent-events consumer"): dynoxide, a DynamoDB
+# emulator in Rust keeping its tables in SQLite; moto (Python) could not keep up with the
+# soak's rate on two shared cores.
+DYNOXIDE_VERSION=3.2.0
 set_tool_paths
 
 # install_python_env: creates the tools venv from scripts/python/requirements.lock (hashes
@@ -78,8 +83,6 @@ install_python_env() {
     # The single venv of earlier versions of these scripts.
     rm -rf "$TOOLS/venv"
   ) 9>"$TOOLS/.venv.lock" || exit 1
-  MOTO_BIN="$VENV/bin/moto_server"
-  export MOTO_BIN
 }
 
 install_browser_and_compose() {
@@ -122,10 +125,30 @@ install_broker() {
   export BROKER_BIN
 }
 
+# dynoxide from crates.io, pinned with its own lock file; the HTTP server only (no MCP server,
+# no import tool). Its bundled SQLite is built with WAL's synchronous=NORMAL as the default, as
+# the broker runs: a commit survives a crash of the process (not of the machine) and costs no
+# fsync. With SQLite's default (FULL) every BatchWriteItem waited for an fsync and the
+# recent-events consumer topped out at ~2,400 events/s. About 2-4 minutes, once per machine.
+install_dynamodb() {
+  [ -x "$DYNAMODB_BIN" ] && { export DYNAMODB_BIN; return 0; }
+  mkdir -p "$TOOLS"
+  (
+    flock 9
+    [ -x "$DYNAMODB_BIN" ] && exit 0
+    log "building the local DynamoDB API: dynoxide-rs $DYNOXIDE_VERSION from crates.io (about 4 minutes, once)"
+    LIBSQLITE3_FLAGS="-DSQLITE_DEFAULT_WAL_SYNCHRONOUS=1" cargo install -q dynoxide-rs --version "$DYNOXIDE_VERSION" --locked --no-default-features \
+      --features native-sqlite,http-server,cli --root "$(dirname "$(dirname "$DYNAMODB_BIN")")" \
+      || die "building dynoxide failed"
+  ) 9>"$TOOLS/.dynamodb.lock" || exit 1
+  export DYNAMODB_BIN
+}
+
 install_all() {
   install_system_packages
   install_python_env
   install_s3s
+  install_dynamodb
   install_broker
 }
 
@@ -203,11 +226,13 @@ start_s3() {
   wait_port s3 "$port"
 }
 
-# start_dynamodb DATA PORT: moto's DynamoDB API (in memory: the recent-events consumer
-# re-creates its table and a new group, or a reset one, fills it again from the log).
+# start_dynamodb DATA PORT: dynoxide's DynamoDB API keeping its tables in the SQLite file
+# DATA/dynamodb/tables.db (kept across restarts, like the broker's log).
 start_dynamodb() {
   local data="$1" port="$2"
-  start_process dynamodb "$data/logs" "$data/pids" -- "$MOTO_BIN" -H 127.0.0.1 -p "$port"
+  mkdir -p "$data/dynamodb"
+  start_process dynamodb "$data/logs" "$data/pids" -- "$DYNAMODB_BIN" serve --host 127.0.0.1 \
+    --port "$port" --db-path "$data/dynamodb/tables.db"
   wait_port dynamodb "$port"
 }
 

@@ -3,12 +3,13 @@
 //! tells them where those servers are (from the environment, defaulting to the local stack)
 //! and gives them random names so runs never collide.
 
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Command;
 
 pub mod audit;
 pub mod auth;
+pub mod dynamodb;
 pub mod load;
+pub mod own_server;
 pub mod postgres;
 pub mod process;
 pub mod s3;
@@ -51,44 +52,16 @@ pub async fn listener() -> tokio::net::TcpListener {
 /// A broker of its own for a test that stops and restarts it: the local log's binary
 /// (`FOLDLINE_BROKER_BIN`, exported by `scripts/test`) with its log in a SQLite file of its own
 /// under `FOLDLINE_TEST_DATA`, so it survives a kill.
-pub struct OwnBroker {
-    pub port: u16,
-    /// Folder the broker runs in; its log is `broker/log.db` inside it.
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
+pub struct OwnBroker(pub own_server::OwnServer);
 
 impl OwnBroker {
     pub fn start() -> OwnBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let base = std::env::var("FOLDLINE_TEST_DATA").unwrap_or_else(|_| "/tmp".into());
-        let dir = std::path::Path::new(&base).join(unique("own-broker"));
-        std::fs::create_dir_all(dir.join("broker")).unwrap();
-        let mut broker = OwnBroker {
-            port,
-            dir,
-            child: None,
-        };
-        broker.resume();
-        broker
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the broker process (again) on the same port and log file.
-    pub fn resume(&mut self) {
-        let bin = std::env::var("FOLDLINE_BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        // nisshi resolves the sqlite:// URL against its working directory.
-        let child = Command::new(bin)
-            .current_dir(&self.dir)
-            .args([
+        OwnBroker(own_server::OwnServer::start("own-broker", |dir, port| {
+            std::fs::create_dir_all(dir.join("broker")).unwrap();
+            let url = format!("tcp://127.0.0.1:{port}");
+            // nisshi resolves the sqlite:// URL against its working directory.
+            let mut command = Command::new(own_server::binary("FOLDLINE_BROKER_BIN", "nisshi"));
+            command.current_dir(dir).args([
                 "broker",
                 "--listener-url",
                 &url,
@@ -96,33 +69,23 @@ impl OwnBroker {
                 &url,
                 "--storage-engine",
                 "sqlite://broker/log.db",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the broker (set FOLDLINE_BROKER_BIN)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the broker did not listen on {}", self.port);
+            ]);
+            command
+        }))
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.0.port)
+    }
+
+    /// Starts the broker process again on the same port and log file.
+    pub fn resume(&mut self) {
+        self.0.resume();
     }
 
     /// Kills the broker (SIGKILL), like a crash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.kill();
+        self.0.kill();
     }
 }
 

@@ -9,8 +9,9 @@ use foldline_archive::layout::{check_continuity, FileRange};
 use foldline_archive::read::ArchiveReader;
 use foldline_schemas::wire::EventCodec;
 use foldline_service::aws::AwsEndpoint;
+use foldline_testkit::own_server::OwnServer;
 use foldline_testkit::process::Spawned;
-use foldline_testkit::s3::OwnS3;
+use foldline_testkit::s3::own_s3;
 use rdkafka::Message;
 use serde_json::json;
 
@@ -20,7 +21,7 @@ struct Setup {
     topic: String,
     bucket: String,
     producer: Spawned,
-    s3: OwnS3,
+    s3: OwnServer,
     http: reqwest::Client,
 }
 
@@ -32,7 +33,7 @@ impl Setup {
             topic,
             bucket: foldline_testkit::unique("bucket"),
             producer,
-            s3: OwnS3::start(),
+            s3: own_s3(),
             http: foldline_testkit::auth::client(),
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::Stack;
 use foldline_testkit::process::Spawned;
-use foldline_testkit::s3::OwnS3;
+use foldline_testkit::s3::own_s3;
 
 async fn replay(stack: &Stack, args: &[&str], env: &[(&str, String)]) -> String {
     let mut all = stack.projector_env("g1");
@@ -35,7 +35,7 @@ async fn replay(stack: &Stack, args: &[&str], env: &[(&str, String)]) -> String 
 #[tokio::test]
 async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
     let stack = Stack::start().await;
-    let s3 = OwnS3::start();
+    let s3 = own_s3();
     let archive_env = vec![
         ("FOLDLINE_S3_ENDPOINT", s3.url()),
         (

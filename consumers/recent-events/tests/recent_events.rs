@@ -1,4 +1,4 @@
-//! The recent-events consumer on a real DynamoDB API (moto, started by scripts/test).
+//! The recent-events consumer on a real DynamoDB API (dynoxide, started by scripts/test).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,14 +1,15 @@
 //! The chaos run (issue 13): retrying writers load the producer while, one after another, the
 //! producer (several times), the projector, the recent-events consumer, the archiver and the
 //! notifier are SIGKILLed and restarted, the broker is SIGKILLed and restarted on its log file,
-//! and PostgreSQL and the S3 server are stopped and started. Afterwards: every acknowledged
+//! and PostgreSQL, the S3 server and the DynamoDB API are stopped and started. Afterwards: every acknowledged
 //! command in the log at its answered position, none twice, versions 1..n; the read model equal
 //! to the fold of the log; DynamoDB holding each event exactly once; the archive covering every
 //! offset once; an SSE client that reconnects with Last-Event-ID across the kills received each
 //! event exactly once. Part of `scripts/test`; `scripts/chaos` runs it alone on a stack of its
 //! own and shows its figures.
 //!
-//! The broker and the S3 server are this test's own (so killing them disturbs no other test);
+//! The broker, the S3 server and the DynamoDB API are this test's own (so killing them disturbs
+//! no other test);
 //! the schema registry stays on the shared broker.
 
 use std::collections::HashMap;
@@ -16,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use super::Stack;
 use foldline_testkit::audit::{audit, read_events};
+use foldline_testkit::dynamodb::own_dynamodb;
 use foldline_testkit::load::{LoadPlan, Writers};
 use foldline_testkit::process::Restartable;
-use foldline_testkit::s3::OwnS3;
+use foldline_testkit::s3::own_s3;
 use foldline_testkit::OwnBroker;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -29,7 +31,9 @@ pub async fn run(fleet_size: usize) {
     // Every service this test starts, and the testkit's readers, inherit this address. The
     // test binary holds this one test, and no other thread reads the environment yet.
     std::env::set_var("FOLDLINE_BROKERS", broker.brokers());
-    let mut s3 = OwnS3::start();
+    let mut s3 = own_s3();
+    // The recent-events table lives in this test's DynamoDB API, which it kills mid-write.
+    let mut dynamodb = own_dynamodb();
     let mut stack = Stack::start().await;
     // Several producers share the partitions (`partitions` mode); each producer kill hits
     // one of them.
@@ -60,6 +64,7 @@ pub async fn run(fleet_size: usize) {
             ("FOLDLINE_TOPIC", stack.topic.clone()),
             ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
             ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
+            ("FOLDLINE_DYNAMODB_ENDPOINT", dynamodb.url()),
             (
                 "FOLDLINE_RECENT_EVENTS_GROUP",
                 foldline_testkit::unique("chaos-recent"),
@@ -120,6 +125,7 @@ pub async fn run(fleet_size: usize) {
             "notifier",
             "postgres",
             "s3",
+            "dynamodb",
             "producer",
         ];
         if round > 0 {
@@ -166,6 +172,18 @@ pub async fn run(fleet_size: usize) {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 s3.resume();
                 archiver.service.wait_ready(Duration::from_secs(120)).await;
+                at.elapsed().as_secs_f64()
+            }
+            "dynamodb" => {
+                // SIGKILL mid-write: what it acknowledged must be in its file; the consumer
+                // retries the batch it was writing (the same items again).
+                dynamodb.kill();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                dynamodb.resume();
+                recent_events
+                    .service
+                    .wait_ready(Duration::from_secs(120))
+                    .await;
                 at.elapsed().as_secs_f64()
             }
             _ => {
@@ -219,11 +237,11 @@ pub async fn run(fleet_size: usize) {
     let sse_twice = received.values().filter(|n| **n > 1).count();
 
     let archived = archive_covers(&archive_env, &events).await;
-    let dynamodb = recent_events_once(&table, &events).await;
+    let recent = recent_events_once(&dynamodb.url(), &table, &events).await;
 
     eprintln!("chaos: {audit}; {} client retries", report.retries);
     eprintln!("chaos: archive: {archived}");
-    eprintln!("chaos: DynamoDB: {dynamodb}");
+    eprintln!("chaos: DynamoDB: {recent}");
     eprintln!(
         "chaos: read model equal to the fold of {} events; SSE client: {} events over {} connections, {sse_missing} missing, {sse_twice} twice",
         envelopes.len(),
@@ -265,7 +283,7 @@ pub async fn run(fleet_size: usize) {
     assert!(audit.problems.is_empty(), "{:#?}", audit.problems);
     assert_eq!((sse_missing, sse_twice), (0, 0), "SSE: missing, twice");
     assert!(archived.starts_with("every offset"), "archive: {archived}");
-    assert!(dynamodb.starts_with("every event"), "DynamoDB: {dynamodb}");
+    assert!(recent.starts_with("every event"), "DynamoDB: {recent}");
     assert!(
         report.acks.len() >= 100,
         "too little load: {}",
@@ -323,6 +341,7 @@ async fn archive_covers(
 /// `day#<date>`, one item for each event of the log and nothing else (an event of an aborted
 /// transaction, or one written twice under another key, would show); describes what it found.
 async fn recent_events_once(
+    endpoint: &str,
     table: &str,
     events: &[foldline_testkit::audit::LoggedEvent],
 ) -> String {
@@ -332,8 +351,7 @@ async fn recent_events_once(
             local_access_key: "foldline".into(),
             local_secret_key: "foldline-secret".into(),
         },
-        dynamodb_endpoint: std::env::var("FOLDLINE_DYNAMODB_ENDPOINT")
-            .unwrap_or_else(|_| "http://127.0.0.1:8000".into()),
+        dynamodb_endpoint: endpoint.to_owned(),
     }
     .client()
     .await;
