@@ -17,6 +17,7 @@ pub struct Metrics {
     pub undecodable_events: IntCounter,
     pub snapshots: IntCounterVec,
     pub snapshot_bytes: IntGauge,
+    pub snapshot_seconds: Histogram,
     pub forwarded: IntCounterVec,
     pub partitions_served: IntGauge,
     pub partition_served: IntGaugeVec,
@@ -86,6 +87,11 @@ impl Metrics {
                 "Size of the last stored snapshot (compressed)",
             )
             .expect("valid metric"),
+            snapshot_seconds: histogram(
+                "producer_snapshot_seconds",
+                "Time to take and store one snapshot (grows with the state, not the log)",
+                prometheus::exponential_buckets(0.01, 2.0, 12).expect("valid buckets"),
+            ),
             forwarded: IntCounterVec::new(
                 Opts::new(
                     "producer_forwarded_requests_total",
@@ -134,6 +140,9 @@ impl Metrics {
             .expect("once");
         registry
             .register(Box::new(metrics.snapshot_bytes.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.snapshot_seconds.clone()))
             .expect("once");
         registry
             .register(Box::new(metrics.forwarded.clone()))

@@ -80,6 +80,21 @@ async fn a_restart_reads_only_the_tail_after_the_snapshot_and_keeps_answers_and_
     let store = snapshots(&topic).await;
     // Every create is one event, so the snapshot's products are the events it covers.
     wait_snapshot_holding(&store, 30).await;
+    // Each stored snapshot is timed (the soak watches this as the state grows); the metric
+    // is observed just after the object is stored.
+    let timed = tokio::time::Instant::now() + Duration::from_secs(5);
+    while producer
+        .service
+        .metric("producer_snapshot_seconds_count")
+        .await
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < timed,
+            "the snapshot was not timed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The tail: written after the snapshot, then a crash before the next one can be taken.
     let mut tail = Vec::new();
     for n in 30..35 {
