@@ -1,16 +1,15 @@
 //! The chaos run (issue 13): retrying writers load the producer while, one after another, the
 //! producer (several times), the projector, the recent-events consumer, the archiver and the
-//! notifier are SIGKILLed and restarted, the broker is SIGKILLed and restarted on its log file,
-//! and PostgreSQL, the S3 server and the DynamoDB API are stopped and started. Afterwards: every acknowledged
-//! command in the log at its answered position, none twice, versions 1..n; the read model equal
-//! to the fold of the log; DynamoDB holding each event exactly once; the archive covering every
-//! offset once; an SSE client that reconnects with Last-Event-ID across the kills received each
-//! event exactly once. Part of `scripts/test`; `scripts/chaos` runs it alone on a stack of its
-//! own and shows its figures.
+//! notifier are SIGKILLed and restarted, the broker and the DynamoDB API are SIGKILLed and
+//! restarted on their files, and PostgreSQL and the S3 server are stopped and started.
+//! Afterwards: every acknowledged command in the log at its answered position, none twice,
+//! versions 1..n; the read model equal to the fold of the log; DynamoDB holding each event
+//! exactly once; the archive covering every offset once; an SSE client that reconnects with
+//! Last-Event-ID across the kills received each event exactly once. Part of `scripts/test`;
+//! `scripts/chaos` runs it alone on a stack of its own and shows its figures.
 //!
 //! The broker, the S3 server and the DynamoDB API are this test's own (so killing them disturbs
-//! no other test);
-//! the schema registry stays on the shared broker.
+//! no other test); the schema registry stays on the shared broker.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
