@@ -4,6 +4,7 @@
 //! a minute it prints one JSON line with those percentiles and every consumer's lag.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,11 +78,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let minute_of = move |at: Instant| (at.duration_since(started).as_secs() / 60) as usize;
     let book = Arc::new(Mutex::new(SseBook::default()));
+    let connections = Arc::new(AtomicU64::new(0));
     tokio::spawn(follow_sse(
         args.notifier_url.clone(),
         book.clone(),
         minutes.clone(),
         minute_of,
+        connections.clone(),
     ));
     // Let the SSE client connect before the first write (the first minute is 2 s shorter).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -166,7 +169,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await;
     let unseen = book.lock().expect("not poisoned").sent.len();
-    println!("{}", serde_json::json!({"sse_never_received": unseen}));
+    println!(
+        "{}",
+        serde_json::json!({
+            "sse_never_received": unseen,
+            "sse_connections": connections.load(Ordering::Relaxed),
+        })
+    );
     Ok(())
 }
 
@@ -221,16 +230,24 @@ async fn consumer_lag(client: &reqwest::Client, url: &str) -> i64 {
     partitions.iter().sum::<f64>() as i64
 }
 
-/// One SSE client from the log's end; records when each position arrived.
+/// One SSE client from the log's end; records when each position arrived. Like a browser's
+/// EventSource it reconnects with `Last-Event-ID` (the notifier tells a client that falls more
+/// than `FOLDLINE_SSE_BUFFER` events behind to reconnect, and resumes it from its cursor).
 async fn follow_sse(
     notifier: String,
     book: Arc<Mutex<SseBook>>,
     minutes: Arc<Mutex<Vec<Minute>>>,
     minute_of: impl Fn(Instant) -> usize,
+    connections: Arc<AtomicU64>,
 ) {
     let http = reqwest::Client::new();
+    let mut last_id: Option<String> = None;
     loop {
-        let Ok(response) = http.get(format!("{notifier}/events/stream")).send().await else {
+        let mut request = http.get(format!("{notifier}/events/stream"));
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let Ok(response) = request.send().await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
@@ -238,12 +255,16 @@ async fn follow_sse(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
+        connections.fetch_add(1, Ordering::Relaxed);
         let mut body = response.bytes_stream();
         let mut buffer = String::new();
         while let Some(Ok(chunk)) = body.next().await {
             let arrived = Instant::now();
             buffer.push_str(&String::from_utf8_lossy(&chunk));
-            for event in crate::sse::drain_events(&mut buffer) {
+            for (id, event) in crate::sse::drain_frames(&mut buffer) {
+                if id.is_some() {
+                    last_id = id;
+                }
                 let Some(position) = event["position"].as_str() else {
                     continue;
                 };

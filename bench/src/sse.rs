@@ -132,12 +132,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// The JSON `data:` of every complete SSE frame in `buffer`, which keeps the incomplete rest
 /// (comments, heartbeats and frames without JSON data are skipped).
 pub fn drain_events(buffer: &mut String) -> Vec<serde_json::Value> {
+    drain_frames(buffer)
+        .into_iter()
+        .map(|(_, event)| event)
+        .collect()
+}
+
+/// Like [`drain_events`], with each frame's `id:` (the cursor a client sends back as
+/// `Last-Event-ID` when it reconnects).
+pub fn drain_frames(buffer: &mut String) -> Vec<(Option<String>, serde_json::Value)> {
     let mut events = Vec::new();
     while let Some(end) = buffer.find("\n\n") {
         let frame: String = buffer.drain(..end + 2).collect();
-        let data = frame.lines().find_map(|l| l.strip_prefix("data:"));
-        if let Some(Ok(event)) = data.map(|d| serde_json::from_str(d.trim())) {
-            events.push(event);
+        let field = |name: &str| frame.lines().find_map(|l| l.strip_prefix(name));
+        let id = field("id:").map(|id| id.trim().to_owned());
+        if let Some(Ok(event)) = field("data:").map(|d| serde_json::from_str(d.trim())) {
+            events.push((id, event));
         }
     }
     events
