@@ -4,6 +4,7 @@
 //! projection rebuilds.
 
 mod dlq;
+mod parked;
 mod registry;
 mod token;
 mod topic;
@@ -44,6 +45,8 @@ enum Commands {
     /// The dead-letter topic: list, replay.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Products a consumer parked: list, retry, drop.
+    Parked(parked::ParkedArgs),
     /// Tokens for the write API.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -72,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Schema(command) => registry::run(command, &cli.registry_url).await,
         Commands::Dlq(command) => dlq::run(command, &cli.brokers, &cli.registry_url).await,
         Commands::Token(TokenCommand::Mint(args)) => token::mint(args),
+        Commands::Parked(args) => parked::run(args).await,
         Commands::Replay { projection, args } => replay(&projection, &args),
     }
 }

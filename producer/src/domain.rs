@@ -5,11 +5,11 @@
 //! and every projection agree because they fold the same events.
 
 use foldline_schemas::{
-    Envelope, LowStockWarning, Payload, ProductCreated, ProductDeleted, ProductUpdated,
+    limits, Envelope, LowStockWarning, Payload, ProductCreated, ProductDeleted, ProductUpdated,
     StockAdjusted,
 };
 
-pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_NAME_CHARS: usize = limits::NAME_MAX_CHARS;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Product {
@@ -90,23 +90,45 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
     }
 }
 
-fn check_name(name: &str) -> Result<(), DomainError> {
-    let chars = name.chars().count();
-    if name.trim().is_empty() {
-        return Err(invalid("name", "must not be empty"));
+impl From<limits::Violation> for DomainError {
+    fn from(v: limits::Violation) -> Self {
+        DomainError::Invalid {
+            field: v.field,
+            reason: v.reason,
+        }
     }
-    if chars > MAX_NAME_CHARS {
-        return Err(invalid(
-            "name",
-            format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"),
-        ));
-    }
-    Ok(())
 }
 
-fn check_not_negative(field: &'static str, value: i64) -> Result<(), DomainError> {
-    if value < 0 {
-        return Err(invalid(field, format!("must be >= 0, got {value}")));
+/// The limits of every field a command carries (`foldline_schemas::limits`), checked before
+/// any state is looked at: a command past a limit is refused the same whatever the product.
+pub fn check_limits(command: &Command) -> Result<(), DomainError> {
+    match command {
+        Command::Create {
+            name,
+            price_cents,
+            stock,
+            seller_id,
+        } => {
+            limits::check_name(name)?;
+            limits::check_price_cents(*price_cents)?;
+            limits::check_stock(*stock)?;
+            limits::check_seller_id(seller_id)?;
+        }
+        Command::Update { name, price_cents } => {
+            if let Some(name) = name {
+                limits::check_name(name)?;
+            }
+            if let Some(price) = price_cents {
+                limits::check_price_cents(*price)?;
+            }
+        }
+        Command::AdjustStock { delta, reason } => {
+            limits::check_delta(*delta)?;
+            if let Some(reason) = reason {
+                limits::check_reason(reason)?;
+            }
+        }
+        Command::Delete => {}
     }
     Ok(())
 }
@@ -139,12 +161,7 @@ fn rules(
         seller_id,
     } = command
     {
-        check_name(name)?;
-        check_not_negative("price_cents", *price_cents)?;
-        check_not_negative("stock", *stock)?;
-        if seller_id.trim().is_empty() {
-            return Err(invalid("seller_id", "must not be empty"));
-        }
+        check_limits(command)?;
         return Ok(vec![Payload::ProductCreated(ProductCreated {
             name: name.clone(),
             price_cents: *price_cents,
@@ -170,25 +187,26 @@ fn rules(
             if name.is_none() && price_cents.is_none() {
                 return Err(invalid("body", "give at least one of name, price_cents"));
             }
-            if let Some(name) = name {
-                check_name(name)?;
-            }
-            if let Some(price) = price_cents {
-                check_not_negative("price_cents", *price)?;
-            }
+            check_limits(command)?;
             Ok(vec![Payload::ProductUpdated(ProductUpdated {
                 name: name.clone(),
                 price_cents: *price_cents,
             })])
         }
         Command::AdjustStock { delta, reason } => {
-            if *delta == 0 {
-                return Err(invalid("delta", "must not be zero"));
+            check_limits(command)?;
+            // Both are within ±STOCK_MAX: the sum cannot overflow.
+            let new_stock = product.stock + delta;
+            if new_stock > limits::STOCK_MAX {
+                return Err(invalid(
+                    "delta",
+                    format!(
+                        "would take the stock from {} to {new_stock}, past the limit of {}",
+                        product.stock,
+                        limits::STOCK_MAX
+                    ),
+                ));
             }
-            let new_stock = product
-                .stock
-                .checked_add(*delta)
-                .ok_or_else(|| invalid("delta", "overflows the stock"))?;
             if new_stock < 0 {
                 return Err(DomainError::InsufficientStock {
                     stock: product.stock,
@@ -494,6 +512,60 @@ mod tests {
             when(&state, adjust(i64::MAX)),
             Err(DomainError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn given_any_state_when_a_field_breaks_a_limit_then_invalid_naming_it() {
+        let field = |result: Result<Vec<Payload>, DomainError>| match result {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        let create = |name: &str, price: i64, stock: i64, seller: &str| Command::Create {
+            name: name.into(),
+            price_cents: price,
+            stock,
+            seller_id: seller.into(),
+        };
+        assert_eq!(field(when(&None, create("lamp\0", 1, 1, "s1"))), "name");
+        assert_eq!(
+            field(when(&None, create("lamp", 1 << 62, 1, "s1"))),
+            "price_cents"
+        );
+        assert_eq!(
+            field(when(&None, create("lamp", 1, 1 << 62, "s1"))),
+            "stock"
+        );
+        assert_eq!(
+            field(when(&None, create("lamp", 1, 1, &"s".repeat(4000)))),
+            "seller_id"
+        );
+        let state = given(vec![created(limits::STOCK_MAX)]);
+        assert_eq!(
+            field(when(&state, adjust(1))),
+            "delta",
+            "past the stock limit"
+        );
+        let long_reason = Command::AdjustStock {
+            delta: -1,
+            reason: Some("r".repeat(500_000)),
+        };
+        assert_eq!(field(when(&state, long_reason)), "reason");
+        // At every bound: accepted, and the events keep every limit.
+        let at_bounds = create(
+            &"n".repeat(MAX_NAME_CHARS),
+            limits::PRICE_CENTS_MAX,
+            limits::STOCK_MAX,
+            &"s".repeat(limits::SELLER_ID_MAX_CHARS),
+        );
+        let events = when(&None, at_bounds).unwrap();
+        let state = given(events.clone());
+        let reason = Command::AdjustStock {
+            delta: -limits::STOCK_MAX,
+            reason: Some("r".repeat(limits::REASON_MAX_CHARS)),
+        };
+        for payload in events.into_iter().chain(when(&state, reason).unwrap()) {
+            limits::check_envelope(&envelope(1, payload)).unwrap();
+        }
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub async fn gate(
             if let Err(wait) = gate.wait(&gate.by_subject, &actor.subject) {
                 return too_many(wait);
             }
+            request.extensions_mut().insert(CommandCharge {
+                gate: gate.clone(),
+                subject: actor.subject.clone(),
+            });
             request.extensions_mut().insert(actor);
             next.run(request).await
         }
@@ -95,6 +99,34 @@ pub async fn gate(
                 return too_many(wait);
             }
             refusal(error)
+        }
+    }
+}
+
+/// The rate limit counts commands, not requests: the gate charges a request's first command,
+/// and a batch charges the rest through this, once its body is read.
+#[derive(Clone)]
+pub struct CommandCharge {
+    gate: Arc<Gate>,
+    subject: String,
+}
+
+impl CommandCharge {
+    /// Charges `more` commands to the subject's bucket; a refusal is the 429 to answer.
+    pub fn charge(&self, more: u32) -> Result<(), Response> {
+        let Some(n) = NonZeroU32::new(more) else {
+            return Ok(());
+        };
+        match self.gate.by_subject.check_key_n(&self.subject, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(too_many(not_until.wait_time_from(self.gate.clock.now()))),
+            Err(_) => Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!("a batch of {} commands is more than the rate limit's burst allows at once: split it", more + 1),
+            )
+            .into_response()),
         }
     }
 }

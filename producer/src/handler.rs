@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use foldline_schemas::wire::{CodecError, EventCodec};
-use foldline_schemas::Envelope;
+use foldline_schemas::{limits, Envelope};
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
-use crate::domain::{decide, evolve, Actor, Command, DomainError, Product};
+use crate::domain::{check_limits, decide, evolve, Actor, Command, DomainError, Product};
 use crate::metrics::Metrics;
 use crate::ownership::{Lanes, Mode, Route};
 use crate::partitioning::{new_id_in, partition_of};
@@ -156,6 +156,20 @@ impl CommandHandler {
         mut commands: Vec<PlannedCommand>,
         meta: RequestMeta,
     ) -> Result<Vec<Answer>, WriteError> {
+        // Limits first: a command past one is refused before any state is looked at or made.
+        for (index, planned) in commands.iter().enumerate() {
+            check_limits(&planned.command)
+                .map_err(|error| WriteError::Rejected { index, error })?;
+            // An id that breaks the id limits names no product there can be.
+            if let Some(id) = &planned.product_id {
+                if limits::check_product_id(id).is_err() {
+                    return Err(WriteError::Rejected {
+                        index,
+                        error: DomainError::NotFound,
+                    });
+                }
+            }
+        }
         let partition = self.home_partition(&mut commands, &meta)?;
         let lane = match self.lanes.route(partition).await {
             Route::Here(lane) => lane,
@@ -219,6 +233,30 @@ impl CommandHandler {
                 guards.insert(id, slot.lock_owned().await);
             }
         }
+        let result = self
+            .decide_and_append(writer, &commands, meta, &mut guards)
+            .await;
+        if result.is_err() {
+            // Slots made for creates that did not happen: nothing may stay behind.
+            for (id, guard) in &guards {
+                if guard.is_none() {
+                    self.store
+                        .forget_empty_product(id, OwnedMutexGuard::mutex(guard));
+                }
+            }
+        }
+        result
+    }
+
+    /// Decides every command on a scratch copy of the locked products, appends the events and
+    /// only then publishes the new states into the slots.
+    async fn decide_and_append(
+        &self,
+        writer: &Writer,
+        commands: &[PlannedCommand],
+        meta: &RequestMeta,
+        guards: &mut HashMap<String, OwnedMutexGuard<Option<Product>>>,
+    ) -> Result<Vec<Answer>, WriteError> {
         // Decide every command on a scratch copy; nothing is visible until the commit.
         let mut scratch: HashMap<String, Option<Product>> = guards
             .iter()

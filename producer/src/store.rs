@@ -84,6 +84,16 @@ impl Store {
             .clone()
     }
 
+    /// Forgets `slot` of `id` if it is still the slot there: a create that was refused or
+    /// failed leaves nothing behind. The caller holds the slot's lock and saw it empty, so no
+    /// product is lost: whoever else holds the slot finds it empty too (404).
+    pub fn forget_empty_product(&self, id: &str, slot: &ProductSlot) {
+        let mut products = self.products.lock().expect("not poisoned");
+        if products.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            products.remove(id);
+        }
+    }
+
     pub fn answer_slot(&self, key: &str) -> AnswerSlot {
         self.answers
             .lock()

@@ -10,7 +10,7 @@ pub mod sellers;
 
 pub use analytics::{count_events, EventCount};
 pub use products::{fold_products, ProductChange};
-pub use sellers::{seller_deltas, ProductRow, SellerDelta};
+pub use sellers::{seller_deltas, ProductRow, SellerDelta, StatsOverflow};
 
 use foldline_schemas::Envelope;
 

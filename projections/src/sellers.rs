@@ -24,16 +24,36 @@ pub struct SellerDelta {
     pub low_stock_products: i64,
 }
 
+/// A seller's totals would leave the 64-bit range the read model keeps them in: the events of
+/// the product are past the write API's limits (see `foldline_schemas::limits`), so the
+/// consumer parks the product instead of storing a wrong sum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the stats of seller {seller:?} would overflow a 64-bit integer (product {product:?}: stock {stock:?}, price_cents {price_cents:?})")]
+pub struct StatsOverflow {
+    pub seller: String,
+    pub product: String,
+    pub stock: Option<i64>,
+    pub price_cents: Option<i64>,
+}
+
 impl SellerDelta {
-    fn add(&mut self, row: &ProductRow, sign: i64, threshold: i64) {
+    /// Adds (`sign` 1) or takes away (-1) one product row; `None` on overflow.
+    fn add(&mut self, row: &ProductRow, sign: i64, threshold: i64) -> Option<()> {
         if row.deleted {
-            return;
+            return Some(());
         }
         let stock = row.stock.unwrap_or(0);
-        self.products += sign;
-        self.total_stock += sign * stock;
-        self.stock_value_cents += sign * row.stock.zip(row.price_cents).map_or(0, |(s, p)| s * p);
+        let value = match row.stock.zip(row.price_cents) {
+            Some((s, p)) => s.checked_mul(p)?,
+            None => 0,
+        };
+        self.products = self.products.checked_add(sign)?;
+        self.total_stock = self.total_stock.checked_add(stock.checked_mul(sign)?)?;
+        self.stock_value_cents = self
+            .stock_value_cents
+            .checked_add(value.checked_mul(sign)?)?;
         self.low_stock_products += sign * i64::from(row.stock.is_some_and(|s| s < threshold));
+        Some(())
     }
 
     fn is_zero(&self) -> bool {
@@ -51,7 +71,13 @@ pub fn seller_deltas(
     before: &[ProductRow],
     after: &[ProductRow],
     threshold: i64,
-) -> Vec<(String, SellerDelta)> {
+) -> Result<Vec<(String, SellerDelta)>, StatsOverflow> {
+    let overflow = |seller: &str, row: &ProductRow| StatsOverflow {
+        seller: seller.to_owned(),
+        product: row.id.clone(),
+        stock: row.stock,
+        price_cents: row.price_cents,
+    };
     let before: HashMap<&str, &ProductRow> = before.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut deltas: BTreeMap<String, SellerDelta> = BTreeMap::new();
     for new in after {
@@ -60,17 +86,19 @@ pub fn seller_deltas(
                 deltas
                     .entry(seller.clone())
                     .or_default()
-                    .add(old, -1, threshold);
+                    .add(old, -1, threshold)
+                    .ok_or_else(|| overflow(seller, old))?;
             }
         }
         if let Some(seller) = &new.seller_id {
             deltas
                 .entry(seller.clone())
                 .or_default()
-                .add(new, 1, threshold);
+                .add(new, 1, threshold)
+                .ok_or_else(|| overflow(seller, new))?;
         }
     }
-    deltas.into_iter().filter(|(_, d)| !d.is_zero()).collect()
+    Ok(deltas.into_iter().filter(|(_, d)| !d.is_zero()).collect())
 }
 
 #[cfg(test)]
@@ -100,7 +128,7 @@ mod tests {
     fn given_a_new_product_then_its_seller_gains_it() {
         let after = [row("p1", "s1", 3, 100, false)];
         assert_eq!(
-            seller_deltas(&[], &after, 5),
+            seller_deltas(&[], &after, 5).unwrap(),
             vec![("s1".into(), delta(1, 3, 300, 1))]
         );
     }
@@ -110,12 +138,12 @@ mod tests {
         let before = [row("p1", "s1", 6, 100, false)];
         let after = [row("p1", "s1", 4, 100, false)];
         assert_eq!(
-            seller_deltas(&before, &after, 5),
+            seller_deltas(&before, &after, 5).unwrap(),
             vec![("s1".into(), delta(0, -2, -200, 1))]
         );
         // And back above it.
         assert_eq!(
-            seller_deltas(&after, &before, 5),
+            seller_deltas(&after, &before, 5).unwrap(),
             vec![("s1".into(), delta(0, 2, 200, -1))]
         );
     }
@@ -125,7 +153,7 @@ mod tests {
         let before = [row("p1", "s1", 2, 50, false)];
         let after = [row("p1", "s1", 2, 50, true)];
         assert_eq!(
-            seller_deltas(&before, &after, 5),
+            seller_deltas(&before, &after, 5).unwrap(),
             vec![("s1".into(), delta(-1, -2, -100, -1))]
         );
     }
@@ -134,13 +162,15 @@ mod tests {
     fn given_rows_that_do_not_change_the_stats_then_no_seller_is_touched() {
         // A rename: same stock and price.
         let before = [row("p1", "s1", 9, 50, false)];
-        assert!(seller_deltas(&before, &before.clone(), 5).is_empty());
+        assert!(seller_deltas(&before, &before.clone(), 5)
+            .unwrap()
+            .is_empty());
         // A product without a seller (its create not applied yet) counts nowhere.
         let orphan = ProductRow {
             seller_id: None,
             ..row("p2", "x", 1, 1, false)
         };
-        assert!(seller_deltas(&[], &[orphan], 5).is_empty());
+        assert!(seller_deltas(&[], &[orphan], 5).unwrap().is_empty());
     }
 
     #[test]
@@ -152,11 +182,19 @@ mod tests {
             row("c", "s2", 1, 10, false),
         ];
         assert_eq!(
-            seller_deltas(&before, &after, 5),
+            seller_deltas(&before, &after, 5).unwrap(),
             vec![
                 ("s1".into(), delta(0, 0, 1, 0)),
                 ("s2".into(), delta(1, -2, 7, 1)),
             ]
         );
+    }
+
+    #[test]
+    fn given_a_product_worth_more_than_a_bigint_then_an_overflow_not_a_wrong_sum() {
+        let huge = row("p1", "s1", i64::MAX / 2, 4, false);
+        let error = seller_deltas(&[], &[huge], 5).unwrap_err();
+        assert_eq!(error.seller, "s1");
+        assert_eq!(error.product, "p1");
     }
 }

@@ -5,10 +5,13 @@
 //! - [`avro`]: mapping between those types and Avro values.
 //! - [`wire`]: encode/decode in the Confluent wire format through the schema registry.
 //! - [`compat`]: Confluent-style compatibility checks (BACKWARD and friends).
+//! - [`limits`]: the limits of every field (lengths, characters, ranges) that the write API
+//!   enforces so every sink can hold every accepted event.
 
 pub mod avro;
 pub mod compat;
 pub mod event;
+pub mod limits;
 pub mod wire;
 
 pub use event::{

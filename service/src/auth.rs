@@ -177,6 +177,9 @@ fn actor(claims: Claims) -> Result<Actor, AuthError> {
     if claims.sub.trim().is_empty() {
         return Err(AuthError::Invalid("`sub` is empty".into()));
     }
+    // Every event carries the subject as its actor: it keeps the actor's limits.
+    foldline_schemas::limits::check_actor(&claims.sub)
+        .map_err(|v| AuthError::Invalid(format!("`{v}`")))?;
     let role = match claims.role.as_str() {
         "admin" => Role::Admin,
         "seller" => match claims.seller_id.as_deref().map(str::trim) {

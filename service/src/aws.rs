@@ -79,6 +79,10 @@ pub enum CallError {
     /// The request itself is refused (missing bucket or table, no permission, invalid).
     #[error("refused: {0}")]
     Refused(String),
+    /// The request's data is past a limit of the store (DynamoDB: an item or a key too
+    /// large): the same data is refused every time, whatever the configuration.
+    #[error("data refused: {0}")]
+    TooLarge(String),
 }
 
 impl crate::retry::Transient for CallError {
@@ -107,9 +111,17 @@ impl CallError {
                 | "InternalServerError"
                 | "ServiceUnavailable"
         );
+        // DynamoDB says "Item size has exceeded the maximum allowed size" or "Size of
+        // hashkey has exceeded the maximum size limit"; other validation errors (a missing key
+        // attribute) are a configuration problem, not the data's.
+        let too_large = code == "ValidationException"
+            && error
+                .message()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("size"));
         match status {
             None => CallError::Unavailable(detail),
             Some(s) if s == 429 || s >= 500 || throttled => CallError::Unavailable(detail),
+            Some(_) if too_large => CallError::TooLarge(detail),
             Some(_) => CallError::Refused(detail),
         }
     }

@@ -3,11 +3,39 @@
 
 use chrono::{DateTime, Utc};
 use foldline_consumer_runtime::Batch;
+use foldline_consumer_runtime::Parked;
 use foldline_projections::{
-    fold_batch, seller_deltas, EventCount, ProductChange, ProductRow, SellerDelta,
+    fold_batch, seller_deltas, EventCount, ProductChange, ProductRow, SellerDelta, StatsOverflow,
 };
+use foldline_schemas::Envelope;
 use foldline_service::position::Offsets;
 use sqlx::PgConnection;
+
+/// Why a batch could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// A seller's totals would overflow: the record's data is at fault.
+    #[error(transparent)]
+    Stats(#[from] StatsOverflow),
+}
+
+impl ApplyError {
+    /// Whether the records' data is at fault (no retry can help; the product is parked): a
+    /// value PostgreSQL refuses (SQLSTATE class 22, data exception: a NUL in text, a number
+    /// out of range), a broken constraint (23), a value past a limit of the server (54: an
+    /// index row too large), or a sum past its column.
+    pub fn is_data(&self) -> bool {
+        match self {
+            ApplyError::Stats(_) => true,
+            ApplyError::Sql(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            ApplyError::Sql(_) => false,
+        }
+    }
+}
 
 /// Where a batch goes: a model schema and the offsets key.
 #[derive(Debug, Clone)]
@@ -37,7 +65,7 @@ pub async fn apply_batch(
     tx: &mut PgConnection,
     target: &Target<'_>,
     batch: &Batch,
-) -> Result<Applied, sqlx::Error> {
+) -> Result<Applied, ApplyError> {
     let s = target.schema;
     let partitions: Vec<i32> = batch.ranges.keys().copied().collect();
     // Rows exist before they are locked, so two instances can never both insert one.
@@ -75,16 +103,13 @@ pub async fn apply_batch(
         .iter()
         .filter(|r| !stored.has_seen(r.partition, r.offset))
         .map(|r| &r.event);
-    let changes = fold_batch(fresh);
-    let before = lock_products(tx, s, &changes.products).await?;
-    let after = upsert_products(tx, target, &changes.products).await?;
-    add_seller_deltas(
-        tx,
-        s,
-        &seller_deltas(&before, &after, target.low_stock_threshold),
-    )
-    .await?;
-    add_event_counts(tx, s, &changes.event_counts).await?;
+    apply_events(tx, target, fresh).await?;
+    let parked: Vec<&Parked> = batch
+        .parked
+        .iter()
+        .filter(|p| !stored.has_seen(p.partition, p.offset))
+        .collect();
+    insert_parked(tx, target, &parked).await?;
 
     let (advanced, next): (Vec<i32>, Vec<i64>) = batch
         .next_offsets()
@@ -105,6 +130,61 @@ pub async fn apply_batch(
     // Delivered at commit: wakes query APIs waiting on `?after=`.
     crate::model::notify_progress(tx).await?;
     Ok(Applied::Done)
+}
+
+/// Folds `events` into the model's products, seller stats and analytics (no offsets).
+pub async fn apply_events<'e>(
+    tx: &mut PgConnection,
+    target: &Target<'_>,
+    events: impl IntoIterator<Item = &'e Envelope, IntoIter: Clone> + Clone,
+) -> Result<(), ApplyError> {
+    let s = target.schema;
+    let changes = fold_batch(events);
+    let before = lock_products(tx, s, &changes.products).await?;
+    let after = upsert_products(tx, target, &changes.products).await?;
+    let deltas = seller_deltas(&before, &after, target.low_stock_threshold)?;
+    add_seller_deltas(tx, s, &deltas).await?;
+    add_event_counts(tx, s, &changes.event_counts).await?;
+    Ok(())
+}
+
+/// Keeps parked entries (a redelivered one is already there).
+async fn insert_parked(
+    tx: &mut PgConnection,
+    target: &Target<'_>,
+    parked: &[&Parked],
+) -> Result<(), sqlx::Error> {
+    if parked.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Parked) -> i64| parked.iter().map(|p| f(p)).collect::<Vec<i64>>();
+    let partitions: Vec<i32> = parked.iter().map(|p| p.partition).collect();
+    let products: Vec<&[u8]> = parked.iter().map(|p| p.product_id.as_bytes()).collect();
+    let types: Vec<&str> = parked.iter().map(|p| p.event_type.as_str()).collect();
+    // An error's text may quote the refused value: no NUL may reach a text column.
+    let reasons: Vec<String> = parked
+        .iter()
+        .map(|p| p.reason.replace('\0', "\\0"))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO {}.parked_events
+             (consumer_group, topic, partition, \"offset\", product_id, version, event_type, reason)
+         SELECT $1, $2, * FROM UNNEST($3::int4[], $4::int8[], $5::bytea[], $6::int8[],
+                                      $7::text[], $8::text[])
+         ON CONFLICT DO NOTHING",
+        target.schema
+    ))
+    .bind(target.group)
+    .bind(target.topic)
+    .bind(&partitions)
+    .bind(column(|p| p.offset))
+    .bind(&products)
+    .bind(column(|p| p.version))
+    .bind(&types)
+    .bind(&reasons)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The rows the batch is about to change, as they are, locked until the transaction ends

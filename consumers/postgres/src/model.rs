@@ -65,7 +65,15 @@ impl ReadModel {
                 .fetch_optional(&mut conn)
                 .await?;
             match active {
-                Some(schema) => Ok::<_, anyhow::Error>(schema),
+                Some(schema) => {
+                    // A model made by an older version gets the tables added since.
+                    check_schema_name(&schema)?;
+                    sqlx::query(&format!("SET search_path TO {schema}"))
+                        .execute(&mut conn)
+                        .await?;
+                    MODEL_MIGRATIONS.run(&mut conn).await?;
+                    Ok::<_, anyhow::Error>(schema)
+                }
                 None => {
                     let schema = new_schema_name();
                     self.create_model(&schema).await?;

@@ -8,13 +8,14 @@
 use std::time::{Duration, Instant};
 
 use foldline_consumer_runtime::history::EventSource;
-use foldline_consumer_runtime::Batch;
+use foldline_consumer_runtime::parking::{set_aside, ParkedSet};
+use foldline_consumer_runtime::{Batch, Parked};
 use foldline_service::position::Offsets;
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
-use crate::apply::{apply_batch, Applied, Target};
+use crate::apply::{apply_batch, Applied, ApplyError, Target};
 use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct RebuildConfig {
 #[derive(Debug)]
 pub struct RebuildReport {
     pub events: u64,
+    /// Products whose records the new model keeps parked.
+    pub parked: usize,
     pub dead: u64,
     pub elapsed: Duration,
     pub old_schema: String,
@@ -56,6 +59,8 @@ pub async fn rebuild<S: EventSource + Send>(
         low_stock_threshold: config.low_stock_threshold,
     };
     let mut events = 0u64;
+    // Products parked in the new schema: a record the live projector parked is parked again.
+    let mut parked = ParkedSet::default();
 
     // Phase 1: the bulk, one transaction per batch, while the live model keeps serving.
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
@@ -64,7 +69,7 @@ pub async fn rebuild<S: EventSource + Send>(
     let write = async {
         while let Some(batch) = rx.recv().await {
             let mut conn = model.pool.begin().await?;
-            expect_done(apply_batch(&mut conn, &target, &batch).await?)?;
+            apply_or_park(&mut conn, &target, &batch, &mut parked).await?;
             conn.commit().await?;
             count(&batch, &mut events, &progress);
         }
@@ -86,7 +91,7 @@ pub async fn rebuild<S: EventSource + Send>(
     let read = source.read(&next, tx);
     let write = async {
         while let Some(batch) = rx.recv().await {
-            expect_done(apply_batch(&mut swap, &target, &batch).await?)?;
+            apply_or_park(&mut swap, &target, &batch, &mut parked).await?;
             count(&batch, &mut events, &progress);
         }
         Ok::<_, anyhow::Error>(())
@@ -101,13 +106,91 @@ pub async fn rebuild<S: EventSource + Send>(
 
     tokio::time::sleep(config.drop_grace).await;
     model.drop_model(&old_schema).await?;
+    if !parked.is_empty() {
+        tracing::warn!(
+            products = parked.len(),
+            "rebuild: products parked (see `foldline parked list`)"
+        );
+    }
     Ok(RebuildReport {
+        parked: parked.len(),
         events,
         dead: source.undecodable(),
         elapsed: started.elapsed(),
         old_schema,
         new_schema,
     })
+}
+
+/// Applies `batch` as the projector would, parking as it would: the records of parked
+/// products are set aside, and when PostgreSQL refuses the data the batch is applied record by
+/// record (each under a savepoint) and each refused record's product is parked.
+async fn apply_or_park(
+    conn: &mut PgConnection,
+    target: &Target<'_>,
+    batch: &Batch,
+    parked: &mut ParkedSet,
+) -> anyhow::Result<()> {
+    let whole = set_aside(batch, parked).unwrap_or_else(|| batch.clone());
+    match under_savepoint(conn, target, &whole).await {
+        Ok(applied) => return note(expect_done(applied), &whole, parked),
+        Err(error) if error.is_data() => {}
+        Err(error) => return Err(error.into()),
+    }
+    for piece in batch.split() {
+        let mut piece = set_aside(&piece, parked).unwrap_or(piece);
+        loop {
+            match under_savepoint(conn, target, &piece).await {
+                Ok(applied) => {
+                    note(expect_done(applied), &piece, parked)?;
+                    break;
+                }
+                Err(error) if error.is_data() => {
+                    let record = piece
+                        .records
+                        .pop()
+                        .ok_or_else(|| anyhow::anyhow!("parking refused by PostgreSQL: {error}"))?;
+                    tracing::warn!(product = %record.event.product_id, offset = record.offset,
+                        %error, "rebuild: record refused, product parked");
+                    piece.parked.push(Parked::of(&record, format!("{error:#}")));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn note(done: anyhow::Result<()>, batch: &Batch, parked: &mut ParkedSet) -> anyhow::Result<()> {
+    done?;
+    for entry in &batch.parked {
+        parked.insert(&entry.product_id);
+    }
+    Ok(())
+}
+
+async fn under_savepoint(
+    conn: &mut PgConnection,
+    target: &Target<'_>,
+    batch: &Batch,
+) -> Result<Applied, ApplyError> {
+    sqlx::query("SAVEPOINT rebuild_batch")
+        .execute(&mut *conn)
+        .await?;
+    match apply_batch(conn, target, batch).await {
+        Ok(applied) => {
+            sqlx::query("RELEASE SAVEPOINT rebuild_batch")
+                .execute(&mut *conn)
+                .await?;
+            Ok(applied)
+        }
+        Err(error) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT rebuild_batch")
+                .execute(&mut *conn)
+                .await?;
+            Err(error)
+        }
+    }
 }
 
 fn expect_done(applied: Applied) -> anyhow::Result<()> {

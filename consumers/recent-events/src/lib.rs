@@ -3,7 +3,9 @@
 //! - [`table`]: creating the table with TTL.
 //! - [`sink`]: BatchWriteItem in chunks of 25, unprocessed items retried.
 //! - [`read`]: a product's recent events back (the query API serves them).
+//! - [`parked`]: entries of parked records, under the partition key `parked`.
 pub mod items;
+pub mod parked;
 pub mod read;
 pub mod sink;
 pub mod table;

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
-use foldline_consumer_runtime::{Batch, Sink, SinkError, Written};
+use foldline_consumer_runtime::{Batch, Parked, Record, Sink, SinkError, Written};
 use foldline_service::aws::CallError;
 use foldline_service::retry::{self, Delays};
 use futures::{StreamExt, TryStreamExt};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
 use crate::items::{items_for, Item};
+use crate::parked::{delete_parked, parked_item, read_parked};
 
 /// DynamoDB's most items per BatchWriteItem.
 pub const ITEMS_PER_REQUEST: usize = 25;
@@ -43,14 +44,69 @@ impl RecentEventsSink {
     }
 }
 
+/// A store error as the runtime sees it: an item or key past DynamoDB's size limits is the
+/// data's fault (the product is parked), the rest as `CallError` says.
+fn classify(error: CallError) -> SinkError {
+    match error {
+        CallError::TooLarge(_) => SinkError::Data(error.into()),
+        other => SinkError::classify(other),
+    }
+}
+
 impl Sink for RecentEventsSink {
     async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        self.write_items(batch.records.iter(), batch.parked.iter().map(parked_item))
+            .await
+            .map_err(classify)?;
+        Ok(Written::Done)
+    }
+
+    fn parks(&self) -> bool {
+        true
+    }
+
+    async fn parked(&mut self) -> Result<Vec<Parked>, SinkError> {
+        read_parked(&self.client, &self.table)
+            .await
+            .map_err(classify)
+    }
+
+    /// Items overwrite themselves, so a retry that dies half-way and is run again leaves the
+    /// same table: the records' items first, then the entries go.
+    async fn unpark(&mut self, product: &str, records: Option<&[Record]>) -> Result<(), SinkError> {
+        let entries: Vec<Parked> = read_parked(&self.client, &self.table)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .filter(|p| p.product_id == product)
+            .collect();
+        if let Some(records) = records {
+            self.write_items(records.iter(), std::iter::empty())
+                .await
+                .map_err(classify)?;
+        }
+        delete_parked(&self.client, &self.table, &entries)
+            .await
+            .map_err(classify)
+    }
+
+    fn register_metrics(&self, registry: &Registry) {
+        self.metrics.register(registry);
+    }
+}
+
+impl RecentEventsSink {
+    /// Writes every record's two items and the `extra` items, several requests in flight.
+    async fn write_items<'r>(
+        &self,
+        records: impl Iterator<Item = &'r Record>,
+        extra: impl Iterator<Item = Item>,
+    ) -> Result<(), CallError> {
         // Items are moved into their requests, never copied.
         let requests: Vec<Vec<Item>> = {
-            let mut items = batch
-                .records
-                .iter()
+            let mut items = records
                 .flat_map(|record| items_for(record, self.ttl))
+                .chain(extra)
                 .peekable();
             let mut requests = Vec::new();
             while items.peek().is_some() {
@@ -63,12 +119,6 @@ impl Sink for RecentEventsSink {
             .buffer_unordered(self.concurrency)
             .try_collect::<()>()
             .await
-            .map_err(SinkError::classify)?;
-        Ok(Written::Done)
-    }
-
-    fn register_metrics(&self, registry: &Registry) {
-        self.metrics.register(registry);
     }
 }
 

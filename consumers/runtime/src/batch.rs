@@ -3,6 +3,8 @@ use std::collections::BTreeMap;
 use foldline_schemas::Envelope;
 use foldline_service::position::Offsets;
 
+use crate::parking::Parked;
+
 /// One decoded event and where it is in the log.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -21,6 +23,9 @@ pub struct Batch {
     /// First and last offset consumed per partition, *including* records that went to the
     /// dead-letter topic, so offsets move past them.
     pub ranges: BTreeMap<i32, (i64, i64)>,
+    /// Records of parked products, set aside instead of applied (see [`crate::parking`]): a
+    /// sink that parks keeps these entries durably with the batch's data and offsets.
+    pub parked: Vec<Parked>,
     /// Bytes of the raw values.
     pub bytes: usize,
     /// Per partition, the offset the consumer was known to read on from without a break (the
@@ -75,6 +80,47 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// The batch cut into one batch per record, in order, each continuing where the one before
+    /// it in the same partition ends (offsets of dead-lettered records included), and a last
+    /// piece per partition for the consumed offsets after its last record. Written one after
+    /// the other they do what the whole batch does; a sink's refusal then names one record.
+    pub fn split(&self) -> Vec<Batch> {
+        let mut next: BTreeMap<i32, i64> = self
+            .ranges
+            .iter()
+            .map(|(p, (first, _))| (*p, *first))
+            .collect();
+        let mut read_from = self.read_from.clone();
+        let piece = |partition: i32, first: i64, last: i64, read_from: &Offsets| {
+            let mut piece = Batch {
+                generation: self.generation,
+                ..Batch::default()
+            };
+            piece.ranges.insert(partition, (first, last));
+            if let Some(from) = read_from.get(partition) {
+                piece.read_from.set(partition, from);
+            }
+            piece
+        };
+        let mut pieces = Vec::with_capacity(self.records.len() + self.ranges.len());
+        for record in &self.records {
+            let p = record.partition;
+            let mut one = piece(p, next[&p], record.offset, &read_from);
+            one.records.push(record.clone());
+            pieces.push(one);
+            next.insert(p, record.offset + 1);
+            read_from.set(p, record.offset + 1);
+        }
+        for (p, (_, last)) in &self.ranges {
+            if next[p] <= *last {
+                pieces.push(piece(*p, next[p], *last, &read_from));
+            }
+        }
+        pieces
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +134,60 @@ mod tests {
         assert_eq!(batch.ranges[&0], (10, 11));
         assert_eq!(batch.next_offsets(), Offsets::from([(0, 12), (1, 4)]));
         assert_eq!(batch.bytes, 15);
+    }
+
+    #[test]
+    fn split_pieces_cover_the_batch_and_each_continues_the_one_before() {
+        use foldline_schemas::event::ProductDeleted;
+        let event = |id: &str| Envelope {
+            event_id: Default::default(),
+            product_id: id.into(),
+            version: 1,
+            occurred_at: Default::default(),
+            correlation_id: "c".into(),
+            idempotency_key: None,
+            command_index: None,
+            payload: foldline_schemas::Payload::ProductDeleted(ProductDeleted {}),
+            actor: None,
+        };
+        let mut batch = Batch::default();
+        batch.read_from.set(0, 9);
+        // Partition 0: 10 decoded, 11 dead-lettered, 12 decoded, 13 dead-lettered.
+        for (p, o, decoded) in [
+            (0, 10, true),
+            (1, 5, true),
+            (0, 11, false),
+            (0, 12, true),
+            (0, 13, false),
+        ] {
+            batch.consumed(p, o, 1);
+            if decoded {
+                batch.records.push(Record {
+                    partition: p,
+                    offset: o,
+                    key: None,
+                    timestamp_ms: None,
+                    event: event("x"),
+                });
+            }
+        }
+        let pieces = batch.split();
+        let ranges: Vec<_> = pieces.iter().map(|b| b.ranges.clone()).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                BTreeMap::from([(0, (10, 10))]),
+                BTreeMap::from([(1, (5, 5))]),
+                BTreeMap::from([(0, (11, 12))]),
+                BTreeMap::from([(0, (13, 13))]),
+            ]
+        );
+        assert_eq!(pieces[0].read_from.get(0), Some(9));
+        assert!(pieces[1].read_from.get(1).is_none());
+        assert_eq!(pieces[2].read_from.get(0), Some(11));
+        assert!(pieces[2].continues_from(0, 11));
+        assert_eq!(pieces[3].read_from.get(0), Some(13));
+        assert_eq!(pieces.iter().map(|b| b.records.len()).sum::<usize>(), 3);
     }
 
     #[test]

@@ -16,13 +16,16 @@
 //! topic is idle and before shutdown, committing only what the sink reports durable.
 //!
 //! A transient sink error pauses the assigned partitions and retries with exponential backoff
-//! and jitter; nothing is skipped. Graceful shutdown finishes the batch in flight.
+//! and jitter; nothing is skipped. A data error (a record the sink can never apply) parks that
+//! record's product and the product's later records ([`parking`]); everything else flows.
+//! Graceful shutdown finishes the batch in flight.
 
 mod batch;
 mod context;
 mod dead_letter;
 pub mod history;
 mod metrics;
+pub mod parking;
 mod pipeline;
 mod runner;
 mod sink;
@@ -30,5 +33,6 @@ mod source;
 
 pub use batch::{Batch, Record};
 pub use metrics::RuntimeMetrics;
+pub use parking::Parked;
 pub use runner::{run, run_until_signal, Consumer, RuntimeConfig};
 pub use sink::{Flush, Sink, SinkError, Written};

@@ -1,7 +1,7 @@
 //! What every consumer exposes on `/metrics`.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -12,6 +12,11 @@ pub struct RuntimeMetrics {
     pub batch_seconds: Histogram,
     pub sink_retries: IntCounter,
     pub reseeks: IntCounter,
+    /// Records set aside because their product is parked (the first refused one and every
+    /// later one of the product).
+    pub parked_events: IntCounter,
+    /// Products this consumer keeps parked now.
+    pub parked_products: IntGauge,
     /// Records behind the partition's end, from librdkafka's statistics (the broker's high
     /// watermark: right on Redpanda, unreliable on tansu).
     pub lag: IntGaugeVec,
@@ -59,6 +64,16 @@ impl RuntimeMetrics {
                 "Times the sink's stored offsets moved the consumer",
             )
             .expect("valid metric"),
+            parked_events: IntCounter::new(
+                "consumer_parked_events_total",
+                "Records set aside because the sink refused them or an earlier record of their product",
+            )
+            .expect("valid metric"),
+            parked_products: IntGauge::new(
+                "consumer_parked_products",
+                "Products whose records this consumer keeps parked",
+            )
+            .expect("valid metric"),
             lag: IntGaugeVec::new(
                 Opts::new(
                     "consumer_lag_records",
@@ -75,6 +90,8 @@ impl RuntimeMetrics {
             Box::new(metrics.batch_seconds.clone()),
             Box::new(metrics.sink_retries.clone()),
             Box::new(metrics.reseeks.clone()),
+            Box::new(metrics.parked_events.clone()),
+            Box::new(metrics.parked_products.clone()),
             Box::new(metrics.lag.clone()),
         ] {
             registry.register(collector).expect("register once");

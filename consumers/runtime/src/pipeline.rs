@@ -11,9 +11,10 @@ use foldline_service::retry::{self, Delays};
 use rdkafka::consumer::CommitMode;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::dead_letter::DeadLetter;
+use crate::parking::{Parked, ParkedSet, ParkingRequest, Resolved};
 use crate::source::{DeadLetters, Decoder, Source};
 use crate::{Batch, Flush, Record, RuntimeMetrics, Sink, SinkError, Written};
 
@@ -40,6 +41,11 @@ pub struct Pipeline<Src, Dec, Dl> {
     pub limits: Limits,
     /// Where each partition is read on from, valid for one rebalance generation.
     pub read_from: Mutex<(u64, Offsets)>,
+    /// The products the sink keeps parked, and the rebalance generation they were read in
+    /// (`None`: to be read from the sink again).
+    parked: Mutex<(Option<u64>, ParkedSet)>,
+    /// Operators' requests about parked records (`None` once taken by [`Pipeline::run`]).
+    requests: tokio::sync::Mutex<Option<mpsc::Receiver<ParkingRequest>>>,
 }
 
 impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
@@ -59,6 +65,16 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             healthy,
             limits,
             read_from: Mutex::default(),
+            parked: Mutex::default(),
+            requests: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Serves operators' requests about parked records (from the ops routes) between batches.
+    pub fn with_parking_requests(self, requests: mpsc::Receiver<ParkingRequest>) -> Self {
+        Pipeline {
+            requests: tokio::sync::Mutex::new(Some(requests)),
+            ..self
         }
     }
 
@@ -68,11 +84,23 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         mut sink: S,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        let mut requests = self.requests.lock().await.take();
         loop {
             let first = tokio::select! {
-                message = self.source.recv() => Some(message),
+                message = self.source.recv() => Some(Ok(message)),
                 _ = tokio::time::sleep(self.limits.idle_flush) => None,
                 _ = stop.wait_for(|s| *s) => break,
+                Some(request) = next_request(&mut requests) => Some(Err(request)),
+            };
+            let first = match first {
+                Some(Ok(message)) => Some(message),
+                Some(Err(request)) => {
+                    if !self.answer(&mut sink, request, &mut stop).await? {
+                        break;
+                    }
+                    continue;
+                }
+                None => None,
             };
             let Some(first) = first else {
                 if !self.flush(&mut sink, Flush::Idle, &mut stop).await? {
@@ -105,7 +133,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             if !letters.is_empty() {
                 self.publish_dead_letters(&letters, &mut stop).await?;
             }
-            if !self.write(&mut sink, &batch, &mut stop).await? {
+            if !self.write_parking(&mut sink, &batch, &mut stop).await? {
                 break;
             }
         }
@@ -241,17 +269,244 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         Ok(())
     }
 
-    /// Writes the batch until it is durable (or the sink asks for a reseek). Returns false
-    /// when asked to stop while the sink was unavailable (the batch will be read again).
-    async fn write<S: Sink>(
+    /// Writes the batch, setting aside the records of parked products; when the sink refuses
+    /// the batch's data, writes it again record by record and parks the product of each record
+    /// it refuses. Returns false when asked to stop while the sink was unavailable.
+    async fn write_parking<S: Sink>(
         &self,
         sink: &mut S,
         batch: &Batch,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
-        let Some(Outcome::Written(written)) = self.call(sink, Call::Write(batch), stop).await?
-        else {
+        if sink.parks() && !self.load_parked(sink, stop).await? {
             return Ok(false);
+        }
+        let parked_any;
+        let prepared = match self.set_aside(batch) {
+            Some(prepared) => {
+                parked_any = true;
+                std::borrow::Cow::Owned(prepared)
+            }
+            None => {
+                parked_any = false;
+                std::borrow::Cow::Borrowed(batch)
+            }
+        };
+        match self.write(sink, &prepared, stop).await? {
+            Step::Stopped => Ok(false),
+            Step::Written => {
+                if parked_any {
+                    self.note_parked(&prepared.parked);
+                }
+                Ok(true)
+            }
+            Step::Reseeked => Ok(true),
+            Step::Refused(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    records = batch.records.len(),
+                    "the sink refused a record of the batch; writing it record by record"
+                );
+                self.write_one_by_one(sink, batch, stop).await
+            }
+        }
+    }
+
+    /// The batch cut into one piece per record, each written on its own; a refused record's
+    /// product is parked and the piece written again without it.
+    async fn write_one_by_one<S: Sink>(
+        &self,
+        sink: &mut S,
+        batch: &Batch,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        for piece in batch.split() {
+            let mut piece = self.set_aside(&piece).unwrap_or(piece);
+            loop {
+                match self.write(sink, &piece, stop).await? {
+                    Step::Stopped => return Ok(false),
+                    // The rest of the batch is read again from where the sink stands.
+                    Step::Reseeked => return Ok(true),
+                    Step::Written => {
+                        self.note_parked(&piece.parked);
+                        break;
+                    }
+                    Step::Refused(error) => {
+                        let Some(record) = piece.records.pop() else {
+                            return Err(
+                                error.context("the sink refused a batch of parked records only")
+                            );
+                        };
+                        let reason = format!("{error:#}");
+                        tracing::warn!(partition = record.partition, offset = record.offset,
+                            product = %record.event.product_id, version = record.event.version,
+                            %reason, "record refused by the sink: its product is parked");
+                        piece.parked.push(Parked::of(&record, reason));
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A copy of `batch` with the records of parked products moved to its parked entries;
+    /// `None` when it has none.
+    fn set_aside(&self, batch: &Batch) -> Option<Batch> {
+        crate::parking::set_aside(batch, &self.parked.lock().expect("not poisoned").1)
+    }
+
+    /// Notes entries the sink made durable as parked.
+    fn note_parked(&self, entries: &[Parked]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut parked = self.parked.lock().expect("not poisoned");
+        for entry in entries {
+            if !parked.1.contains(&entry.product_id) {
+                tracing::warn!(product = %entry.product_id, reason = %entry.reason, "product parked");
+            }
+            parked.1.insert(&entry.product_id);
+        }
+        self.metrics.parked_events.inc_by(entries.len() as u64);
+        self.metrics.parked_products.set(parked.1.len() as i64);
+    }
+
+    /// Reads the parked products from the sink when not known for this rebalance generation
+    /// (another instance may have parked or retried some). False when asked to stop.
+    async fn load_parked<S: Sink>(
+        &self,
+        sink: &mut S,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let generation = self.source.generation();
+        if self.parked.lock().expect("not poisoned").0 == Some(generation) {
+            return Ok(true);
+        }
+        let Some(Outcome::Parked(entries)) = self.call(sink, Call::ListParked, stop).await? else {
+            return Ok(false);
+        };
+        let mut parked = self.parked.lock().expect("not poisoned");
+        parked.1.replace(&entries);
+        parked.0 = Some(generation);
+        self.metrics.parked_products.set(parked.1.len() as i64);
+        Ok(true)
+    }
+
+    /// Answers an operator's request about parked records. False when asked to stop.
+    async fn answer<S: Sink>(
+        &self,
+        sink: &mut S,
+        request: ParkingRequest,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        if !sink.parks() {
+            let refusal = "this consumer's sink does not park records".to_owned();
+            match request {
+                ParkingRequest::List(reply) => drop(reply.send(Ok(Vec::new()))),
+                ParkingRequest::Retry(_, reply) | ParkingRequest::Drop(_, reply) => {
+                    drop(reply.send(Err(refusal)))
+                }
+            }
+            return Ok(true);
+        }
+        // What another instance did meanwhile counts too.
+        self.parked.lock().expect("not poisoned").0 = None;
+        let Some(Outcome::Parked(entries)) = self.call(sink, Call::ListParked, stop).await? else {
+            return Ok(false);
+        };
+        let (product, retry, reply) = match request {
+            ParkingRequest::List(reply) => {
+                let _ = reply.send(Ok(entries));
+                return Ok(true);
+            }
+            ParkingRequest::Retry(product, reply) => (product, true, reply),
+            ParkingRequest::Drop(product, reply) => (product, false, reply),
+        };
+        let mine: Vec<&Parked> = entries.iter().filter(|e| e.product_id == product).collect();
+        if mine.is_empty() {
+            let _ = reply.send(Err(format!("product {product:?} has no parked records")));
+            return Ok(true);
+        }
+        let records = if retry {
+            match self.read_again(&mine).await {
+                Ok(records) => Some(records),
+                Err(error) => {
+                    let _ = reply.send(Err(format!(
+                        "reading the parked records again failed: {error:#}"
+                    )));
+                    return Ok(true);
+                }
+            }
+        } else {
+            None
+        };
+        let answer = match self
+            .call(sink, Call::Unpark(&product, records.as_deref()), stop)
+            .await?
+        {
+            None => return Ok(false),
+            Some(Outcome::Refused(error)) => Err(format!(
+                "still refused, the product stays parked: {error:#}"
+            )),
+            Some(_) => {
+                let action = if retry { "retried" } else { "dropped" };
+                tracing::info!(%product, records = mine.len(), action, "parked records resolved");
+                let mut parked = self.parked.lock().expect("not poisoned");
+                parked.1.remove(&product);
+                self.metrics.parked_products.set(parked.1.len() as i64);
+                Ok(Resolved {
+                    product_id: product,
+                    records: mine.len(),
+                    action,
+                })
+            }
+        };
+        let _ = reply.send(answer);
+        Ok(true)
+    }
+
+    /// The parked records, read again from the log and decoded, in log order.
+    async fn read_again(&self, entries: &[&Parked]) -> anyhow::Result<Vec<Record>> {
+        let wanted: Vec<(i32, i64)> = entries.iter().map(|e| (e.partition, e.offset)).collect();
+        let messages = self.source.refetch(&wanted).await?;
+        let mut records = Vec::with_capacity(messages.len());
+        for (partition, offset) in wanted {
+            let message = messages
+                .iter()
+                .find(|m| m.partition() == partition && m.offset() == offset)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("record {partition}:{offset} is no longer in the topic")
+                })?;
+            let bytes = message
+                .payload()
+                .ok_or_else(|| anyhow::anyhow!("record {partition}:{offset} has no value"))?;
+            let event = self.decoder.decode(bytes).await?;
+            records.push(Record {
+                partition,
+                offset,
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                timestamp_ms: message.timestamp().to_millis(),
+                event,
+            });
+        }
+        Ok(records)
+    }
+
+    /// Writes the batch until it is durable (or the sink asks for a reseek, or refuses its
+    /// data).
+    async fn write<S: Sink>(
+        &self,
+        sink: &mut S,
+        batch: &Batch,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Step> {
+        let written = match self.call(sink, Call::Write(batch), stop).await? {
+            None => return Ok(Step::Stopped),
+            Some(Outcome::Refused(error)) => return Ok(Step::Refused(error)),
+            Some(Outcome::Written(written)) => written,
+            Some(_) => unreachable!("a write answers a write"),
         };
         match written {
             Written::Done => {
@@ -284,9 +539,12 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                 if self.source.generation() == generation {
                     self.note_positions(&targets);
                 }
+                // The sink's data may have changed under us (a rebuild swapped it in).
+                self.parked.lock().expect("not poisoned").0 = None;
+                return Ok(Step::Reseeked);
             }
         }
-        Ok(true)
+        Ok(Step::Written)
     }
 
     /// Asks the sink to flush what it holds back and commits what it reports durable.
@@ -297,8 +555,10 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         why: Flush,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
-        let Some(Outcome::Flushed(durable)) = self.call(sink, Call::Flush(why), stop).await? else {
-            return Ok(false);
+        let durable = match self.call(sink, Call::Flush(why), stop).await? {
+            Some(Outcome::Flushed(durable)) => durable,
+            Some(Outcome::Refused(error)) => return Err(error.context("a flush cannot park")),
+            _ => return Ok(false),
         };
         if !durable.is_empty() {
             // Before shutdown the commit must reach the group before the consumer closes.
@@ -336,6 +596,11 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             let result = match call {
                 Call::Write(batch) => sink.write(batch).await.map(Outcome::Written),
                 Call::Flush(why) => sink.flush(why).await.map(Outcome::Flushed),
+                Call::ListParked => sink.parked().await.map(Outcome::Parked),
+                Call::Unpark(product, records) => sink
+                    .unpark(product, records)
+                    .await
+                    .map(|()| Outcome::Unparked),
             };
             match result {
                 Ok(outcome) => {
@@ -345,6 +610,12 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                     break outcome;
                 }
                 Err(SinkError::Fatal(error)) => return Err(error),
+                // Only a sink that keeps parked records may refuse a record: else nothing
+                // would keep it, and stopping is the only way to lose nothing.
+                Err(SinkError::Data(error)) if sink.parks() => break Outcome::Refused(error),
+                Err(SinkError::Data(error)) => {
+                    return Err(error.context("the sink refused the data, and it does not park"))
+                }
                 Err(SinkError::Transient(error)) => {
                     tracing::warn!(%error, "sink unavailable; partitions paused, retrying");
                     self.healthy.store(false, Ordering::Release);
@@ -372,11 +643,41 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
 enum Call<'a> {
     Write(&'a Batch),
     Flush(Flush),
+    ListParked,
+    Unpark(&'a str, Option<&'a [Record]>),
 }
 
 enum Outcome {
     Written(Written),
     Flushed(Offsets),
+    Parked(Vec<Parked>),
+    Unparked,
+    /// The sink refused the data (a parking sink only).
+    Refused(anyhow::Error),
+}
+
+/// How writing one batch ended.
+enum Step {
+    Written,
+    Reseeked,
+    Refused(anyhow::Error),
+    Stopped,
+}
+
+/// The next operator request, or never when there is no channel (or it closed).
+async fn next_request(
+    requests: &mut Option<mpsc::Receiver<ParkingRequest>>,
+) -> Option<ParkingRequest> {
+    match requests {
+        Some(receiver) => match receiver.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *requests = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,7 @@ pub async fn run<S: Sink>(
     let pipeline = Pipeline::new(
         KafkaSource {
             consumer: kafka,
+            brokers: config.log.brokers.clone(),
             topic: config.log.topic.clone(),
             generation,
             paused: Mutex::default(),
@@ -123,11 +124,14 @@ pub async fn run<S: Sink>(
             idle_flush: Duration::from_millis(config.idle_flush_ms),
         },
     );
+    // Operators' requests about parked records, answered by the consume loop between batches.
+    let (parking_tx, parking_rx) = tokio::sync::mpsc::channel(16);
+    let pipeline = pipeline.with_parking_requests(parking_rx);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ops_server = tokio::spawn(foldline_service::serve::serve(
         listener,
-        ops.instrument(ops.routes()),
+        ops.instrument(ops.routes().merge(crate::parking::routes(parking_tx))),
         {
             let mut stop = stop_rx.clone();
             async move {

@@ -3,7 +3,8 @@ use std::future::Future;
 use foldline_service::position::Offsets;
 use foldline_service::retry::Transient;
 
-use crate::Batch;
+use crate::parking::Parked;
+use crate::{Batch, Record};
 
 /// Where a consumer puts its batches.
 pub trait Sink: Send + 'static {
@@ -23,6 +24,31 @@ pub trait Sink: Send + 'static {
     /// Adds the sink's own metrics to the consumer's `/metrics`.
     fn register_metrics(&self, registry: &prometheus::Registry) {
         let _ = registry;
+    }
+
+    /// Whether this sink parks: it keeps [`Batch::parked`] durably with the batch's data and
+    /// implements [`Sink::parked`] and [`Sink::unpark`]. A sink that does not park must never
+    /// answer [`SinkError::Data`] (the runtime stops on it: nothing would keep the record).
+    fn parks(&self) -> bool {
+        false
+    }
+
+    /// Every record this sink keeps parked, in log order per product.
+    fn parked(&mut self) -> impl Future<Output = Result<Vec<Parked>, SinkError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Forgets the parked records of `product`: first applying `records` (they are those
+    /// records, read again from the log, in order) when given — a retry — or applying nothing
+    /// — a drop. In one step where the sink can, so a retry applies each record exactly once;
+    /// a [`SinkError::Data`] leaves the product parked.
+    fn unpark(
+        &mut self,
+        product: &str,
+        records: Option<&[Record]>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = (product, records);
+        async { Err(SinkError::Fatal(anyhow::anyhow!("this sink does not park"))) }
     }
 
     /// Whether the sink's own dependency answers now (for `/ready`).
@@ -78,6 +104,10 @@ pub enum SinkError {
     /// The dependency is down or overloaded: retried with backoff, nothing skipped.
     #[error("sink unavailable: {0}")]
     Transient(anyhow::Error),
+    /// The batch holds a record the sink can never apply (a value its store refuses, a sum
+    /// past its column): the runtime finds the record and parks its product.
+    #[error("sink refused the data: {0}")]
+    Data(anyhow::Error),
     /// Retrying cannot help (a bug or a broken invariant): the consumer stops.
     #[error("sink failed: {0}")]
     Fatal(anyhow::Error),

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use foldline_schemas::wire::{CodecError, EventCodec};
 use foldline_schemas::Envelope;
+use foldline_service::kafka::TopicReader;
 use foldline_service::position::Offsets;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::context::RuntimeContext;
 use crate::dead_letter::{DeadLetter, DeadLetterQueue};
@@ -33,6 +34,14 @@ pub trait Source: Send + Sync {
     fn resume(&self) -> anyhow::Result<()>;
     /// Records progress in the group (a restarted or newly assigned member starts there).
     fn commit(&self, next: &Offsets, mode: CommitMode);
+    /// Reads the records at `wanted` (partition, offset) again, to retry parked records.
+    fn refetch(
+        &self,
+        wanted: &[(i32, i64)],
+    ) -> impl Future<Output = anyhow::Result<Vec<OwnedMessage>>> + Send {
+        let _ = wanted;
+        async { anyhow::bail!("this source cannot read records again") }
+    }
 }
 
 /// Turns a record's bytes into an event; waits while the registry is down, so an error means
@@ -63,6 +72,8 @@ impl DeadLetters for DeadLetterQueue {
 /// A subscribed rdkafka consumer.
 pub struct KafkaSource {
     pub consumer: StreamConsumer<RuntimeContext>,
+    /// For reading parked records again, with a reader of its own.
+    pub brokers: String,
     pub topic: String,
     pub generation: Arc<AtomicU64>,
     /// What [`Source::pause`] paused, so exactly that is resumed.
@@ -127,6 +138,37 @@ impl Source for KafkaSource {
             self.consumer.resume(&assignment)?;
         }
         Ok(())
+    }
+
+    async fn refetch(&self, wanted: &[(i32, i64)]) -> anyhow::Result<Vec<OwnedMessage>> {
+        let mut from = Offsets::new();
+        for (partition, offset) in wanted {
+            if from.get(*partition).is_none_or(|o| *offset < o) {
+                from.set(*partition, *offset);
+            }
+        }
+        let partitions: Vec<i32> = from.iter().map(|(p, _)| p).collect();
+        let mut reader = TopicReader::open(
+            &self.brokers,
+            "foldline-parked-retry",
+            &self.topic,
+            &from,
+            Some(&partitions),
+            false,
+        )?;
+        let mut missing: std::collections::HashSet<(i32, i64)> = wanted.iter().copied().collect();
+        let mut found = Vec::with_capacity(wanted.len());
+        // Parked records are few; reading on until the last of them is found is bounded by
+        // how far apart they are in the log.
+        while !missing.is_empty() {
+            let Some(message) = reader.next().await? else {
+                break;
+            };
+            if missing.remove(&(message.partition(), message.offset())) {
+                found.push(message);
+            }
+        }
+        Ok(found)
     }
 
     fn commit(&self, next: &Offsets, mode: CommitMode) {

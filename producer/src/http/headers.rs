@@ -2,14 +2,13 @@
 //! W3C `traceparent` (kept when valid, started otherwise) which travel into the Kafka headers.
 
 use axum::http::{HeaderMap, StatusCode};
+use foldline_schemas::limits;
 use rand::Rng;
 use uuid::Uuid;
 
 use super::problem::Problem;
 use crate::domain::Actor;
 use crate::handler::RequestMeta;
-
-pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
 fn bad(detail: impl Into<String>) -> Problem {
     Problem::new(
@@ -67,11 +66,7 @@ pub fn request_meta(actor: Actor, headers: &HeaderMap) -> Result<RequestMeta, Pr
                 .to_str()
                 .map_err(|_| bad("Idempotency-Key must be visible ASCII"))?
                 .trim();
-            if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
-                return Err(bad(format!(
-                    "Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
-                )));
-            }
+            limits::check_idempotency_key(key).map_err(|v| bad(v.to_string()))?;
             Some(key.to_owned())
         }
     };
@@ -79,7 +74,7 @@ pub fn request_meta(actor: Actor, headers: &HeaderMap) -> Result<RequestMeta, Pr
         .get("x-correlation-id")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| limits::check_correlation_id(v).is_ok())
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     let traceparent = headers

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::domain::{Actor, Command};
 use crate::forward::Forwarder;
-use crate::gate::Gate;
+use crate::gate::{CommandCharge, Gate};
 use crate::handler::{CommandHandler, PlannedCommand};
 use crate::store::Answer;
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
@@ -222,6 +222,7 @@ async fn remove(
 async fn batch(
     State(service): State<Arc<CommandHandler>>,
     Extension(actor): Extension<Actor>,
+    charge: Option<Extension<CommandCharge>>,
     headers: HeaderMap,
     body: Result<Json<BatchBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
@@ -236,6 +237,12 @@ async fn batch(
                 body.commands.len()
             ),
         ));
+    }
+    if let Some(Extension(charge)) = charge {
+        // The gate charged one command for the request; the rest of the batch counts too.
+        if let Err(refused) = charge.charge(body.commands.len() as u32 - 1) {
+            return Ok(refused);
+        }
     }
     let meta = headers::request_meta(actor, &headers)?;
     let planned: Vec<PlannedCommand> = body.commands.into_iter().map(BatchCommand::plan).collect();

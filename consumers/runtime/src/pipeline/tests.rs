@@ -23,6 +23,8 @@ struct FakeLog {
     commits: StdMutex<Vec<(Offsets, bool)>>,
     pauses: AtomicUsize,
     resumes: AtomicUsize,
+    /// Every record ever pushed, for `refetch`.
+    history: StdMutex<Vec<OwnedMessage>>,
 }
 
 #[derive(Clone, Default)]
@@ -39,6 +41,7 @@ impl FakeSource {
             offset,
             None,
         );
+        self.0.history.lock().unwrap().push(message.clone());
         self.0.queued.lock().unwrap().push_back(message);
         self.0.arrived.notify_one();
     }
@@ -79,6 +82,17 @@ impl Source for FakeSource {
     fn commit(&self, next: &Offsets, mode: CommitMode) {
         let sync = matches!(mode, CommitMode::Sync);
         self.0.commits.lock().unwrap().push((next.clone(), sync));
+    }
+    async fn refetch(&self, wanted: &[(i32, i64)]) -> anyhow::Result<Vec<OwnedMessage>> {
+        Ok(self
+            .0
+            .history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| wanted.contains(&(m.partition(), m.offset())))
+            .cloned()
+            .collect())
     }
 }
 
@@ -490,4 +504,224 @@ async fn after_a_rebalance_nothing_is_known_of_where_partitions_are_read_from() 
         "a sink at 1 must not trust a batch starting at 2"
     );
     run.stop().await.unwrap();
+}
+
+/// A sink that keeps parked entries and refuses every record of a product named `poison…`
+/// (until `cured`), as a store refuses a value it cannot hold.
+#[derive(Clone, Default)]
+struct ParkingSink {
+    applied: Arc<StdMutex<Vec<(String, i64)>>>,
+    parked: Arc<StdMutex<Vec<Parked>>>,
+    writes: Arc<AtomicUsize>,
+    cured: Arc<AtomicBool>,
+}
+
+impl ParkingSink {
+    fn refuses(&self, record: &Record) -> bool {
+        record.event.product_id.starts_with("poison") && !self.cured.load(Ordering::SeqCst)
+    }
+    fn applied(&self) -> Vec<(String, i64)> {
+        self.applied.lock().unwrap().clone()
+    }
+    fn parked_offsets(&self) -> Vec<i64> {
+        self.parked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.offset)
+            .collect()
+    }
+}
+
+impl Sink for ParkingSink {
+    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if batch.records.iter().any(|r| self.refuses(r)) {
+            return Err(SinkError::Data(anyhow::anyhow!("value out of range")));
+        }
+        let mut applied = self.applied.lock().unwrap();
+        applied.extend(
+            batch
+                .records
+                .iter()
+                .map(|r| (r.event.product_id.clone(), r.offset)),
+        );
+        self.parked
+            .lock()
+            .unwrap()
+            .extend(batch.parked.iter().cloned());
+        Ok(Written::Done)
+    }
+    fn parks(&self) -> bool {
+        true
+    }
+    async fn parked(&mut self) -> Result<Vec<Parked>, SinkError> {
+        Ok(self.parked.lock().unwrap().clone())
+    }
+    async fn unpark(&mut self, product: &str, records: Option<&[Record]>) -> Result<(), SinkError> {
+        if let Some(records) = records {
+            if records.iter().any(|r| self.refuses(r)) {
+                return Err(SinkError::Data(anyhow::anyhow!("value out of range")));
+            }
+            let mut applied = self.applied.lock().unwrap();
+            applied.extend(
+                records
+                    .iter()
+                    .map(|r| (r.event.product_id.clone(), r.offset)),
+            );
+        }
+        self.parked
+            .lock()
+            .unwrap()
+            .retain(|p| p.product_id != product);
+        Ok(())
+    }
+}
+
+fn start_parking(sink: ParkingSink) -> (Running, mpsc::Sender<ParkingRequest>) {
+    let source = FakeSource::default();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let metrics = RuntimeMetrics::new(&prometheus::Registry::new());
+    let (requests, requests_rx) = mpsc::channel(4);
+    let pipeline = Pipeline::new(
+        source.clone(),
+        FakeDecoder,
+        FakeDeadLetters::default(),
+        metrics.clone(),
+        healthy.clone(),
+        Limits {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_wait: Duration::from_millis(20),
+            idle_flush: Duration::from_millis(150),
+        },
+    )
+    .with_parking_requests(requests_rx);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move { pipeline.run(sink, stop_rx).await });
+    let running = Running {
+        source,
+        dead_letters: FakeDeadLetters::default(),
+        healthy,
+        metrics,
+        stop,
+        task,
+    };
+    (running, requests)
+}
+
+async fn request<T>(
+    requests: &mpsc::Sender<ParkingRequest>,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> ParkingRequest,
+) -> Result<T, String> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    requests.send(make(reply)).await.unwrap();
+    answer.await.unwrap()
+}
+
+#[tokio::test]
+async fn given_a_record_the_sink_refuses_then_its_product_is_parked_and_every_other_flows() {
+    let sink = ParkingSink::default();
+    let (run, requests) = start_parking(sink.clone());
+    run.source.push(0, 0, Some("a"));
+    run.source.push(0, 1, Some("poison-1"));
+    run.source.push(0, 2, Some("bad bytes"));
+    run.source.push(0, 3, Some("b"));
+    run.source.push(1, 0, Some("c"));
+    until(|| {
+        run.source
+            .commits()
+            .iter()
+            .any(|(o, _)| o.get(0) == Some(4))
+    })
+    .await;
+    until(|| sink.applied().len() == 3).await;
+    assert_eq!(
+        sink.applied(),
+        [("a".into(), 0), ("b".into(), 3), ("c".into(), 0)],
+        "every other product applied, in order"
+    );
+    assert_eq!(sink.parked_offsets(), [1]);
+    assert!(sink.parked.lock().unwrap()[0]
+        .reason
+        .contains("value out of range"));
+    assert_eq!(run.metrics.parked_products.get(), 1);
+    assert!(run.healthy.load(Ordering::SeqCst), "ready all along");
+
+    // A later record of the parked product is parked behind it, in order; others flow.
+    run.source.push(0, 4, Some("poison-1"));
+    run.source.push(0, 5, Some("d"));
+    until(|| sink.applied().len() == 4).await;
+    assert_eq!(sink.parked_offsets(), [1, 4]);
+    assert_eq!(sink.parked.lock().unwrap()[1].reason, BEHIND_A_PARKED_EVENT);
+    assert_eq!(run.metrics.parked_events.get(), 2);
+
+    // Retried while the sink still refuses: stays parked, nothing applied.
+    let still = request(&requests, |r| ParkingRequest::Retry("poison-1".into(), r)).await;
+    assert!(still.unwrap_err().contains("stays parked"));
+    assert_eq!(sink.parked_offsets(), [1, 4]);
+
+    // Fixed: a retry applies both, in order, once; the product flows again.
+    sink.cured.store(true, Ordering::SeqCst);
+    let resolved = request(&requests, |r| ParkingRequest::Retry("poison-1".into(), r)).await;
+    assert_eq!(resolved.unwrap().records, 2);
+    assert!(sink.parked_offsets().is_empty());
+    run.source.push(0, 6, Some("poison-1"));
+    until(|| sink.applied().len() == 7).await;
+    assert_eq!(
+        sink.applied()[4..],
+        [
+            ("poison-1".into(), 1),
+            ("poison-1".into(), 4),
+            ("poison-1".into(), 6)
+        ]
+    );
+    assert_eq!(run.metrics.parked_products.get(), 0);
+    let unknown = request(&requests, |r| ParkingRequest::Drop("nothing".into(), r)).await;
+    assert!(unknown.is_err());
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn given_parked_records_when_dropped_then_forgotten_and_later_records_flow() {
+    let sink = ParkingSink::default();
+    let (run, requests) = start_parking(sink.clone());
+    run.source.push(0, 0, Some("poison-2"));
+    until(|| sink.parked_offsets() == [0]).await;
+    let listed = request(&requests, ParkingRequest::List).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].product_id, "poison-2");
+    let dropped = request(&requests, |r| ParkingRequest::Drop("poison-2".into(), r)).await;
+    assert_eq!(dropped.unwrap().action, "dropped");
+    assert!(sink.parked_offsets().is_empty());
+    assert!(sink.applied().is_empty(), "a drop applies nothing");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn given_a_sink_that_does_not_park_when_it_refuses_data_then_the_consumer_stops() {
+    struct Refusing;
+    impl Sink for Refusing {
+        async fn write(&mut self, _: &Batch) -> Result<Written, SinkError> {
+            Err(SinkError::Data(anyhow::anyhow!("refused")))
+        }
+    }
+    let source = FakeSource::default();
+    let pipeline = Pipeline::new(
+        source.clone(),
+        FakeDecoder,
+        FakeDeadLetters::default(),
+        RuntimeMetrics::new(&prometheus::Registry::new()),
+        Arc::new(AtomicBool::new(true)),
+        Limits {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_wait: Duration::from_millis(20),
+            idle_flush: Duration::from_millis(150),
+        },
+    );
+    let (_stop, stop_rx) = watch::channel(false);
+    source.push(0, 0, Some("a"));
+    let error = pipeline.run(Refusing, stop_rx).await.unwrap_err();
+    assert!(format!("{error:#}").contains("does not park"));
 }
