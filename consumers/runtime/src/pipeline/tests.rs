@@ -13,6 +13,7 @@ use rdkafka::Timestamp;
 use tokio::sync::Notify;
 
 use super::*;
+use crate::parking::BEHIND_A_PARKED_EVENT;
 
 #[derive(Default)]
 struct FakeLog {
