@@ -51,6 +51,11 @@ pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEv
     };
     let mut json = serde_json::to_value(&event).ok()?;
     json["position"] = position.to_string().into();
+    // Streams are public: an idempotency key is the writer's, and a key seen is a key
+    // another writer could try.
+    if let Some(fields) = json.as_object_mut() {
+        fields.remove("idempotency_key");
+    }
     Some(LiveEvent {
         partition: message.partition(),
         offset: message.offset(),

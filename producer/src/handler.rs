@@ -177,7 +177,11 @@ impl CommandHandler {
         };
         let writer = &lane.lane.writer;
         writer.status()?;
-        let answer_guard = match &meta.idempotency_key {
+        let scoped = meta
+            .idempotency_key
+            .as_deref()
+            .map(|key| crate::store::scoped_key(&meta.actor.subject, key));
+        let answer_guard = match &scoped {
             Some(key) => {
                 let guard = self.store.answer_slot(key).lock_owned().await;
                 if let Some(answers) = guard.as_ref() {
@@ -197,7 +201,7 @@ impl CommandHandler {
                 .collect();
             *guard = Some(by_index);
         }
-        if let Some(key) = &meta.idempotency_key {
+        if let Some(key) = &scoped {
             match &result {
                 Ok(_) => self
                     .store

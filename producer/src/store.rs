@@ -58,6 +58,14 @@ impl Default for Store {
     }
 }
 
+/// Idempotency keys belong to the token subject that sent them: the same key from another
+/// subject is another key (a seller reusing an admin's key gets its own answer, never the
+/// admin's). Subjects hold no control characters (`limits::check_actor`), so the unit
+/// separator cannot be forged.
+pub fn scoped_key(subject: &str, key: &str) -> String {
+    format!("{subject}\u{1f}{key}")
+}
+
 impl Store {
     /// A store that remembers idempotency keys for `idempotency_ttl_ms` after their answer.
     pub fn new(idempotency_ttl_ms: i64) -> Store {
@@ -186,6 +194,7 @@ impl Store {
             *product = evolve(product.take(), event);
         }
         if let (Some(key), Some(index)) = (&event.idempotency_key, event.command_index) {
+            let key = &scoped_key(event.actor.as_deref().unwrap_or_default(), key);
             let age_ms =
                 chrono::Utc::now().timestamp_millis() - event.occurred_at.timestamp_millis();
             if age_ms > self.idempotency_ttl_ms {

@@ -108,7 +108,12 @@ impl Ops {
                         .get::<MatchedPath>()
                         .map(|p| p.as_str().to_owned())
                         .unwrap_or_else(|| "unmatched".to_owned());
-                    let method = req.method().as_str().to_owned();
+                    // A fixed set: any other method would be a new series per request.
+                    let method = match req.method().as_str() {
+                        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+                        _ => "other",
+                    }
+                    .to_owned();
                     let started = Instant::now();
                     let response = next.run(req).await;
                     metrics

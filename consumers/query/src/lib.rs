@@ -26,6 +26,8 @@ pub struct QueryState {
     pub progress: tokio::sync::watch::Receiver<std::sync::Arc<progress::Progress>>,
     pub default_timeout: Duration,
     pub max_timeout: Duration,
+    /// One permit per request waiting on `?after=`: waiters are bounded.
+    pub waiters: Arc<tokio::sync::Semaphore>,
     /// The DynamoDB recent-events table, for `GET /products/{id}/events`.
     pub recent_events: foldline_recent_events::read::RecentEventsTable,
 }

@@ -31,6 +31,10 @@ struct Cli {
     /// How long `?after=` waits by default (ms); `timeout_ms` changes it per request.
     #[arg(long, env = "FOLDLINE_QUERY_WAIT_MS", default_value_t = 5000)]
     default_wait_ms: u64,
+    /// Requests waiting on `?after=` at once; past it a request is answered 503 with
+    /// `Retry-After` instead of waiting.
+    #[arg(long, env = "FOLDLINE_QUERY_MAX_WAITERS", default_value_t = 4096)]
+    max_waiters: usize,
     /// Database connections.
     #[arg(long, env = "FOLDLINE_QUERY_CONNECTIONS", default_value_t = 16)]
     connections: u32,
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         progress,
         default_timeout: Duration::from_millis(cli.default_wait_ms),
         max_timeout: Duration::from_secs(60),
+        waiters: Arc::new(tokio::sync::Semaphore::new(cli.max_waiters.max(1))),
         recent_events: foldline_recent_events::read::RecentEventsTable {
             client: cli.dynamodb.client().await,
             table: cli.recent_events_table,

@@ -37,6 +37,17 @@ pub async fn until_applied(
         .parse()
         .map_err(|e: String| bad_param(format!("after: {e}")))?;
     let mut progress = state.progress.clone();
+    if progress.borrow().applied(position.partition, position.offset) {
+        return Ok(progress.borrow().schema.clone());
+    }
+    let Ok(_waiting) = state.waiters.clone().try_acquire_owned() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-waiters",
+            "Too many requests are waiting for the read model",
+            "retry shortly, or read without ?after=",
+        ));
+    };
     let reached = tokio::time::timeout(timeout, async {
         loop {
             {

@@ -11,12 +11,13 @@ impl From<DomainError> for Problem {
     fn from(error: DomainError) -> Self {
         let detail = error.to_string();
         match error {
-            DomainError::Invalid { .. } => Problem::new(
+            DomainError::Invalid { field, .. } => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "rule-broken",
                 "A rule of the product was broken",
                 detail,
-            ),
+            )
+            .with("field", field),
             DomainError::NotFound => Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
