@@ -11,6 +11,20 @@ pub struct PostgresSink {
     pub group: String,
     pub topic: String,
     pub low_stock_threshold: i64,
+    /// The model schema the last batch went to (a change means a replay swapped models).
+    pub schema_seen: std::sync::Mutex<Option<String>>,
+}
+
+impl PostgresSink {
+    pub fn new(model: ReadModel, group: String, topic: String, low_stock_threshold: i64) -> Self {
+        PostgresSink {
+            model,
+            group,
+            topic,
+            low_stock_threshold,
+            schema_seen: Default::default(),
+        }
+    }
 }
 
 impl Sink for PostgresSink {
@@ -131,6 +145,22 @@ impl PostgresSink {
         // FOR SHARE: a replay's swap (FOR UPDATE) waits for this batch, and this batch for
         // the swap, so every batch lands wholly in one model.
         let schema = active_schema(&mut tx, "FOR SHARE").await?;
+        let swapped = {
+            let mut seen = self.schema_seen.lock().expect("not poisoned");
+            let swapped = seen.as_ref().is_some_and(|s| *s != schema);
+            *seen = Some(schema.clone());
+            swapped
+        };
+        {
+            if swapped {
+                // A replay swapped in a new model, whose parked products may differ from the
+                // ones the runtime knows: read the batch again (the runtime reloads them on
+                // a reseek), nothing written.
+                tx.rollback().await?;
+                tracing::info!(%schema, "the live model changed; reading the batch again");
+                return Ok(Written::Reseek(Default::default()));
+            }
+        }
         let target = self.target(&schema);
         match apply_batch(&mut tx, &target, batch).await? {
             Applied::Reseek(at) => {

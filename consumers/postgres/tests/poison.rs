@@ -298,4 +298,60 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
     stack.assert_model_equals_fold(&applied).await;
     assert!(listed(&[&projector]).contains(&(projector.url.clone(), huge.clone(), 2)));
     projector.wait_ready(Duration::from_secs(1)).await;
+
+    // A rebuild from the log parks the same records again (a drop gives records up in one
+    // model, not in the log): the new model holds what the live one held, and the live
+    // projector, moved to it, reads its parked products from it.
+    let output = tokio::process::Command::new(binary("foldline-projector"))
+        .args(["replay", "--drop-grace-ms", "500"])
+        .envs(
+            stack
+                .projector_env(&group)
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone())),
+        )
+        .env(
+            "FOLDLINE_PROJECTOR_LISTEN",
+            format!("127.0.0.1:{}", foldline_testkit::process::free_port()),
+        )
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("3 products parked"), "{printed}");
+    // The live projector knows the new model's parked products: a later event of the product
+    // parked again by the rebuild is set aside, not applied on top of nothing.
+    write_raw(
+        &stack.topic,
+        &[event(
+            &nul,
+            3,
+            Payload::ProductUpdated(ProductUpdated {
+                name: Some("fixed".into()),
+                price_cents: None,
+            }),
+        )],
+    )
+    .await;
+    stack.mixed_load(2, 2, 15).await;
+    let events = stack.topic_events().await;
+    let applied: Vec<Envelope> = events
+        .iter()
+        .filter(|e| !gone.contains(&&e.product_id))
+        .cloned()
+        .collect();
+    stack.wait_caught_up(applied.len()).await;
+    stack.assert_model_equals_fold(&applied).await;
+    assert_eq!(stack.get(&format!("/products/{nul}")).await.0, 404);
+    let after_rebuild = listed(&[&projector]);
+    assert!(
+        after_rebuild.contains(&(projector.url.clone(), nul.clone(), 3)),
+        "{after_rebuild:?}"
+    );
+    assert_eq!(after_rebuild.len(), 6, "{after_rebuild:?}");
 }

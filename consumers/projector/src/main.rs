@@ -117,9 +117,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let rate = report.events as f64 / report.elapsed.as_secs_f64().max(0.001);
             println!(
-                "replayed {} events ({} undecodable skipped) in {:.1} s ({rate:.0} events/s): {} replaced {}",
+                "replayed {} events ({} undecodable skipped, {} products parked) in {:.1} s ({rate:.0} events/s): {} replaced {}",
                 report.events,
                 report.dead,
+                report.parked,
                 report.elapsed.as_secs_f64(),
                 report.new_schema,
                 report.old_schema
@@ -129,12 +130,12 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let active = model.bootstrap().await?;
             tracing::info!(schema = %active, "read model ready");
-            let sink = PostgresSink {
+            let sink = PostgresSink::new(
                 model,
-                group: cli.group.clone(),
-                topic: cli.runtime.log.topic.clone(),
-                low_stock_threshold: cli.low_stock_threshold,
-            };
+                cli.group.clone(),
+                cli.runtime.log.topic.clone(),
+                cli.low_stock_threshold,
+            );
             let consumer = Consumer {
                 name: "postgres-projector",
                 version: env!("CARGO_PKG_VERSION"),

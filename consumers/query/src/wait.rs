@@ -37,7 +37,10 @@ pub async fn until_applied(
         .parse()
         .map_err(|e: String| bad_param(format!("after: {e}")))?;
     let mut progress = state.progress.clone();
-    if progress.borrow().applied(position.partition, position.offset) {
+    if progress
+        .borrow()
+        .applied(position.partition, position.offset)
+    {
         return Ok(progress.borrow().schema.clone());
     }
     let Ok(_waiting) = state.waiters.clone().try_acquire_owned() else {
