@@ -72,6 +72,31 @@ pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEv
 struct Broadcast {
     cursor: Cursor,
     recent: VecDeque<Arc<LiveEvent>>,
+    /// Per partition, the offset from which `recent` holds every event: a client resuming
+    /// from there or later is served from memory, with no reader of its own.
+    covered_from: Cursor,
+}
+
+impl Broadcast {
+    /// Keeps `event` among the recent ones, at most `keep` of them.
+    fn remember(&mut self, event: Arc<LiveEvent>, keep: usize) {
+        if keep == 0 {
+            self.covered_from.advance(event.partition, event.offset);
+            return;
+        }
+        if self.recent.len() >= keep {
+            if let Some(evicted) = self.recent.pop_front() {
+                self.covered_from.advance(evicted.partition, evicted.offset);
+            }
+        }
+        self.recent.push_back(event);
+    }
+}
+
+/// What a resuming client needs from memory: the events it has not had, then the live feed.
+pub struct Resumed {
+    pub missed: VecDeque<Arc<LiveEvent>>,
+    pub live: broadcast::Receiver<Arc<LiveEvent>>,
 }
 
 pub struct Feed {
@@ -112,6 +137,35 @@ impl Feed {
     pub fn clients(&self) -> usize {
         self.live.receiver_count()
     }
+
+    /// The topic's partitions, as far as the feed has read it (its cursor names every one).
+    pub fn partitions(&self) -> Vec<i32> {
+        let broadcast = self.broadcast.lock().expect("not poisoned");
+        broadcast.cursor.iter().map(|(p, _)| p).collect()
+    }
+
+    /// When the recent events hold everything after `from`: those events and a receiver of
+    /// the live feed from just after them, taken under one lock (no gap, no duplicate).
+    /// `None` when `from` is older than what memory holds.
+    pub fn resume(&self, from: &Cursor) -> Option<Resumed> {
+        let broadcast = self.broadcast.lock().expect("not poisoned");
+        let covered = broadcast.cursor.iter().all(|(partition, _)| {
+            from.get(partition).unwrap_or(0) >= broadcast.covered_from.get(partition).unwrap_or(0)
+        });
+        if !covered {
+            return None;
+        }
+        let missed = broadcast
+            .recent
+            .iter()
+            .filter(|e| !from.has_seen(e.partition, e.offset))
+            .cloned()
+            .collect();
+        Some(Resumed {
+            missed,
+            live: self.live.subscribe(),
+        })
+    }
 }
 
 /// Starts the tailer. `capacity` bounds what a slow client may fall behind before it is told
@@ -124,6 +178,9 @@ pub fn start(
     capacity: usize,
     history: usize,
 ) -> Feed {
+    // What memory keeps: the page's history, and at least as much as a client may fall
+    // behind the live feed, so a client told to reconnect resumes from memory.
+    let keep = history.max(capacity);
     let (live, _) = broadcast::channel(capacity);
     let caught_up = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Mutex::new(Broadcast::default()));
@@ -136,11 +193,12 @@ pub fn start(
         // Start near the log's committed end, so start-up does not grow with the log (nobody
         // can be waiting for older history: resuming clients read it themselves).
         let mut cursor = loop {
-            match read_history(&brokers, &topic, &codec, history).await {
-                Ok((cursor, recent)) => {
+            match read_history(&brokers, &topic, &codec, keep).await {
+                Ok((cursor, recent, covered_from)) => {
                     *shared.lock().expect("not poisoned") = Broadcast {
                         cursor: cursor.clone(),
                         recent,
+                        covered_from,
                     };
                     caught_up.store(true, Ordering::Release);
                     tracing::info!(%cursor, "following the topic from its end");
@@ -171,13 +229,9 @@ pub fn start(
                         cursor.advance(message.partition(), message.offset());
                         let mut shared = shared.lock().expect("not poisoned");
                         shared.cursor.advance(message.partition(), message.offset());
+                        // An undecodable record is skipped on every path, so memory covers it.
                         if let Some(event) = event {
-                            if history > 0 {
-                                if shared.recent.len() == history {
-                                    shared.recent.pop_front();
-                                }
-                                shared.recent.push_back(event.clone());
-                            }
+                            shared.remember(event.clone(), keep);
                             let _ = live.send(event);
                         }
                     }
@@ -196,18 +250,19 @@ pub fn start(
 }
 
 /// Reads the last stretch of every partition up to its committed end: the cursor at that
-/// end, and the last `history` events in timestamp order. Each partition is read back from
-/// `history * 4` offsets before its end (transaction markers take offsets too), so this costs
-/// the same on a log of a thousand records or of a billion.
+/// end, the last `history` events in timestamp order, and from where per partition they hold
+/// every event. Each partition is read back from `history * 4` offsets before its end
+/// (transaction markers take offsets too), so this costs the same on a log of a thousand
+/// records or of a billion.
 async fn read_history(
     brokers: &str,
     topic: &str,
     codec: &EventCodec,
     history: usize,
-) -> Result<(Cursor, VecDeque<Arc<LiveEvent>>), SetupError> {
+) -> Result<(Cursor, VecDeque<Arc<LiveEvent>>, Cursor), SetupError> {
     let ends = kafka::committed_ends(brokers, "foldline-notifier-ends", topic).await?;
     let back = (history as i64).saturating_mul(4);
-    let from = ends
+    let from: Cursor = ends
         .iter()
         .map(|(partition, end)| (partition, (end - back).max(0)))
         .collect();
@@ -229,5 +284,13 @@ async fn read_history(
     let cursor = reader.positions()?;
     events.sort_by_key(|e| (e.timestamp_ms, e.partition, e.offset));
     let skip = events.len().saturating_sub(history);
-    Ok((cursor, events.into_iter().skip(skip).collect()))
+    let mut covered_from = from;
+    for dropped in &events[..skip] {
+        covered_from.advance(dropped.partition, dropped.offset);
+    }
+    Ok((
+        cursor,
+        events.into_iter().skip(skip).collect(),
+        covered_from,
+    ))
 }

@@ -45,6 +45,14 @@ struct Cli {
     /// Events a client may fall behind the live feed before it is told to reconnect.
     #[arg(long, env = "FOLDLINE_SSE_BUFFER", default_value_t = 4096)]
     buffer: usize,
+    /// SSE streams served at once; past it `GET /events/stream` answers 503 with
+    /// `Retry-After` (EventSource retries by itself).
+    #[arg(long, env = "FOLDLINE_SSE_MAX_STREAMS", default_value_t = 10_000)]
+    max_streams: usize,
+    /// Resuming clients read back from the broker at once, when what they missed is older
+    /// than the notifier's memory (`FOLDLINE_SSE_BUFFER` events); past it 503 `Retry-After`.
+    #[arg(long, env = "FOLDLINE_SSE_MAX_BACKLOG_READERS", default_value_t = 4)]
+    max_backlog_readers: usize,
     /// Recent events kept for `GET /events/recent` (the live page's history on arrival).
     #[arg(long, env = "FOLDLINE_LIVE_HISTORY", default_value_t = 200)]
     history: usize,
@@ -67,6 +75,10 @@ struct AppState {
     feed: Feed,
     backlog: Arc<Backlog>,
     history: usize,
+    /// One permit per open stream.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// One permit per client reading back from the broker.
+    backlog_readers: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +143,8 @@ async fn main() -> anyhow::Result<()> {
             codec,
         }),
         history: cli.history,
+        streams: Arc::new(tokio::sync::Semaphore::new(cli.max_streams.max(1))),
+        backlog_readers: Arc::new(tokio::sync::Semaphore::new(cli.max_backlog_readers.max(1))),
     });
     {
         let state = state.clone();
@@ -195,8 +209,40 @@ async fn stream(
     if !state.feed.caught_up.load(Ordering::Acquire) {
         return Ok(catching_up());
     }
-    let (live_cursor, live) = state.feed.subscribe();
-    let events = sse::client_stream(live_cursor, live, resume, filter, state.backlog.clone());
+    if let Some(cursor) = &resume {
+        check_cursor(cursor, &state.feed.partitions())?;
+    }
+    let Ok(stream_permit) = state.streams.clone().try_acquire_owned() else {
+        return Ok(busy(
+            "the notifier serves as many streams as it may; retry shortly",
+        ));
+    };
+    let (cursor, live, start) = match resume {
+        None => {
+            let (live_cursor, live) = state.feed.subscribe();
+            (live_cursor, live, sse::Start::Live)
+        }
+        Some(from) => match state.feed.resume(&from) {
+            Some(resumed) => (from, resumed.live, sse::Start::Memory(resumed.missed)),
+            None => {
+                let Ok(reader) = state.backlog_readers.clone().try_acquire_owned() else {
+                    return Ok(busy(
+                        "too many clients are reading back older events; retry shortly",
+                    ));
+                };
+                let (_, live) = state.feed.subscribe();
+                (from.clone(), live, sse::Start::Broker(from, reader))
+            }
+        },
+    };
+    let events = sse::client_stream(
+        cursor,
+        live,
+        start,
+        filter,
+        state.backlog.clone(),
+        stream_permit,
+    );
     let mut response = Sse::new(events)
         .keep_alive(
             KeepAlive::new()
@@ -213,6 +259,36 @@ async fn stream(
         "no-cache".parse().expect("valid header"),
     );
     Ok(response)
+}
+
+/// A cursor must fit the topic: partitions it has, offsets that can exist. A cursor naming
+/// other partitions would be echoed back in every message's `id:`.
+fn check_cursor(cursor: &Cursor, partitions: &[i32]) -> Result<(), Problem> {
+    for (partition, offset) in cursor.iter() {
+        if !partitions.contains(&partition) || offset < 0 {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-last-event-id",
+                "Invalid Last-Event-ID",
+                format!(
+                    "the cursor names {partition}:{offset}; the topic has partitions 0 to {}",
+                    partitions.len().saturating_sub(1)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 503 with `Retry-After` past a cap.
+fn busy(detail: &str) -> Response {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "The notifier is busy",
+        detail,
+    )
+    .into_response()
 }
 
 /// 503 until the feed follows the log's end.

@@ -1,10 +1,13 @@
 //! `GET /events/stream`: one client's stream. A resuming client (`Last-Event-ID`, or
-//! `?last_event_id=` for pages that cannot set headers) first gets what it missed, read back
-//! from the broker, then the live feed; its cursor skips anything it has already had, so there
-//! is no gap and no duplicate. A client that falls further behind than the feed's buffer gets
-//! a final `reconnect` event carrying its last id, and the stream ends.
+//! `?last_event_id=` for pages that cannot set headers) first gets what it missed — from the
+//! feed's memory when it holds that stretch (the usual case: a reconnect after a network blip
+//! or after falling behind), else read back from the broker by one of a few shared-out
+//! readers (opened off the async runtime, at most `FOLDLINE_SSE_MAX_BACKLOG_READERS` at once)
+//! — then the live feed; its cursor skips anything it has already had, so there is no gap
+//! and no duplicate. A client that falls further behind than the feed's buffer gets a final
+//! `reconnect` event carrying its last id, and the stream ends.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use foldline_service::kafka::TopicReader;
 use futures::Stream;
 use rdkafka::Message;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cursor::Cursor;
 use crate::feed::{decode, LiveEvent};
@@ -57,9 +61,25 @@ pub struct Backlog {
     pub codec: Arc<EventCodec>,
 }
 
+/// Where a client's first events come from.
+pub enum Start {
+    /// The live feed only.
+    Live,
+    /// What it missed, from the feed's memory.
+    Memory(VecDeque<Arc<LiveEvent>>),
+    /// What it missed, read back from the broker from this cursor, holding one of the
+    /// bounded backlog permits until it reaches the live feed.
+    Broker(Cursor, OwnedSemaphorePermit),
+}
+
 enum Phase {
-    Start,
-    Backlog(Box<TopicReader>),
+    Start(Start),
+    Memory(VecDeque<Arc<LiveEvent>>),
+    Backlog {
+        reader: Box<TopicReader>,
+        /// Held until the client reaches the live feed.
+        _permit: OwnedSemaphorePermit,
+    },
     Live,
     Done,
 }
@@ -67,28 +87,30 @@ enum Phase {
 struct Client {
     phase: Phase,
     cursor: Cursor,
-    resume: Option<Cursor>,
     live: broadcast::Receiver<Arc<LiveEvent>>,
     filter: Filter,
     backlog: Arc<Backlog>,
+    /// The stream's place under the notifier's stream cap, given back when it ends.
+    _stream: OwnedSemaphorePermit,
 }
 
-/// The events of one client, starting at `live_cursor` (where `live` starts), or — when
-/// resuming — at `resume`, with the stretch in between read from the broker.
+/// The events of one client from `cursor` (where it has got to: the live cursor, or the one it
+/// resumes from), starting as `start` says, then `live`.
 pub fn client_stream(
-    live_cursor: Cursor,
+    cursor: Cursor,
     live: broadcast::Receiver<Arc<LiveEvent>>,
-    resume: Option<Cursor>,
+    start: Start,
     filter: Filter,
     backlog: Arc<Backlog>,
+    stream: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let client = Client {
-        phase: Phase::Start,
-        cursor: resume.clone().unwrap_or(live_cursor),
-        resume,
+        phase: Phase::Start(start),
+        cursor,
         live,
         filter,
         backlog,
+        _stream: stream,
     };
     futures::stream::unfold(client, |mut client| async move {
         let event = client.next_event().await?;
@@ -107,25 +129,21 @@ impl Client {
     async fn next_event(&mut self) -> Option<Event> {
         loop {
             match &mut self.phase {
-                Phase::Start => {
-                    self.phase = match &self.resume {
-                        Some(from) => {
-                            match TopicReader::open(
-                                &self.backlog.brokers,
-                                "foldline-notifier-resume",
-                                &self.backlog.topic,
-                                from,
-                                None,
-                                false,
-                            ) {
-                                Ok(reader) => Phase::Backlog(Box::new(reader)),
-                                Err(error) => {
-                                    tracing::warn!(%error, "cannot read back what a client missed");
-                                    Phase::Done
-                                }
-                            }
-                        }
-                        None => Phase::Live,
+                Phase::Start(_) => {
+                    let Phase::Start(start) = std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.phase = match start {
+                        Start::Live => Phase::Live,
+                        Start::Memory(missed) => Phase::Memory(missed),
+                        Start::Broker(from, permit) => match self.open_reader(from).await {
+                            Some(reader) => Phase::Backlog {
+                                reader: Box::new(reader),
+                                _permit: permit,
+                            },
+                            None => Phase::Done,
+                        },
                     };
                     // Tell the client how soon to reconnect, and that the stream is open.
                     return Some(
@@ -134,7 +152,15 @@ impl Client {
                             .comment("connected"),
                     );
                 }
-                Phase::Backlog(reader) => match reader.next().await {
+                Phase::Memory(missed) => match missed.pop_front() {
+                    Some(event) => {
+                        if let Some(sent) = self.deliver(&event) {
+                            return Some(sent);
+                        }
+                    }
+                    None => self.phase = Phase::Live,
+                },
+                Phase::Backlog { reader, .. } => match reader.next().await {
                     Ok(Some(message)) => {
                         let Some(event) = decode(&self.backlog.codec, &message).await else {
                             self.cursor.advance(message.partition(), message.offset());
@@ -160,6 +186,34 @@ impl Client {
                     Err(RecvError::Closed) => return None,
                 },
                 Phase::Done => return None,
+            }
+        }
+    }
+
+    /// Opens a reader from `from`. Creating an rdkafka client and reading the topic's
+    /// metadata block, so that happens on a blocking thread, never on the async runtime.
+    async fn open_reader(&self, from: Cursor) -> Option<TopicReader> {
+        let backlog = self.backlog.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            TopicReader::open(
+                &backlog.brokers,
+                "foldline-notifier-resume",
+                &backlog.topic,
+                &from,
+                None,
+                false,
+            )
+        })
+        .await;
+        match opened {
+            Ok(Ok(reader)) => Some(reader),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read back what a client missed");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "opening a reader failed");
+                None
             }
         }
     }
