@@ -86,6 +86,12 @@ async fn call(
     let mut request = reqwest::Client::new()
         .request(method, format!("{registry}{path}"))
         .header("accept", "application/vnd.schemaregistry.v1+json");
+    // Registering needs an admin token (FOLDLINE_REGISTRY_TOKEN, or signed with the
+    // producer's FOLDLINE_JWT_SECRET); reads go without.
+    let secret = std::env::var("FOLDLINE_JWT_SECRET").ok();
+    if let Some(token) = foldline_service::auth::registry_token("foldline-cli", secret.as_deref()) {
+        request = request.bearer_auth(token);
+    }
     if let Some(schema) = schema {
         request = request
             .header("content-type", "application/vnd.schemaregistry.v1+json")

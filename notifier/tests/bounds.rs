@@ -81,7 +81,10 @@ async fn streams_past_the_cap_are_refused_until_one_closes() {
         if status == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "a closed stream frees its place");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed stream frees its place"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -93,9 +96,19 @@ async fn cursors_that_do_not_fit_the_topic_are_refused() {
     create(&producer, 3, None).await;
     let notifier = notifier(&topic, &[]).await;
     let many: Vec<String> = (0..5000).map(|p| format!("{p}:1")).collect();
-    for cursor in ["0:1,1:1,2:1,3:1", "0:-5", "garbage", many.join(",").as_str()] {
+    for cursor in [
+        "0:1,1:1,2:1,3:1",
+        "0:-5",
+        "garbage",
+        many.join(",").as_str(),
+    ] {
         let (status, _, response) = open(&notifier.url, Some(cursor)).await;
-        assert_eq!(status, 400, "{cursor:.40}: {}", response.text().await.unwrap());
+        assert_eq!(
+            status,
+            400,
+            "{cursor:.40}: {}",
+            response.text().await.unwrap()
+        );
     }
     let (status, _, _) = open(&notifier.url, Some("0:0,1:0,2:0")).await;
     assert_eq!(status, 200);
@@ -124,7 +137,10 @@ async fn many_resuming_clients_are_served_from_memory_and_old_cursors_by_few_rea
         .unwrap();
     let events = recent["events"].as_array().unwrap();
     assert_eq!(events.len(), 10);
-    assert!(events.iter().all(|e| e.get("idempotency_key").is_none()), "no key on public reads");
+    assert!(
+        events.iter().all(|e| e.get("idempotency_key").is_none()),
+        "no key on public reads"
+    );
     // A cursor just before the last of them (its own event's cursor is not known here, so
     // resume from the live cursor and write one event more).
     let cursor = recent["cursor"].as_str().unwrap().to_owned();
@@ -145,5 +161,8 @@ async fn many_resuming_clients_are_served_from_memory_and_old_cursors_by_few_rea
     create(&producer, 1, None).await;
     // Every resumed client gets the new event, once.
     let received = futures::future::join_all(resumed.into_iter().map(|r| datas(r, 1))).await;
-    assert!(received.iter().all(|d| d.len() == 1), "every resumed client got the new event");
+    assert!(
+        received.iter().all(|d| d.len() == 1),
+        "every resumed client got the new event"
+    );
 }

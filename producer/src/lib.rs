@@ -158,9 +158,16 @@ pub async fn run(
     )
     .await
     .context("creating the topic")?;
-    let codec = Arc::new(EventCodec::new(
+    // Registering the schema needs an admin token: the one given, or one the producer signs
+    // with its own secret.
+    let registry_token = foldline_service::auth::registry_token(
+        "foldline-producer",
+        config.auth.jwt_secret.as_deref(),
+    );
+    let codec = Arc::new(EventCodec::with_token(
         &config.log.registry_url,
         &config.log.topic,
+        registry_token.as_deref(),
     )?);
     let schema_id = codec
         .writer_schema_id()

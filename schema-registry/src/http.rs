@@ -7,9 +7,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use foldline_schemas::compat::CompatibilityLevel;
+use foldline_service::auth::{Authenticator, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, RwLock};
@@ -28,13 +29,14 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-pub fn routes(state: Shared) -> Router {
+pub fn routes(state: Shared, auth: Arc<Authenticator>) -> Router {
+    let admin = axum::middleware::from_fn_with_state(auth, require_admin);
     Router::new()
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup))
         .route(
             "/subjects/{subject}/versions",
-            get(list_versions).post(register),
+            get(list_versions).merge(post(register).route_layer(admin.clone())),
         )
         .route("/subjects/{subject}/versions/{version}", get(get_version))
         .route(
@@ -53,11 +55,15 @@ pub fn routes(state: Shared) -> Router {
             "/compatibility/subjects/{subject}/versions",
             post(check_all),
         )
-        .route("/config", get(get_global_config).put(put_global_config))
+        .route(
+            "/config",
+            get(get_global_config).merge(put(put_global_config).route_layer(admin.clone())),
+        )
         .route(
             "/config/{subject}",
-            get(get_subject_config).put(put_subject_config),
+            get(get_subject_config).merge(put(put_subject_config).route_layer(admin)),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -101,10 +107,53 @@ impl From<RegistryError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: 413,
+                message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            };
+        }
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: 422,
             message: format!("Unrecognized request body: {}", rejection.body_text()),
+        }
+    }
+}
+
+/// A request body: a schema at its limit, escaped as JSON text, fits with room.
+pub const MAX_BODY_BYTES: usize = 4 * MAX_SCHEMA_BYTES;
+
+/// Writes (register, config) need an admin token; reads stay open for Confluent's clients.
+async fn require_admin(
+    State(auth): State<Arc<Authenticator>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match auth.authenticate(request.headers()).await {
+        Ok(actor) if actor.role == Role::Admin => next.run(request).await,
+        Ok(actor) => ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: 40301,
+            message: format!(
+                "{} may not change the registry: an admin token is needed",
+                actor.subject
+            ),
+        }
+        .into_response(),
+        Err(error) => {
+            let mut response = ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: 40101,
+                message: format!("changing the registry needs an admin bearer token: {error}"),
+            }
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"foldline\""),
+            );
+            response
         }
     }
 }
@@ -137,12 +186,45 @@ struct SchemaBody {
     schema_type: Option<String>,
 }
 
+/// The largest schema accepted, in bytes of its text (the project's own is a few kB).
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// The most branches a union may have: a compatibility check compares unions branch by
+/// branch, so this bounds its cost whatever the input.
+pub const MAX_UNION_BRANCHES: usize = 256;
+
 impl SchemaBody {
     fn avro(self) -> Result<String, RegistryError> {
         match self.schema_type.as_deref() {
-            None | Some("AVRO") => Ok(self.schema),
-            Some(other) => Err(RegistryError::UnsupportedSchemaType(other.to_owned())),
+            None | Some("AVRO") => {}
+            Some(other) => return Err(RegistryError::UnsupportedSchemaType(other.to_owned())),
         }
+        if self.schema.len() > MAX_SCHEMA_BYTES {
+            return Err(RegistryError::InvalidSchema(format!(
+                "the schema has {} bytes; at most {MAX_SCHEMA_BYTES} are accepted",
+                self.schema.len()
+            )));
+        }
+        if let Ok(json) = serde_json::from_str::<Value>(&self.schema) {
+            if let Some(widest) = widest_array(&json).filter(|w| *w > MAX_UNION_BRANCHES) {
+                return Err(RegistryError::InvalidSchema(format!(
+                    "a union has {widest} branches; at most {MAX_UNION_BRANCHES} are accepted"
+                )));
+            }
+        }
+        Ok(self.schema)
+    }
+}
+
+/// The length of the longest JSON array anywhere in `value` (unions are arrays).
+fn widest_array(value: &Value) -> Option<usize> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(widest_array)
+            .chain([items.len()])
+            .max(),
+        Value::Object(fields) => fields.values().filter_map(widest_array).max(),
+        _ => None,
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Config {
     /// Topic that stores the schemas.
     #[arg(long, env = "FOLDLINE_REGISTRY_TOPIC", default_value = "_schemas")]
     pub topic: String,
+    /// How admin tokens for writes (register, config) are checked: the producer's settings.
+    #[command(flatten)]
+    pub auth: foldline_service::auth::AuthConfig,
 }
 
 /// Loads the registry from its topic and serves it until `shutdown` resolves.
@@ -45,6 +48,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = Arc::new(foldline_service::auth::Authenticator::new(&config.auth)?);
     let (log, registry) = log::SchemaLog::open(&config.brokers, &config.topic).await?;
     let state = Arc::new(http::AppState {
         registry: RwLock::new(registry),
@@ -57,7 +61,7 @@ pub async fn run(
         env!("CARGO_PKG_VERSION"),
         Arc::new(|| Box::pin(async { Ok(()) })),
     );
-    let app = ops.instrument(http::routes(state).merge(ops.routes()));
+    let app = ops.instrument(http::routes(state, auth).merge(ops.routes()));
     foldline_service::serve::serve(listener, app, shutdown).await?;
     Ok(())
 }

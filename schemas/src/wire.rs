@@ -51,10 +51,18 @@ impl From<AvroMappingError> for CodecError {
     }
 }
 
-pub fn registry_settings(registry_url: &str) -> Result<SrSettings, CodecError> {
-    SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
-        .no_proxy()
-        .set_timeout(Duration::from_secs(5))
+/// Settings of the registry client; `token`: an admin bearer token, for the clients that
+/// register schemas (the registry takes writes only with one; reads are open).
+pub fn registry_settings(
+    registry_url: &str,
+    token: Option<&str>,
+) -> Result<SrSettings, CodecError> {
+    let mut builder = SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned());
+    builder.no_proxy().set_timeout(Duration::from_secs(5));
+    if let Some(token) = token {
+        builder.set_token_authorization(token);
+    }
+    builder
         .build()
         .map_err(|e| CodecError::RegistryUnavailable(e.to_string()))
 }
@@ -68,8 +76,23 @@ pub struct EventCodec {
 }
 
 impl EventCodec {
+    /// A codec whose registrations carry `FOLDLINE_REGISTRY_TOKEN` when set.
     pub fn new(registry_url: &str, topic: &str) -> Result<Self, CodecError> {
-        let settings = registry_settings(registry_url)?;
+        let token = std::env::var("FOLDLINE_REGISTRY_TOKEN").ok();
+        Self::with_token(
+            registry_url,
+            topic,
+            token.as_deref().filter(|t| !t.is_empty()),
+        )
+    }
+
+    /// A codec that registers the topic's schema with `token` (an admin bearer token).
+    pub fn with_token(
+        registry_url: &str,
+        topic: &str,
+        token: Option<&str>,
+    ) -> Result<Self, CodecError> {
+        let settings = registry_settings(registry_url, token)?;
         let schema = SuppliedSchema::new(
             Some("io.foldline.products.ProductEvent".to_owned()),
             SchemaType::Avro,

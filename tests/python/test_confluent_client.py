@@ -26,8 +26,37 @@ V2 = json.dumps({"type": "record", "name": "Thing", "fields": [
 BAD = json.dumps({"type": "record", "name": "Thing", "fields": [{"name": "c", "type": "string"}]})
 
 
+def admin_client():
+    """Changing the registry needs an admin bearer token; Confluent's client sends one as a
+    static token (the cluster and pool headers it adds are ignored)."""
+    return SchemaRegistryClient({
+        "url": REGISTRY,
+        "bearer.auth.credentials.source": "STATIC_TOKEN",
+        "bearer.auth.token": TOKEN,
+        "bearer.auth.logical.cluster": "foldline",
+        "bearer.auth.identity.pool.id": "foldline",
+    })
+
+
+def test_registry_writes_need_an_admin_token_and_reads_do_not():
+    anonymous = SchemaRegistryClient({"url": REGISTRY})
+    subject = f"anonymous-{uuid.uuid4()}"
+    try:
+        anonymous.register_schema(subject, Schema(V1, "AVRO"))
+        raise AssertionError("registered without a token")
+    except Exception as error:  # SchemaRegistryError with HTTP 401
+        assert getattr(error, "http_status_code", None) == 401, error
+    try:
+        anonymous.set_compatibility(subject_name=subject, level="NONE")
+        raise AssertionError("changed the config without a token")
+    except Exception as error:
+        assert getattr(error, "http_status_code", None) == 401, error
+    admin_client().register_schema(subject, Schema(V1, "AVRO"))
+    assert anonymous.get_latest_version(subject).version == 1
+
+
 def test_schema_registry_client_register_lookup_versions_and_compatibility():
-    client = SchemaRegistryClient({"url": REGISTRY})
+    client = admin_client()
     subject = f"py-{uuid.uuid4().hex[:10]}-value"
     first_id = client.register_schema(subject, Schema(V1, "AVRO"))
     assert client.register_schema(subject, Schema(V1, "AVRO")) == first_id
