@@ -8,6 +8,7 @@
 
 mod bare_http;
 mod fill;
+mod hostile;
 mod project;
 mod raw_produce;
 mod sinks;
@@ -51,6 +52,8 @@ enum Command {
     WatchMetric(sinks::WatchArgs),
     /// Write at a fixed rate for minutes; print write -> visible (query, SSE) and lag per minute.
     SoakLoad(soak::Args),
+    /// Hold connections, open SSE streams, send refused commands; print what is held and RSS.
+    Hostile(hostile::Args),
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
         Command::TailLatency(args) => project::tail_latency(args).await,
         Command::SseClients(args) => sse::run(args).await,
+        Command::Hostile(args) => hostile::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,

@@ -89,7 +89,7 @@ async fn call(
     // Registering needs an admin token (FOLDLINE_REGISTRY_TOKEN, or signed with the
     // producer's FOLDLINE_JWT_SECRET); reads go without.
     let secret = std::env::var("FOLDLINE_JWT_SECRET").ok();
-    if let Some(token) = foldline_service::auth::registry_token("foldline-cli", secret.as_deref()) {
+    if let Some(token) = foldline_schemas::wire::registry_token("foldline-cli", secret.as_deref()) {
         request = request.bearer_auth(token);
     }
     if let Some(schema) = schema {

@@ -160,7 +160,7 @@ pub async fn run(
     .context("creating the topic")?;
     // Registering the schema needs an admin token: the one given, or one the producer signs
     // with its own secret.
-    let registry_token = foldline_service::auth::registry_token(
+    let registry_token = foldline_schemas::wire::registry_token(
         "foldline-producer",
         config.auth.jwt_secret.as_deref(),
     );

@@ -51,6 +51,30 @@ impl From<AvroMappingError> for CodecError {
     }
 }
 
+/// The admin token the project's own clients send to change the registry (it takes writes
+/// only with one): `FOLDLINE_REGISTRY_TOKEN`, else an HS256 token signed with `secret` (the
+/// producer's `FOLDLINE_JWT_SECRET`) as `subject`, valid a day; else none.
+pub fn registry_token(subject: &str, secret: Option<&str>) -> Option<String> {
+    let given = std::env::var("FOLDLINE_REGISTRY_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    given.or_else(|| {
+        let secret = secret.filter(|s| !s.is_empty())?;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs()
+            + 24 * 3600;
+        let claims = serde_json::json!({"sub": subject, "role": "admin", "exp": exp});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .ok()
+    })
+}
+
 /// Settings of the registry client; `token`: an admin bearer token, for the clients that
 /// register schemas (the registry takes writes only with one; reads are open).
 pub fn registry_settings(

@@ -257,33 +257,6 @@ fn find(keys: &JwkSet, kid: Option<&str>) -> Option<Result<DecodingKey, AuthErro
     Some(DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Invalid(e.to_string())))
 }
 
-/// An HS256 admin token signed with `secret`, for the project's own clients of admin-only
-/// routes (the producer registering its schema in the registry).
-pub fn admin_token(secret: &str, subject: &str, ttl: Duration) -> anyhow::Result<String> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + ttl.as_secs();
-    let claims = serde_json::json!({"sub": subject, "role": "admin", "exp": exp});
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )?)
-}
-
-/// The token the project's own tools send to change the registry: `FOLDLINE_REGISTRY_TOKEN`,
-/// else one minted with the HS256 `secret` (as `subject`, valid a day), else none.
-pub fn registry_token(subject: &str, secret: Option<&str>) -> Option<String> {
-    let given = std::env::var("FOLDLINE_REGISTRY_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-    given.or_else(|| {
-        let secret = secret.filter(|s| !s.is_empty())?;
-        admin_token(secret, subject, Duration::from_secs(24 * 3600)).ok()
-    })
-}
-
 /// The answer to a request whose token was refused: 401 problem+json with a
 /// `WWW-Authenticate` challenge, or 503 when the signing keys cannot be fetched.
 pub fn refusal(error: AuthError) -> Response {

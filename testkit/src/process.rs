@@ -164,6 +164,28 @@ impl Spawned {
             .map_or(0.0, |v| v.parse().unwrap())
     }
 
+    /// The process's resident memory (`VmRSS`), in KiB; 0 once it has exited.
+    pub fn rss_kib(&self) -> u64 {
+        let Some(child) = &self.child else { return 0 };
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Open file descriptors of the process (sockets included).
+    pub fn open_fds(&self) -> usize {
+        let Some(child) = &self.child else { return 0 };
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

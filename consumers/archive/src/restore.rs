@@ -40,10 +40,9 @@ pub async fn restore(
             log.topic
         );
     }
-    // The target topic's subject may need registering: an admin token for the registry.
-    let secret = std::env::var("FOLDLINE_JWT_SECRET").ok();
-    let token = foldline_service::auth::registry_token("foldline-restore", secret.as_deref());
-    let codec = EventCodec::with_token(&log.registry_url, &log.topic, token.as_deref())?;
+    // The target topic's subject may need registering: the codec signs an admin token for
+    // the registry with FOLDLINE_JWT_SECRET (or sends FOLDLINE_REGISTRY_TOKEN).
+    let codec = EventCodec::new(&log.registry_url, &log.topic)?;
     codec.writer_schema_id().await?;
     let producer: FutureProducer = kafka::producer_config(&log.brokers, "foldline-restore")
         .set("enable.idempotence", "true")
