@@ -213,8 +213,7 @@ pub fn start(
         loop {
             // A failed reader is reopened at the cursor, so no event is skipped.
             let mut reader =
-                match TopicReader::open(&brokers, "foldline-notifier", &topic, &cursor, None, true)
-                {
+                match open_reader(&brokers, "foldline-notifier", &topic, &cursor, true).await {
                     Ok(reader) => reader,
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the topic yet; retrying");
@@ -249,6 +248,26 @@ pub fn start(
     feed
 }
 
+/// Opens a reader on a blocking thread: creating an rdkafka client and reading the topic's
+/// metadata block, and must not hold up the async runtime that serves the streams.
+pub async fn open_reader(
+    brokers: &str,
+    client_id: &'static str,
+    topic: &str,
+    from: &Cursor,
+    follow: bool,
+) -> Result<TopicReader, SetupError> {
+    let (brokers, topic, from) = (brokers.to_owned(), topic.to_owned(), from.clone());
+    tokio::task::spawn_blocking(move || {
+        TopicReader::open(&brokers, client_id, &topic, &from, None, follow)
+    })
+    .await
+    .map_err(|e| SetupError::Topic {
+        topic: String::new(),
+        reason: format!("opening a reader failed: {e}"),
+    })?
+}
+
 /// Reads the last stretch of every partition up to its committed end: the cursor at that
 /// end, the last `history` events in timestamp order, and from where per partition they hold
 /// every event. Each partition is read back from `history * 4` offsets before its end
@@ -266,14 +285,7 @@ async fn read_history(
         .iter()
         .map(|(partition, end)| (partition, (end - back).max(0)))
         .collect();
-    let mut reader = TopicReader::open(
-        brokers,
-        "foldline-notifier-history",
-        topic,
-        &from,
-        None,
-        false,
-    )?;
+    let mut reader = open_reader(brokers, "foldline-notifier-history", topic, &from, false).await?;
     let mut events = Vec::new();
     while let Some(message) = reader.next().await? {
         if let Some(event) = decode(codec, &message).await {

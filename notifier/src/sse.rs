@@ -190,29 +190,21 @@ impl Client {
         }
     }
 
-    /// Opens a reader from `from`. Creating an rdkafka client and reading the topic's
-    /// metadata block, so that happens on a blocking thread, never on the async runtime.
+    /// Opens a reader from `from`, off the async runtime.
     async fn open_reader(&self, from: Cursor) -> Option<TopicReader> {
-        let backlog = self.backlog.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            TopicReader::open(
-                &backlog.brokers,
-                "foldline-notifier-resume",
-                &backlog.topic,
-                &from,
-                None,
-                false,
-            )
-        })
-        .await;
-        match opened {
-            Ok(Ok(reader)) => Some(reader),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot read back what a client missed");
-                None
-            }
+        let backlog = &self.backlog;
+        match crate::feed::open_reader(
+            &backlog.brokers,
+            "foldline-notifier-resume",
+            &backlog.topic,
+            &from,
+            false,
+        )
+        .await
+        {
+            Ok(reader) => Some(reader),
             Err(error) => {
-                tracing::warn!(%error, "opening a reader failed");
+                tracing::warn!(%error, "cannot read back what a client missed");
                 None
             }
         }

@@ -370,6 +370,65 @@ async fn writers_over_their_rate_get_429_with_retry_after_each_on_its_own_bucket
 }
 
 #[tokio::test]
+async fn the_rate_limit_counts_a_batchs_commands_not_the_request() {
+    let mut config = config();
+    config.limits.rate_limit_per_sec = 1;
+    config.limits.rate_limit_burst = 5;
+    let producer = Producer::start(config).await;
+    let carol = token("carol", "seller", Some("s-c"), 600);
+    let batch = |n: usize| {
+        json!({"commands": (0..n).map(|_| {
+        let mut c = lamp("s-c");
+        c["op"] = "create".into();
+        c
+    }).collect::<Vec<_>>()})
+    };
+    let post = reqwest::Method::POST;
+    let (status, _, _) = send(&producer, post.clone(), "/commands", Some(&carol), batch(4)).await;
+    assert_eq!(status, 200, "4 commands within a burst of 5");
+    let (status, headers, _) =
+        send(&producer, post.clone(), "/commands", Some(&carol), batch(4)).await;
+    assert_eq!(status, 429, "4 more are past the bucket");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, body) = send(&producer, post, "/commands", Some(&carol), batch(6)).await;
+    assert_eq!(status, 429, "a batch larger than the burst: {body}");
+    producer.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_the_subject_that_sent_them() {
+    let config = config();
+    let (brokers, topic) = (config.log.brokers.clone(), config.log.topic.clone());
+    let producer = Producer::start(config).await;
+    let admin = token("admin-1", "admin", None, 600);
+    let seller = token("seller:s-d", "seller", Some("s-d"), 600);
+    let with_key = |bearer: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/products", producer.url))
+            .bearer_auth(bearer)
+            .header("idempotency-key", "shared-key-1")
+            .json(&lamp("s-d"))
+    };
+    let first: Value = with_key(&admin).send().await.unwrap().json().await.unwrap();
+    let again: Value = with_key(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        first["id"], again["id"],
+        "the same subject gets its first answer"
+    );
+    let response = with_key(&seller).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "another subject's key is another key"
+    );
+    let other: Value = response.json().await.unwrap();
+    assert_ne!(other["id"], first["id"], "never the admin's answer");
+    let events = read_topic(&brokers, &topic).await;
+    assert_eq!(events.len(), 2, "both commands appended, once each");
+    producer.stop().await;
+}
+
+#[tokio::test]
 async fn cors_preflight_allows_the_live_page_origin_and_no_other() {
     let producer = Producer::start(config()).await;
     let preflight = |origin: &'static str| {
