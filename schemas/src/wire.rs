@@ -100,14 +100,12 @@ pub struct EventCodec {
 }
 
 impl EventCodec {
-    /// A codec whose registrations carry `FOLDLINE_REGISTRY_TOKEN` when set.
+    /// A codec whose registrations carry [`registry_token`] (from `FOLDLINE_REGISTRY_TOKEN`
+    /// or `FOLDLINE_JWT_SECRET` in the environment).
     pub fn new(registry_url: &str, topic: &str) -> Result<Self, CodecError> {
-        let token = std::env::var("FOLDLINE_REGISTRY_TOKEN").ok();
-        Self::with_token(
-            registry_url,
-            topic,
-            token.as_deref().filter(|t| !t.is_empty()),
-        )
+        let secret = std::env::var("FOLDLINE_JWT_SECRET").ok();
+        let token = registry_token("foldline", secret.as_deref());
+        Self::with_token(registry_url, topic, token.as_deref())
     }
 
     /// A codec that registers the topic's schema with `token` (an admin bearer token).
@@ -218,5 +216,21 @@ impl EventCodec {
         let branches = Arc::new(payload_branches(schema)?);
         cache.insert(schema_id, branches.clone());
         Ok(branches)
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_token_is_signed_with_the_secret_when_none_is_given() {
+        if std::env::var("FOLDLINE_REGISTRY_TOKEN").is_ok() {
+            return;
+        }
+        let token = registry_token("tests", Some("secret")).expect("signed");
+        assert_eq!(token.split('.').count(), 3, "a JWT");
+        assert!(registry_token("tests", None).is_none());
+        assert!(registry_token("tests", Some("")).is_none());
     }
 }
