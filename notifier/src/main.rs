@@ -5,6 +5,7 @@
 
 mod cursor;
 mod feed;
+mod hub;
 mod sse;
 
 use std::sync::atomic::Ordering;
@@ -49,10 +50,10 @@ struct Cli {
     /// `Retry-After` (EventSource retries by itself).
     #[arg(long, env = "FOLDLINE_SSE_MAX_STREAMS", default_value_t = 10_000)]
     max_streams: usize,
-    /// Resuming clients read back from the broker at once, when what they missed is older
+    /// Resuming clients waiting for the shared reader at once, when what they missed is older
     /// than the notifier's memory (`FOLDLINE_SSE_BUFFER` events); past it 503 `Retry-After`.
-    #[arg(long, env = "FOLDLINE_SSE_MAX_BACKLOG_READERS", default_value_t = 4)]
-    max_backlog_readers: usize,
+    #[arg(long, env = "FOLDLINE_SSE_MAX_BACKLOG_CLIENTS", default_value_t = 1000)]
+    max_backlog_clients: usize,
     /// Recent events kept for `GET /events/recent` (the live page's history on arrival).
     #[arg(long, env = "FOLDLINE_LIVE_HISTORY", default_value_t = 200)]
     history: usize,
@@ -73,12 +74,11 @@ struct Cli {
 
 struct AppState {
     feed: Feed,
-    backlog: Arc<Backlog>,
     history: usize,
     /// One permit per open stream.
     streams: Arc<tokio::sync::Semaphore>,
-    /// One permit per client reading back from the broker.
-    backlog_readers: Arc<tokio::sync::Semaphore>,
+    /// The one reader of what resuming clients missed beyond memory.
+    hub: hub::BacklogHub,
 }
 
 #[derive(Deserialize)]
@@ -135,22 +135,30 @@ async fn main() -> anyhow::Result<()> {
     let ops = Ops::new("notifier", env!("CARGO_PKG_VERSION"), readiness);
     let clients = prometheus::IntGauge::new("sse_clients", "Connected SSE clients")?;
     ops.registry.register(Box::new(clients.clone()))?;
+    let backlog = Arc::new(Backlog {
+        brokers: cli.log.brokers,
+        topic: cli.log.topic,
+        codec,
+    });
+    let hub = hub::BacklogHub::start(backlog, cli.max_backlog_clients);
+    let passes = prometheus::IntCounter::new(
+        "sse_backlog_passes_total",
+        "Reads of the log for resuming clients beyond memory (one reader each, shared by the clients waiting)",
+    )?;
+    ops.registry.register(Box::new(passes.clone()))?;
     let state = Arc::new(AppState {
         feed,
-        backlog: Arc::new(Backlog {
-            brokers: cli.log.brokers,
-            topic: cli.log.topic,
-            codec,
-        }),
         history: cli.history,
         streams: Arc::new(tokio::sync::Semaphore::new(cli.max_streams.max(1))),
-        backlog_readers: Arc::new(tokio::sync::Semaphore::new(cli.max_backlog_readers.max(1))),
+        hub: hub.clone(),
     });
     {
         let state = state.clone();
         tokio::spawn(async move {
             loop {
                 clients.set(state.feed.clients() as i64);
+                let done = state.hub.passes.load(std::sync::atomic::Ordering::Relaxed);
+                passes.inc_by(done.saturating_sub(passes.get()));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
@@ -225,24 +233,19 @@ async fn stream(
         Some(from) => match state.feed.resume(&from) {
             Some(resumed) => (from, resumed.live, sse::Start::Memory(resumed.missed)),
             None => {
-                let Ok(reader) = state.backlog_readers.clone().try_acquire_owned() else {
+                // Subscribed before joining: what the pass reads up to the log's end and
+                // what the live feed sends from here overlap, and the cursor skips doubles.
+                let (_, live) = state.feed.subscribe();
+                let Some(membership) = state.hub.join(from.clone()) else {
                     return Ok(busy(
                         "too many clients are reading back older events; retry shortly",
                     ));
                 };
-                let (_, live) = state.feed.subscribe();
-                (from.clone(), live, sse::Start::Broker(from, reader))
+                (from, live, sse::Start::Broker(membership))
             }
         },
     };
-    let events = sse::client_stream(
-        cursor,
-        live,
-        start,
-        filter,
-        state.backlog.clone(),
-        stream_permit,
-    );
+    let events = sse::client_stream(cursor, live, start, filter, stream_permit);
     let mut response = Sse::new(events)
         .keep_alive(
             KeepAlive::new()

@@ -1,9 +1,8 @@
 //! `GET /events/stream`: one client's stream. A resuming client (`Last-Event-ID`, or
 //! `?last_event_id=` for pages that cannot set headers) first gets what it missed — from the
 //! feed's memory when it holds that stretch (the usual case: a reconnect after a network blip
-//! or after falling behind), else read back from the broker by one of a few shared-out
-//! readers (opened off the async runtime, at most `FOLDLINE_SSE_MAX_BACKLOG_READERS` at once)
-//! — then the live feed; its cursor skips anything it has already had, so there is no gap
+//! or after falling behind), else from the hub's one shared reader ([`crate::hub`]) — then
+//! the live feed; its cursor skips anything it has already had, so there is no gap
 //! and no duplicate. A client that falls further behind than the feed's buffer gets a final
 //! `reconnect` event carrying its last id, and the stream ends.
 
@@ -14,14 +13,13 @@ use std::time::Duration;
 
 use axum::response::sse::Event;
 use foldline_schemas::wire::EventCodec;
-use foldline_service::kafka::TopicReader;
 use futures::Stream;
-use rdkafka::Message;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cursor::Cursor;
-use crate::feed::{decode, LiveEvent};
+use crate::feed::LiveEvent;
+use crate::hub::Membership;
 
 /// `?type=A,B&product_id=X`.
 #[derive(Debug, Default, Clone)]
@@ -67,19 +65,14 @@ pub enum Start {
     Live,
     /// What it missed, from the feed's memory.
     Memory(VecDeque<Arc<LiveEvent>>),
-    /// What it missed, read back from the broker from this cursor, holding one of the
-    /// bounded backlog permits until it reaches the live feed.
-    Broker(Cursor, OwnedSemaphorePermit),
+    /// What it missed, from the hub's shared reader (see [`crate::hub`]).
+    Broker(Membership),
 }
 
 enum Phase {
     Start(Start),
     Memory(VecDeque<Arc<LiveEvent>>),
-    Backlog {
-        reader: Box<TopicReader>,
-        /// Held until the client reaches the live feed.
-        _permit: OwnedSemaphorePermit,
-    },
+    Backlog(Membership),
     Live,
     Done,
 }
@@ -89,7 +82,6 @@ struct Client {
     cursor: Cursor,
     live: broadcast::Receiver<Arc<LiveEvent>>,
     filter: Filter,
-    backlog: Arc<Backlog>,
     /// The stream's place under the notifier's stream cap, given back when it ends.
     _stream: OwnedSemaphorePermit,
 }
@@ -101,7 +93,6 @@ pub fn client_stream(
     live: broadcast::Receiver<Arc<LiveEvent>>,
     start: Start,
     filter: Filter,
-    backlog: Arc<Backlog>,
     stream: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let client = Client {
@@ -109,7 +100,6 @@ pub fn client_stream(
         cursor,
         live,
         filter,
-        backlog,
         _stream: stream,
     };
     futures::stream::unfold(client, |mut client| async move {
@@ -137,13 +127,7 @@ impl Client {
                     self.phase = match start {
                         Start::Live => Phase::Live,
                         Start::Memory(missed) => Phase::Memory(missed),
-                        Start::Broker(from, permit) => match self.open_reader(from).await {
-                            Some(reader) => Phase::Backlog {
-                                reader: Box::new(reader),
-                                _permit: permit,
-                            },
-                            None => Phase::Done,
-                        },
+                        Start::Broker(membership) => Phase::Backlog(membership),
                     };
                     // Tell the client how soon to reconnect, and that the stream is open.
                     return Some(
@@ -160,21 +144,17 @@ impl Client {
                     }
                     None => self.phase = Phase::Live,
                 },
-                Phase::Backlog { reader, .. } => match reader.next().await {
-                    Ok(Some(message)) => {
-                        let Some(event) = decode(&self.backlog.codec, &message).await else {
-                            self.cursor.advance(message.partition(), message.offset());
-                            continue;
-                        };
+                Phase::Backlog(membership) => match membership.events.recv().await {
+                    Some(event) => {
                         if let Some(sent) = self.deliver(&event) {
                             return Some(sent);
                         }
                     }
-                    Ok(None) => self.phase = Phase::Live,
-                    Err(error) => {
-                        tracing::warn!(%error, "reading back for a client failed");
-                        return Some(self.reconnect());
+                    // The pass ended: caught up as of the log's end then, unless cut.
+                    None if membership.cut.load(std::sync::atomic::Ordering::Acquire) => {
+                        return Some(self.reconnect())
                     }
+                    None => self.phase = Phase::Live,
                 },
                 Phase::Live => match self.live.recv().await {
                     Ok(event) => {
@@ -186,26 +166,6 @@ impl Client {
                     Err(RecvError::Closed) => return None,
                 },
                 Phase::Done => return None,
-            }
-        }
-    }
-
-    /// Opens a reader from `from`, off the async runtime.
-    async fn open_reader(&self, from: Cursor) -> Option<TopicReader> {
-        let backlog = &self.backlog;
-        match crate::feed::open_reader(
-            &backlog.brokers,
-            "foldline-notifier-resume",
-            &backlog.topic,
-            &from,
-            false,
-        )
-        .await
-        {
-            Ok(reader) => Some(reader),
-            Err(error) => {
-                tracing::warn!(%error, "cannot read back what a client missed");
-                None
             }
         }
     }

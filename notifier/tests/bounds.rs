@@ -1,7 +1,7 @@
 //! The notifier's bounds (issue 25): a cap on streams (503 with `Retry-After` past it), cursors
 //! that do not fit the topic refused (400), resuming clients served from memory (many at once,
-//! no reader each), older cursors read back by a bounded number of readers, and no
-//! idempotency key on a public stream.
+//! no reader each), older cursors served by one shared reader, and no idempotency key on a
+//! public stream.
 
 use std::time::Duration;
 
@@ -125,7 +125,7 @@ async fn many_resuming_clients_are_served_from_memory_and_old_cursors_by_few_rea
         &[
             ("FOLDLINE_SSE_BUFFER", "10"),
             ("FOLDLINE_LIVE_HISTORY", "10"),
-            ("FOLDLINE_SSE_MAX_BACKLOG_READERS", "1"),
+            ("FOLDLINE_SSE_MAX_BACKLOG_CLIENTS", "100"),
         ],
     )
     .await;
@@ -150,14 +150,34 @@ async fn many_resuming_clients_are_served_from_memory_and_old_cursors_by_few_rea
         assert_eq!(status, 200, "resuming from memory needs no reader");
         resumed.push(response);
     }
-    // Two clients from the very start: one reader is allowed at once, the other waits (503).
+    // Fifty clients from the very start, older than memory: one shared reader serves them all.
     let start = "0:0,1:0,2:0";
-    let (first, _, reading) = open(&notifier.url, Some(start)).await;
-    let (second, retry, _) = open(&notifier.url, Some(start)).await;
-    assert_eq!((first, second), (200, 503));
-    assert!(retry.is_some());
-    let all = datas(reading, 30).await;
-    assert_eq!(all.len(), 30, "the reader gives every event from the start");
+    // They arrive together, as browsers do after a notifier restart.
+    let opened = futures::future::join_all((0..50).map(|_| open(&notifier.url, Some(start)))).await;
+    let mut old = Vec::new();
+    for (status, _, response) in opened {
+        assert_eq!(status, 200);
+        old.push(response);
+    }
+    let all = futures::future::join_all(old.into_iter().map(|r| datas(r, 30))).await;
+    assert!(
+        all.iter().all(|d| d.len() == 30),
+        "each gets every event from the start"
+    );
+    for events in &all {
+        let ids: std::collections::HashSet<&str> = events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 30, "no duplicate");
+    }
+    // The counter is published once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let passes = notifier.metric("sse_backlog_passes_total").await;
+    assert!(
+        (1.0..=3.0).contains(&passes),
+        "{passes} reads of the log for 50 clients"
+    );
     create(&producer, 1, None).await;
     // Every resumed client gets the new event, once.
     let received = futures::future::join_all(resumed.into_iter().map(|r| datas(r, 1))).await;

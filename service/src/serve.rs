@@ -36,6 +36,8 @@ pub struct ListenerLimits {
 /// clients), below the file descriptors a process gets here (20,000).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 12_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers) a listener reads.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long a stopping server waits for open connections before it closes them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -80,7 +82,10 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // A request head past 64 KiB is refused (431) instead of buffered (hyper's default
+        // allows ~400 KiB per connection).
+        .max_buf_size(MAX_HEAD_BYTES);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {

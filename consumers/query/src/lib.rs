@@ -83,6 +83,15 @@ const MAX_LIMIT: i64 = 1000;
 type Answer = Result<Json<Value>, Problem>;
 
 fn db_unavailable(error: sqlx::Error) -> Problem {
+    // A parameter PostgreSQL cannot take (SQLSTATE class 22: a NUL in text, a number out of
+    // range) is the request's fault, not the database's.
+    if let sqlx::Error::Database(db) = &error {
+        if db.code().is_some_and(|c| c.starts_with("22")) {
+            return bad_param(
+                "a value of the request cannot be stored or compared (a NUL character, a number out of range)",
+            );
+        }
+    }
     tracing::warn!(%error, "read model query failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
