@@ -160,10 +160,12 @@ pub async fn run(
     .context("creating the topic")?;
     // Registering the schema needs an admin token: the one given, or one the producer signs
     // with its own secret.
-    let registry_token = foldline_schemas::wire::registry_token(
-        "foldline-producer",
-        config.auth.jwt_secret.as_deref(),
-    );
+    // (A producer checking writers' tokens by JWKS alone signs with FOLDLINE_JWT_SECRET when the
+    // environment has one, else needs FOLDLINE_REGISTRY_TOKEN.)
+    let secret =
+        (config.auth.jwt_secret.clone()).or_else(|| std::env::var("FOLDLINE_JWT_SECRET").ok());
+    let registry_token =
+        foldline_schemas::wire::registry_token("foldline-producer", secret.as_deref());
     let codec = Arc::new(EventCodec::with_token(
         &config.log.registry_url,
         &config.log.topic,
