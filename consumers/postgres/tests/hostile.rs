@@ -80,23 +80,7 @@ async fn hostile_input_on_every_service_leaves_every_service_well() {
     std::env::set_var("FOLDLINE_HEADER_READ_TIMEOUT_MS", HEADER_TIMEOUT_MS);
     let stack = Stack::start().await;
     let projector = stack.projector(&foldline_testkit::unique("hostile")).await;
-    let recent = Spawned::start(
-        "foldline-recent-events",
-        "FOLDLINE_RECENT_EVENTS_LISTEN",
-        &[
-            ("FOLDLINE_TOPIC", stack.topic.clone()),
-            ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
-            (
-                "FOLDLINE_RECENT_EVENTS_TABLE",
-                foldline_testkit::unique("HostileRecent"),
-            ),
-            (
-                "FOLDLINE_RECENT_EVENTS_GROUP",
-                foldline_testkit::unique("hostile-recent"),
-            ),
-        ],
-    )
-    .await;
+    let recent = stack.recent_events("Hostile").await;
     let notifier = Spawned::start(
         "foldline-notifier",
         "FOLDLINE_NOTIFIER_LISTEN",

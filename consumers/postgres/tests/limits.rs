@@ -24,23 +24,7 @@ fn create(name: &str, price: i64, stock: i64, seller: &str) -> Value {
 async fn past_every_limit_is_refused_and_at_every_limit_every_consumer_applies_it() {
     let stack = Stack::start().await;
     let projector = stack.projector(&foldline_testkit::unique("limits")).await;
-    let recent = Spawned::start(
-        "foldline-recent-events",
-        "FOLDLINE_RECENT_EVENTS_LISTEN",
-        &[
-            ("FOLDLINE_TOPIC", stack.topic.clone()),
-            ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
-            (
-                "FOLDLINE_RECENT_EVENTS_TABLE",
-                foldline_testkit::unique("LimitsRecent"),
-            ),
-            (
-                "FOLDLINE_RECENT_EVENTS_GROUP",
-                foldline_testkit::unique("limits-recent"),
-            ),
-        ],
-    )
-    .await;
+    let recent = stack.recent_events("Limits").await;
     let archiver = Spawned::start(
         "foldline-archiver",
         "FOLDLINE_ARCHIVER_LISTEN",

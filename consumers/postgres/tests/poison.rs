@@ -112,23 +112,7 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
     let stack = Stack::start().await;
     let group = foldline_testkit::unique("poison");
     let projector = stack.projector(&group).await;
-    let recent = Spawned::start(
-        "foldline-recent-events",
-        "FOLDLINE_RECENT_EVENTS_LISTEN",
-        &[
-            ("FOLDLINE_TOPIC", stack.topic.clone()),
-            ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
-            (
-                "FOLDLINE_RECENT_EVENTS_TABLE",
-                foldline_testkit::unique("PoisonRecentEvents"),
-            ),
-            (
-                "FOLDLINE_RECENT_EVENTS_GROUP",
-                foldline_testkit::unique("poison-recent"),
-            ),
-        ],
-    )
-    .await;
+    let recent = stack.recent_events("Poison").await;
     projector.wait_ready(Duration::from_secs(60)).await;
     recent.wait_ready(Duration::from_secs(60)).await;
 
@@ -199,15 +183,9 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
     // Everything else keeps flowing after the poison.
     stack.mixed_load(6, 20, 12).await;
 
-    let parked_in_model = [&nul, &huge, &long_seller, &blocked];
-    let events = stack.topic_events().await;
-    let flowing: Vec<Envelope> = events
-        .iter()
-        .filter(|e| !parked_in_model.contains(&&e.product_id))
-        .cloned()
-        .collect();
-    stack.wait_caught_up(flowing.len()).await;
-    stack.assert_model_equals_fold(&flowing).await;
+    stack
+        .assert_model_equals_fold_without(&[&nul, &huge, &long_seller, &blocked])
+        .await;
     assert_eq!(projector.metric("consumer_parked_products").await, 4.0);
     assert_eq!(projector.metric("consumer_parked_events_total").await, 6.0);
     projector.wait_ready(Duration::from_secs(1)).await;
@@ -263,13 +241,7 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
 
     // The model is the fold of every event but those still parked or dropped.
     let gone = [&nul, &huge, &long_seller];
-    let applied: Vec<Envelope> = events
-        .iter()
-        .filter(|e| !gone.contains(&&e.product_id))
-        .cloned()
-        .collect();
-    stack.wait_caught_up(applied.len()).await;
-    stack.assert_model_equals_fold(&applied).await;
+    stack.assert_model_equals_fold_without(&gone).await;
 
     // A restart reads the parked products back: a later event of a parked product is still
     // set aside, and the rest flows.
@@ -288,14 +260,7 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
     )
     .await;
     stack.mixed_load(3, 5, 13).await;
-    let events = stack.topic_events().await;
-    let applied: Vec<Envelope> = events
-        .iter()
-        .filter(|e| !gone.contains(&&e.product_id))
-        .cloned()
-        .collect();
-    stack.wait_caught_up(applied.len()).await;
-    stack.assert_model_equals_fold(&applied).await;
+    stack.assert_model_equals_fold_without(&gone).await;
     assert!(listed(&[&projector]).contains(&(projector.url.clone(), huge.clone(), 2)));
     projector.wait_ready(Duration::from_secs(1)).await;
 
@@ -339,14 +304,7 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
     )
     .await;
     stack.mixed_load(2, 2, 15).await;
-    let events = stack.topic_events().await;
-    let applied: Vec<Envelope> = events
-        .iter()
-        .filter(|e| !gone.contains(&&e.product_id))
-        .cloned()
-        .collect();
-    stack.wait_caught_up(applied.len()).await;
-    stack.assert_model_equals_fold(&applied).await;
+    stack.assert_model_equals_fold_without(&gone).await;
     assert_eq!(stack.get(&format!("/products/{nul}")).await.0, 404);
     let after_rebuild = listed(&[&projector]);
     assert!(

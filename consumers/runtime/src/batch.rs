@@ -16,6 +16,22 @@ pub struct Record {
     pub event: Envelope,
 }
 
+impl Record {
+    /// The record of `message`, decoded as `event`.
+    pub fn from_message(message: &rdkafka::message::OwnedMessage, event: Envelope) -> Record {
+        use rdkafka::Message;
+        Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            timestamp_ms: message.timestamp().to_millis(),
+            event,
+        }
+    }
+}
+
 /// Records polled together, in log order within each partition.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {

@@ -92,15 +92,7 @@ async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Bat
     batch.consumed(message.partition(), message.offset(), bytes.len());
     match codec.decode_waiting(bytes).await {
         Ok(event) => {
-            batch.records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                timestamp_ms: message.timestamp().to_millis(),
-                event,
-            });
+            batch.records.push(Record::from_message(message, event));
             true
         }
         Err(error) => {

@@ -211,15 +211,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             return;
         };
         match self.decoder.decode(bytes).await {
-            Ok(event) => batch.records.push(Record {
-                partition,
-                offset,
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                timestamp_ms: message.timestamp().to_millis(),
-                event,
-            }),
+            Ok(event) => batch.records.push(Record::from_message(message, event)),
             Err(error) => {
                 tracing::warn!(partition, offset, %error, "undecodable record sent to the dead-letter topic");
                 letters.push(letter(error.to_string()));
@@ -481,15 +473,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                 .payload()
                 .ok_or_else(|| anyhow::anyhow!("record {partition}:{offset} has no value"))?;
             let event = self.decoder.decode(bytes).await?;
-            records.push(Record {
-                partition,
-                offset,
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                timestamp_ms: message.timestamp().to_millis(),
-                event,
-            });
+            records.push(Record::from_message(message, event));
         }
         Ok(records)
     }

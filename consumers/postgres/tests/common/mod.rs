@@ -79,6 +79,40 @@ impl Stack {
         .await
     }
 
+    /// A recent-events consumer on this stack's topic, with a table and group of its own.
+    pub async fn recent_events(&self, prefix: &str) -> Spawned {
+        Spawned::start(
+            "foldline-recent-events",
+            "FOLDLINE_RECENT_EVENTS_LISTEN",
+            &[
+                ("FOLDLINE_TOPIC", self.topic.clone()),
+                ("FOLDLINE_DLQ_TOPIC", self.dlq.clone()),
+                (
+                    "FOLDLINE_RECENT_EVENTS_TABLE",
+                    foldline_testkit::unique(&format!("{prefix}RecentEvents")),
+                ),
+                (
+                    "FOLDLINE_RECENT_EVENTS_GROUP",
+                    foldline_testkit::unique(&format!("{prefix}-recent")),
+                ),
+            ],
+        )
+        .await
+    }
+
+    /// Every decodable event of the topic but those of `left_out` products, waited for in
+    /// the read model and checked against it.
+    pub async fn assert_model_equals_fold_without(&self, left_out: &[&String]) {
+        let applied: Vec<Envelope> = self
+            .topic_events()
+            .await
+            .into_iter()
+            .filter(|e| !left_out.contains(&&e.product_id))
+            .collect();
+        self.wait_caught_up(applied.len()).await;
+        self.assert_model_equals_fold(&applied).await;
+    }
+
     pub async fn write(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let response = self
             .http
