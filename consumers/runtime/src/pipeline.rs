@@ -273,23 +273,14 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         if sink.parks() && !self.load_parked(sink, stop).await? {
             return Ok(false);
         }
-        let parked_any;
-        let prepared = match self.set_aside(batch) {
-            Some(prepared) => {
-                parked_any = true;
-                std::borrow::Cow::Owned(prepared)
-            }
-            None => {
-                parked_any = false;
-                std::borrow::Cow::Borrowed(batch)
-            }
-        };
+        // Copied only when it holds records of parked products (rare).
+        let prepared = self
+            .set_aside(batch)
+            .map_or(std::borrow::Cow::Borrowed(batch), std::borrow::Cow::Owned);
         match self.write(sink, &prepared, stop).await? {
             Step::Stopped => Ok(false),
             Step::Written => {
-                if parked_any {
-                    self.note_parked(&prepared.parked);
-                }
+                self.note_parked(&prepared.parked);
                 Ok(true)
             }
             Step::Reseeked => Ok(true),

@@ -216,9 +216,19 @@ fn start_with(sink: &FakeSink) -> Running {
 }
 
 fn start(sink: FakeSink, source: FakeSource, dead_letters: FakeDeadLetters) -> Running {
+    start_any(sink, source, dead_letters, None)
+}
+
+/// Runs a pipeline over any sink; `requests`: operators' parking requests, if any.
+fn start_any<S: Sink>(
+    sink: S,
+    source: FakeSource,
+    dead_letters: FakeDeadLetters,
+    requests: Option<mpsc::Receiver<ParkingRequest>>,
+) -> Running {
     let healthy = Arc::new(AtomicBool::new(true));
     let metrics = RuntimeMetrics::new(&prometheus::Registry::new());
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         source.clone(),
         FakeDecoder,
         dead_letters.clone(),
@@ -231,6 +241,9 @@ fn start(sink: FakeSink, source: FakeSource, dead_letters: FakeDeadLetters) -> R
             idle_flush: Duration::from_millis(150),
         },
     );
+    if let Some(requests) = requests {
+        pipeline = pipeline.with_parking_requests(requests);
+    }
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move { pipeline.run(sink, stop_rx).await });
     Running {
@@ -580,34 +593,13 @@ impl Sink for ParkingSink {
 }
 
 fn start_parking(sink: ParkingSink) -> (Running, mpsc::Sender<ParkingRequest>) {
-    let source = FakeSource::default();
-    let healthy = Arc::new(AtomicBool::new(true));
-    let metrics = RuntimeMetrics::new(&prometheus::Registry::new());
     let (requests, requests_rx) = mpsc::channel(4);
-    let pipeline = Pipeline::new(
-        source.clone(),
-        FakeDecoder,
+    let running = start_any(
+        sink,
+        FakeSource::default(),
         FakeDeadLetters::default(),
-        metrics.clone(),
-        healthy.clone(),
-        Limits {
-            max_records: 100,
-            max_bytes: 1 << 20,
-            max_wait: Duration::from_millis(20),
-            idle_flush: Duration::from_millis(150),
-        },
-    )
-    .with_parking_requests(requests_rx);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(async move { pipeline.run(sink, stop_rx).await });
-    let running = Running {
-        source,
-        dead_letters: FakeDeadLetters::default(),
-        healthy,
-        metrics,
-        stop,
-        task,
-    };
+        Some(requests_rx),
+    );
     (running, requests)
 }
 
