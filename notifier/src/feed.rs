@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foldline_schemas::wire::EventCodec;
+use foldline_schemas::Envelope;
 use foldline_service::kafka::{self, SetupError, TopicReader};
 use foldline_service::position::Position;
 use rdkafka::message::OwnedMessage;
@@ -49,21 +50,33 @@ pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEv
             return None;
         }
     };
-    let mut json = serde_json::to_value(&event).ok()?;
-    json["position"] = position.to_string().into();
-    // Streams are public: an idempotency key is the writer's, and a key seen is a key
-    // another writer could try.
-    if let Some(fields) = json.as_object_mut() {
-        fields.remove("idempotency_key");
+    LiveEvent::new(
+        event,
+        position,
+        message.timestamp().to_millis().unwrap_or_default(),
+    )
+}
+
+impl LiveEvent {
+    /// The event `event` read at `position`, as clients get it; `None` if it cannot be
+    /// written as JSON.
+    pub fn new(event: Envelope, position: Position, timestamp_ms: i64) -> Option<LiveEvent> {
+        let mut json = serde_json::to_value(&event).ok()?;
+        json["position"] = position.to_string().into();
+        // Streams are public: an idempotency key is the writer's, and a key seen is a key
+        // another writer could try.
+        if let Some(fields) = json.as_object_mut() {
+            fields.remove("idempotency_key");
+        }
+        Some(LiveEvent {
+            partition: position.partition,
+            offset: position.offset,
+            event_type: event.event_type().to_string(),
+            product_id: event.product_id,
+            timestamp_ms,
+            data: json.to_string(),
+        })
     }
-    Some(LiveEvent {
-        partition: message.partition(),
-        offset: message.offset(),
-        event_type: event.event_type().to_string(),
-        product_id: event.product_id,
-        timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
-        data: json.to_string(),
-    })
 }
 
 /// What has been broadcast: the cursor just after it and its last events. One lock for both,
@@ -99,14 +112,57 @@ pub struct Resumed {
     pub live: broadcast::Receiver<Arc<LiveEvent>>,
 }
 
+/// The live feed's shared state: handed to every request, fed by [`follow`] (or a test).
+#[derive(Clone)]
 pub struct Feed {
     live: broadcast::Sender<Arc<LiveEvent>>,
     broadcast: Arc<Mutex<Broadcast>>,
     /// True once the topic's end is known and the feed follows from there.
     pub caught_up: Arc<AtomicBool>,
+    /// How many recent events memory keeps.
+    keep: usize,
 }
 
 impl Feed {
+    /// A feed that has read nothing yet. `capacity` bounds what a slow client may fall
+    /// behind before it is told to reconnect (memory is shared by all clients, not per
+    /// client); `history` is how many recent events are kept for pages that open.
+    pub fn new(capacity: usize, history: usize) -> Feed {
+        // What memory keeps: the page's history, and at least as much as a client may fall
+        // behind the live feed, so a client told to reconnect resumes from memory.
+        let keep = history.max(capacity);
+        let (live, _) = broadcast::channel(capacity.max(1));
+        Feed {
+            live,
+            broadcast: Arc::default(),
+            caught_up: Arc::new(AtomicBool::new(false)),
+            keep,
+        }
+    }
+
+    /// The feed starts following from `cursor` (the log's end), with the `recent` events
+    /// before it, which hold every event from `covered_from` on: streams may open now.
+    pub fn begin(&self, cursor: Cursor, recent: VecDeque<Arc<LiveEvent>>, covered_from: Cursor) {
+        *self.broadcast.lock().expect("not poisoned") = Broadcast {
+            cursor,
+            recent,
+            covered_from,
+        };
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// The record at `position` was read: the cursor moves past it and its event, if it
+    /// decoded, goes to every client. An undecodable record is skipped on every path, so
+    /// memory covers it.
+    pub fn publish(&self, position: Position, event: Option<Arc<LiveEvent>>) {
+        let mut shared = self.broadcast.lock().expect("not poisoned");
+        shared.cursor.advance(position.partition, position.offset);
+        if let Some(event) = event {
+            shared.remember(event.clone(), self.keep);
+            let _ = self.live.send(event);
+        }
+    }
+
     /// A receiver of every event from now on, and the cursor it starts at.
     pub fn subscribe(&self) -> (Cursor, broadcast::Receiver<Arc<LiveEvent>>) {
         let broadcast = self.broadcast.lock().expect("not poisoned");
@@ -168,84 +224,56 @@ impl Feed {
     }
 }
 
-/// Starts the tailer. `capacity` bounds what a slow client may fall behind before it is told
-/// to reconnect (memory is shared by all clients, not per client); `history` is how many
-/// recent events are kept for pages that open.
-pub fn start(
-    brokers: String,
-    topic: String,
-    codec: Arc<EventCodec>,
-    capacity: usize,
-    history: usize,
-) -> Feed {
-    // What memory keeps: the page's history, and at least as much as a client may fall
-    // behind the live feed, so a client told to reconnect resumes from memory.
-    let keep = history.max(capacity);
-    let (live, _) = broadcast::channel(capacity);
-    let caught_up = Arc::new(AtomicBool::new(false));
-    let shared = Arc::new(Mutex::new(Broadcast::default()));
-    let feed = Feed {
-        live: live.clone(),
-        broadcast: shared.clone(),
-        caught_up: caught_up.clone(),
-    };
-    tokio::spawn(async move {
-        // Start near the log's committed end, so start-up does not grow with the log (nobody
-        // can be waiting for older history: resuming clients read it themselves).
-        let mut cursor = loop {
-            match read_history(&brokers, &topic, &codec, keep).await {
-                Ok((cursor, recent, covered_from)) => {
-                    *shared.lock().expect("not poisoned") = Broadcast {
-                        cursor: cursor.clone(),
-                        recent,
-                        covered_from,
-                    };
-                    caught_up.store(true, Ordering::Release);
-                    tracing::info!(%cursor, "following the topic from its end");
-                    break cursor;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the topic's end yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+/// Follows the topic into `feed`, for ever: first the last stretch of every partition up
+/// to its committed end (the feed's memory), then every record after it. A failed reader is
+/// reopened at the cursor, so no event is skipped.
+pub async fn follow(feed: Feed, brokers: String, topic: String, codec: Arc<EventCodec>) {
+    // Start near the log's committed end, so start-up does not grow with the log (nobody
+    // can be waiting for older history: resuming clients read it themselves).
+    let mut cursor = loop {
+        match read_history(&brokers, &topic, &codec, feed.keep).await {
+            Ok((cursor, recent, covered_from)) => {
+                feed.begin(cursor.clone(), recent, covered_from);
+                tracing::info!(%cursor, "following the topic from its end");
+                break cursor;
             }
-        };
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the topic's end yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    loop {
+        let mut reader =
+            match open_reader(&brokers, "foldline-notifier", &topic, &cursor, true).await {
+                Ok(reader) => reader,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the topic yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
         loop {
-            // A failed reader is reopened at the cursor, so no event is skipped.
-            let mut reader =
-                match open_reader(&brokers, "foldline-notifier", &topic, &cursor, true).await {
-                    Ok(reader) => reader,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot read the topic yet; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-            loop {
-                match reader.next().await {
-                    Ok(Some(message)) => {
-                        let event = decode(&codec, &message).await.map(Arc::new);
-                        cursor.advance(message.partition(), message.offset());
-                        let mut shared = shared.lock().expect("not poisoned");
-                        shared.cursor.advance(message.partition(), message.offset());
-                        // An undecodable record is skipped on every path, so memory covers it.
-                        if let Some(event) = event {
-                            shared.remember(event.clone(), keep);
-                            let _ = live.send(event);
-                        }
-                    }
-                    // A following reader never ends.
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "reading the topic failed; reopening");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        break;
-                    }
+            match reader.next().await {
+                Ok(Some(message)) => {
+                    let event = decode(&codec, &message).await.map(Arc::new);
+                    let position = Position {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
+                    cursor.advance(position.partition, position.offset);
+                    feed.publish(position, event);
+                }
+                // A following reader never ends.
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the topic failed; reopening");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
                 }
             }
         }
-    });
-    feed
+    }
 }
 
 /// Opens a reader on a blocking thread: creating an rdkafka client and reading the topic's

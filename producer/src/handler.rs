@@ -15,17 +15,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
-use foldline_schemas::wire::{CodecError, EventCodec};
+use foldline_schemas::wire::CodecError;
 use foldline_schemas::{limits, Envelope};
+use futures::future::BoxFuture;
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
+use crate::answer::Answer;
 use crate::domain::{check_limits, decide, evolve, Actor, Command, DomainError, Product};
+use crate::log::{AppendError, AppendFailed, LaneLog, Trace};
 use crate::metrics::Metrics;
-use crate::ownership::{Lanes, Mode, Route};
-use crate::partitioning::{new_id_in, partition_of};
-use crate::store::{Answer, Store};
-use crate::writer::{AppendError, OutRecord, Writer};
+use crate::partitioning::{Home, PartitionPolicy};
+use crate::store::Store;
 
 /// One command of a request. `product_id` is `None` for a create (the id is assigned here).
 #[derive(Debug, Clone)]
@@ -64,67 +65,103 @@ pub enum WriteError {
     SpansPartitions(Vec<i32>),
 }
 
+impl From<AppendFailed> for WriteError {
+    fn from(failed: AppendFailed) -> Self {
+        match failed {
+            AppendFailed::Append(error) => WriteError::Append(error),
+            AppendFailed::Codec(error) => WriteError::Codec(error),
+        }
+    }
+}
+
+/// Where requests go: the lanes this instance serves (`ownership::Lanes`), or in a unit test
+/// a scripted log.
+pub trait Routes: Send + Sync + 'static {
+    fn policy(&self) -> PartitionPolicy;
+    /// The lane of `partition`, held for the request (it cannot be given up meanwhile), or
+    /// where it is written instead.
+    fn route(&self, partition: i32) -> BoxFuture<'_, Route>;
+    /// A partition for a request that only creates and has no Idempotency-Key: one served
+    /// here, or any when none is (then forwarded).
+    fn partition_for_new(&self) -> i32;
+}
+
+/// Where a request for a partition goes.
+pub enum Route {
+    Here(HeldLane),
+    /// Another instance owns it (its base URL when known), or nobody does right now.
+    Elsewhere {
+        owner: Option<String>,
+    },
+}
+
+/// A request's hold on the lane of its partition.
+pub struct HeldLane {
+    pub log: Arc<dyn LaneLog>,
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl HeldLane {
+    /// The lane's `log`, held until this is dropped by whatever `hold` is (a read guard on
+    /// the lane's serving flag).
+    pub fn new(log: Arc<dyn LaneLog>, hold: impl Send + Sync + 'static) -> HeldLane {
+        HeldLane {
+            log,
+            _hold: Box::new(hold),
+        }
+    }
+}
+
 pub struct CommandHandler {
     pub store: Arc<Store>,
-    pub lanes: Arc<Lanes>,
-    pub codec: Arc<EventCodec>,
+    pub routes: Arc<dyn Routes>,
     pub metrics: Metrics,
     pub low_stock_threshold: i64,
 }
 
 impl CommandHandler {
     pub fn new(
-        lanes: Arc<Lanes>,
-        codec: Arc<EventCodec>,
+        store: Arc<Store>,
+        routes: Arc<dyn Routes>,
         metrics: Metrics,
         low_stock_threshold: i64,
     ) -> Self {
         CommandHandler {
-            store: lanes.store().clone(),
-            lanes,
-            codec,
+            store,
+            routes,
             metrics,
             low_stock_threshold,
         }
     }
 
     /// The request's home partition (see the module's docs); assigns the new products' ids.
-    /// In `single` mode one lane writes every partition, so new ids are left free (a batch's
-    /// creates spread over the partitions, as they always did).
     fn home_partition(
         &self,
         commands: &mut [PlannedCommand],
         meta: &RequestMeta,
     ) -> Result<i32, WriteError> {
-        let count = self.lanes.partition_count;
-        if self.lanes.mode == Mode::Single {
-            for planned in commands.iter_mut() {
-                planned
-                    .product_id
-                    .get_or_insert_with(|| Uuid::now_v7().to_string());
-            }
-            let first = commands.first().and_then(|c| c.product_id.as_deref());
-            return Ok(first.map_or(0, |id| partition_of(id, count)));
-        }
-        let named: BTreeSet<i32> = commands
+        let named: Vec<&str> = commands
             .iter()
             .filter_map(|c| c.product_id.as_deref())
-            .map(|id| partition_of(id, count))
             .collect();
-        if !self.lanes.one_lane(&named) {
-            return Err(WriteError::SpansPartitions(named.into_iter().collect()));
-        }
-        let home = match (named.first(), &meta.idempotency_key) {
-            (Some(partition), _) => *partition,
-            (None, Some(key)) => partition_of(key, count),
-            (None, None) => self.lanes.partition_for_new(),
-        };
+        let creates = commands.len() - named.len();
+        let routes = &self.routes;
+        let (home, ids) =
+            self.routes
+                .policy()
+                .home(&named, creates, meta.idempotency_key.as_deref(), || {
+                    routes.partition_for_new()
+                });
+        let mut ids = ids.into_iter();
         for planned in commands.iter_mut() {
             if planned.product_id.is_none() {
-                planned.product_id = Some(new_id_in(home, count));
+                planned.product_id = ids.next();
             }
         }
-        Ok(home)
+        match home {
+            Home::Partition(partition) => Ok(partition),
+            Home::Spans(partitions) => Err(WriteError::SpansPartitions(partitions)),
+        }
     }
 
     /// Runs the request and answers one [`Answer`] per command, in order. With an
@@ -171,12 +208,11 @@ impl CommandHandler {
             }
         }
         let partition = self.home_partition(&mut commands, &meta)?;
-        let lane = match self.lanes.route(partition).await {
+        let lane = match self.routes.route(partition).await {
             Route::Here(lane) => lane,
             Route::Elsewhere { owner } => return Err(WriteError::Elsewhere { partition, owner }),
         };
-        let writer = &lane.lane.writer;
-        writer.status()?;
+        lane.log.status()?;
         let scoped = meta
             .idempotency_key
             .as_deref()
@@ -191,7 +227,7 @@ impl CommandHandler {
             }
             None => None,
         };
-        let result = self.execute_locked(writer, commands, &meta).await;
+        let result = self.execute_locked(&*lane.log, commands, &meta).await;
         if let (Ok(answers), Some(mut guard)) = (&result, answer_guard) {
             let by_index: BTreeMap<i64, Answer> = answers
                 .iter()
@@ -214,7 +250,7 @@ impl CommandHandler {
 
     async fn execute_locked(
         &self,
-        writer: &Writer,
+        log: &dyn LaneLog,
         commands: Vec<PlannedCommand>,
         meta: &RequestMeta,
     ) -> Result<Vec<Answer>, WriteError> {
@@ -238,7 +274,7 @@ impl CommandHandler {
             }
         }
         let result = self
-            .decide_and_append(writer, &commands, meta, &mut guards)
+            .decide_and_append(log, &commands, meta, &mut guards)
             .await;
         if result.is_err() {
             // Slots made for creates that did not happen: nothing may stay behind.
@@ -256,7 +292,7 @@ impl CommandHandler {
     /// only then publishes the new states into the slots.
     async fn decide_and_append(
         &self,
-        writer: &Writer,
+        log: &dyn LaneLog,
         commands: &[PlannedCommand],
         meta: &RequestMeta,
         guards: &mut HashMap<String, OwnedMutexGuard<Option<Product>>>,
@@ -267,7 +303,9 @@ impl CommandHandler {
             .map(|(id, guard)| (id.clone(), (**guard).clone()))
             .collect();
         let now = Utc::now();
-        let mut envelopes: Vec<(usize, Envelope)> = Vec::new();
+        // The events in append order, and the command each belongs to.
+        let mut events: Vec<Envelope> = Vec::new();
+        let mut command_of: Vec<usize> = Vec::new();
         for (index, planned) in commands.iter().enumerate() {
             let id = planned.product_id.clone().expect("assigned above");
             let current = scratch.get(&id).cloned().flatten();
@@ -293,29 +331,21 @@ impl CommandHandler {
                     actor: Some(meta.actor.subject.clone()),
                 };
                 state = evolve(state, &envelope);
-                envelopes.push((index, envelope));
+                events.push(envelope);
+                command_of.push(index);
             }
             scratch.insert(id, state);
         }
-        let mut records = Vec::with_capacity(envelopes.len());
-        for (_, envelope) in &envelopes {
-            records.push(OutRecord {
-                partition: partition_of(&envelope.product_id, self.lanes.partition_count),
-                key: envelope.product_id.clone(),
-                value: self.codec.encode(envelope).await?,
-                headers: vec![
-                    ("event-type", envelope.event_type().as_str().to_owned()),
-                    ("correlation-id", meta.correlation_id.clone()),
-                    ("traceparent", meta.traceparent.clone()),
-                ],
-            });
-        }
-        let positions = writer.append(records).await?;
+        let trace = Trace {
+            correlation_id: meta.correlation_id.clone(),
+            traceparent: meta.traceparent.clone(),
+        };
+        let positions = log.append(&events, &trace).await?;
         self.store.note_events(
             positions
                 .iter()
-                .zip(&envelopes)
-                .map(|(position, (_, envelope))| (*position, envelope.event_id)),
+                .zip(&events)
+                .map(|(position, event)| (*position, event.event_id)),
         );
         // Committed: publish the new states and build the answers.
         for (id, guard) in guards.iter_mut() {
@@ -324,10 +354,10 @@ impl CommandHandler {
             }
         }
         let mut answers: Vec<Option<Answer>> = vec![None; commands.len()];
-        for ((index, envelope), position) in envelopes.iter().zip(positions) {
+        for ((index, event), position) in command_of.iter().zip(&events).zip(positions) {
             answers[*index] = Some(Answer {
-                id: envelope.product_id.clone(),
-                version: envelope.version,
+                id: event.product_id.clone(),
+                version: event.version,
                 position: position.to_string(),
             });
         }
@@ -337,3 +367,6 @@ impl CommandHandler {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,30 +1,36 @@
 //! # Layout
 //! The producer: REST commands in, Avro events appended to the `products` topic.
 //! - [`domain`]: the product aggregate, `decide` and `evolve`, pure (given/when/then tests).
-//! - [`store`]: per-product state and idempotency answers, folded from the log.
-//! - [`catch_up`]: reading the topic from the store's offsets to its end (start-up, and resync
-//!   after a failed commit).
-//! - [`snapshot`]: the store saved to S3 and loaded at start-up, so a start reads only the tail.
-//! - [`writer`]: the transactional Kafka producer with group commit.
-//! - [`partitioning`]: which partition a product's events go to (Kafka's murmur2).
-//! - [`ownership`]: which partitions this instance writes (one lane, or a consumer group
-//!   sharing them between instances), taking them over and giving them up.
-//! - [`forward`]: sending a write to the instance that owns its partition.
-//! - [`handler`]: one write request end to end (route, lock, decide, encode, append, fold).
-//! - [`gate`]: the middleware every write passes: rate limits, then authentication.
-//! - [`http`]: the routes, headers and problem+json errors.
+//! - [`handler`]: one write request end to end (limits, home partition, idempotency, locks,
+//!   decide on a copy, append, fold), over the [`handler::Routes`] and [`log::LaneLog`]
+//!   traits — unit-tested over a scripted log (`handler/tests.rs`).
+//! - [`log`]: the lane log trait, its Kafka adapter and reading the tail (after fencing, and
+//!   after a commit with an unknown outcome).
+//! - [`writer`]: the transactional Kafka producer with group commit (the committer).
+//! - [`partitioning`]: the partition policy, in one place: partition of a key, lanes,
+//!   transactional ids, snapshot scopes, a request's home.
+//! - [`ownership`]: which lanes this instance serves — [`ownership::state`] decides (a pure
+//!   state machine, unit-tested), `Lanes` applies its steps; the consumer group and the
+//!   owners' directory are adapters.
+//! - [`store`]: the in-memory state: per-product slots and Idempotency-Key answers.
+//! - [`snapshot`]: the snapshot format (pure); [`snapshot_store`]: snapshots in S3, checked
+//!   against the log before they are loaded.
+//! - [`http`]: the routes, headers, problem+json errors, and the middleware every write
+//!   passes ([`http::gate`]: rate limits then authentication; [`http::forward`]: to the
+//!   instance that owns the partition).
+//! - [`answer`]: what a successful command answers.
 //! - [`metrics`]: Prometheus metrics of the above.
 
-pub mod catch_up;
+pub mod answer;
 pub mod domain;
-pub mod forward;
-pub mod gate;
 pub mod handler;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod ownership;
 pub mod partitioning;
 pub mod snapshot;
+pub mod snapshot_store;
 pub mod store;
 pub mod writer;
 
@@ -44,6 +50,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::handler::CommandHandler;
 use crate::metrics::Metrics;
 use crate::ownership::{directory::Directory, group, LaneSetup, Lanes, Mode};
+use crate::partitioning::PartitionPolicy;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Parser)]
@@ -108,13 +115,13 @@ pub struct Config {
     pub idempotency_ttl_secs: i64,
     /// Where the state is snapshotted.
     #[command(flatten)]
-    pub snapshot: snapshot::SnapshotConfig,
+    pub snapshot: snapshot_store::SnapshotConfig,
     /// How writers are authenticated.
     #[command(flatten)]
     pub auth: foldline_service::auth::AuthConfig,
     /// How fast each writer may write.
     #[command(flatten)]
-    pub limits: gate::RateLimitConfig,
+    pub limits: http::gate::RateLimitConfig,
     /// Browser origins allowed to call the API (CORS), comma-separated; the live page's
     /// origin is in the default.
     #[arg(
@@ -141,7 +148,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Refuses to start without a way to check tokens: writes are never open.
-    let gate = gate::Gate::new(
+    let gate = http::gate::Gate::new(
         foldline_service::auth::Authenticator::new(&config.auth)?,
         &config.limits,
     );
@@ -203,16 +210,17 @@ pub async fn run(
     };
     let ops = Ops::new("producer", env!("CARGO_PKG_VERSION"), readiness);
     let metrics = Metrics::new(&ops.registry);
-    let snapshots = snapshot::SnapshotStore::connect(&config.snapshot, &config.log.topic).await;
+    let snapshots =
+        snapshot_store::SnapshotStore::connect(&config.snapshot, &config.log.topic).await;
+    let store = Arc::new(Store::new(config.idempotency_ttl_secs * 1000));
     let lanes = Lanes::new(
-        config.ownership,
-        partition_count,
+        PartitionPolicy::new(config.ownership, partition_count),
         LaneSetup {
             brokers: config.log.brokers.clone(),
             topic: config.log.topic.clone(),
             transactional_id: config.transactional_id.clone(),
             max_batch_records: config.max_batch_records,
-            store: Arc::new(Store::new(config.idempotency_ttl_secs * 1000)),
+            store: store.clone(),
             codec: codec.clone(),
             metrics: metrics.clone(),
             snapshots,
@@ -230,7 +238,7 @@ pub async fn run(
     let stop_membership = tokio_util::sync::CancellationToken::new();
     let membership = match config.ownership {
         Mode::Single => {
-            lanes.take_over_now((0..partition_count).collect()).await?;
+            lanes.take_over_all_now().await?;
             None
         }
         Mode::Partitions => Some(group::join(
@@ -245,14 +253,14 @@ pub async fn run(
         config.snapshot.snapshot_interval_secs.max(1),
     ));
     let service = Arc::new(CommandHandler::new(
+        store,
         lanes.clone(),
-        codec,
         metrics.clone(),
         config.low_stock_threshold,
     ));
 
     let forwarder = (config.ownership == Mode::Partitions).then(|| {
-        forward::Forwarder::new(
+        http::forward::Forwarder::new(
             &advertised_url,
             config.max_body_bytes,
             Duration::from_millis(config.request_timeout_ms),

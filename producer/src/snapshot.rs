@@ -1,60 +1,30 @@
-//! Snapshots of the producer's state in S3, so a start reads only the log's tail.
-//!
-//! A snapshot holds every product, the remembered Idempotency-Key answers, and how far into
-//! the log it goes (next offset per partition). It is written every few seconds while the
-//! state moves and at shutdown, as one zstd-compressed JSON object per topic. At start-up,
-//! after fencing, the snapshot is loaded only if it checks out against the log: its format
-//! and topic match, and for each partition one event it holds is found in the log at its
-//! offset with its id (a topic deleted and created again, or another cluster, fails this).
-//! Anything else — no snapshot, S3 down, a mismatch — means reading the whole log, as before:
-//! slower, never wrong.
+//! The snapshot format, pure: what a snapshot of the producer's state holds, and its bytes
+//! (zstd-compressed JSON). Building one from the state and loading one into it is the
+//! store's (`Store::snapshot`, `Store::restore`); storing it in S3 and checking it against
+//! the log is [`crate::snapshot_store`]'s.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
-use foldline_schemas::wire::EventCodec;
-use foldline_service::aws::AwsEndpoint;
-use foldline_service::kafka::TopicReader;
 use foldline_service::position::Offsets;
-use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::answer::Answer;
 use crate::domain::Product;
-use crate::metrics::Metrics;
-use crate::store::{Answer, Store};
 
 /// Bumped whenever the layout changes: a snapshot of another format is ignored.
 pub const FORMAT: u32 = 1;
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct SnapshotConfig {
-    /// Bucket of the producer's snapshots (empty: no snapshots, every start reads the whole
-    /// log). Created if missing.
-    #[arg(
-        long,
-        env = "FOLDLINE_SNAPSHOT_BUCKET",
-        default_value = "foldline-snapshots"
-    )]
-    pub snapshot_bucket: String,
-    /// S3 API endpoint of the snapshot bucket (empty: AWS itself).
-    #[arg(
-        long = "snapshot-s3-endpoint",
-        env = "FOLDLINE_S3_ENDPOINT",
-        default_value = "http://127.0.0.1:9000"
-    )]
-    pub s3_endpoint: String,
-    /// Seconds between snapshots while writes arrive (one more is written at shutdown).
-    #[arg(long, env = "FOLDLINE_SNAPSHOT_INTERVAL_SECS", default_value_t = 30)]
-    pub snapshot_interval_secs: u64,
-    #[command(flatten)]
-    pub aws: AwsEndpoint,
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not zstd: {0}")]
+    Compression(std::io::Error),
+    #[error("not a snapshot: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub format: u32,
     pub topic: String,
@@ -68,7 +38,7 @@ pub struct Snapshot {
 }
 
 /// The answers of one Idempotency-Key, and when it got them (its TTL counts from then).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct RememberedAnswers {
     pub key: String,
     pub answered_at_ms: i64,
@@ -94,23 +64,19 @@ impl Snapshot {
         }
     }
 
-    fn encode(&self) -> anyhow::Result<Vec<u8>> {
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let json = serde_json::to_vec(self)?;
-        Ok(zstd::encode_all(json.as_slice(), 3)?)
+        zstd::encode_all(json.as_slice(), 3).map_err(SnapshotError::Compression)
     }
 
-    fn decode(bytes: &[u8]) -> anyhow::Result<Snapshot> {
-        let json = zstd::decode_all(bytes).context("not zstd")?;
-        serde_json::from_slice(&json).context("not a snapshot")
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let json = zstd::decode_all(bytes).map_err(SnapshotError::Compression)?;
+        Ok(serde_json::from_slice(&json)?)
     }
 
-    /// Checks the snapshot belongs to this topic's log (see the module's docs).
-    pub async fn verify(
-        &self,
-        brokers: &str,
-        topic: &str,
-        codec: &EventCodec,
-    ) -> Result<(), String> {
+    /// Whether this build can load the snapshot for `topic`: its format and topic match.
+    /// (Whether it belongs to this log is checked against the log itself.)
+    pub fn check_header(&self, topic: &str) -> Result<(), String> {
         if self.format != FORMAT {
             return Err(format!(
                 "format {} (this build reads {FORMAT})",
@@ -120,226 +86,113 @@ impl Snapshot {
         if self.topic != topic {
             return Err(format!("taken of topic {}", self.topic));
         }
-        if self.known_events.is_empty() {
-            return Ok(());
-        }
-        let start: Offsets = self
-            .known_events
-            .iter()
-            .map(|(partition, (offset, _))| (*partition, *offset))
-            .collect();
-        let partitions: Vec<i32> = start.partitions().collect();
-        let mut reader = TopicReader::open(
-            brokers,
-            "foldline-producer-snapshot-check",
-            topic,
-            &start,
-            Some(&partitions),
-            false,
-        )
-        .map_err(|e| e.to_string())?;
-        let mut unchecked = self.known_events.clone();
-        while !unchecked.is_empty() {
-            let Some(message) = reader.next().await.map_err(|e| e.to_string())? else {
-                return Err(format!("the log ends before the events {unchecked:?}"));
-            };
-            let Some((offset, event_id)) = unchecked.remove(&message.partition()) else {
-                continue;
-            };
-            let found = match message.payload() {
-                Some(bytes) if message.offset() == offset => codec
-                    .decode_waiting(bytes)
-                    .await
-                    .map(|e| e.event_id)
-                    .map_err(|e| e.to_string())?,
-                _ => {
-                    return Err(format!(
-                        "partition {}: no event at offset {offset}",
-                        message.partition()
-                    ))
-                }
-            };
-            if found != event_id {
-                return Err(format!(
-                    "partition {}: offset {offset} holds event {found}, the snapshot says {event_id}",
-                    message.partition()
-                ));
-            }
-        }
         Ok(())
     }
 }
 
-/// The snapshot object of one topic (or, [`SnapshotStore::scoped`], of one of its partitions:
-/// in `partitions` mode each owner stores the state of the partitions it writes).
-#[derive(Clone)]
-pub struct SnapshotStore {
-    client: aws_sdk_s3::Client,
-    bucket: String,
-    topic: String,
-    key: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{evolve, Product};
+    use foldline_schemas::{Envelope, Payload, ProductCreated};
 
-impl SnapshotStore {
-    /// `None` when snapshots are off (no bucket configured).
-    pub async fn connect(config: &SnapshotConfig, topic: &str) -> Option<SnapshotStore> {
-        if config.snapshot_bucket.is_empty() {
-            return None;
-        }
-        Some(SnapshotStore {
-            client: foldline_service::aws::s3_client(&config.aws, &config.s3_endpoint).await,
-            bucket: config.snapshot_bucket.clone(),
-            topic: topic.to_owned(),
-            key: format!("producer/{topic}.json.zst"),
-        })
-    }
-
-    /// The snapshot of the whole topic (`None`) or of one partition.
-    pub fn scoped(&self, partition: Option<i32>) -> SnapshotStore {
-        let key = match partition {
-            None => format!("producer/{}.json.zst", self.topic),
-            Some(partition) => format!("producer/{}/p{partition}.json.zst", self.topic),
+    fn product(id: &str) -> Product {
+        let created = Envelope {
+            event_id: Uuid::new_v4(),
+            product_id: id.into(),
+            version: 1,
+            occurred_at: Utc::now(),
+            correlation_id: "c".into(),
+            idempotency_key: None,
+            command_index: None,
+            payload: Payload::ProductCreated(ProductCreated {
+                name: format!("name of {id}"),
+                price_cents: 100,
+                stock: 3,
+                seller_id: "s".into(),
+            }),
+            actor: None,
         };
-        SnapshotStore {
-            key,
-            ..self.clone()
+        evolve(None, &created).unwrap()
+    }
+
+    fn sample() -> Snapshot {
+        let answers = vec![RememberedAnswers {
+            key: "root\u{1f}k".into(),
+            answered_at_ms: 1,
+            by_index: BTreeMap::from([(
+                0,
+                Answer {
+                    id: "a".into(),
+                    version: 1,
+                    position: "0:4".into(),
+                },
+            )]),
+        }];
+        Snapshot::new(
+            "products",
+            [(0, 5), (1, 2)].into_iter().collect(),
+            BTreeMap::from([(0, (4, Uuid::new_v4()))]),
+            vec![product("a"), product("b")],
+            answers,
+        )
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_its_bytes() {
+        let snapshot = sample();
+        let bytes = snapshot.encode().unwrap();
+        assert_eq!(Snapshot::decode(&bytes).unwrap(), snapshot);
+    }
+
+    #[test]
+    fn truncated_bytes_are_refused() {
+        let bytes = sample().encode().unwrap();
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(Snapshot::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
     }
 
-    /// The stored snapshot, `None` when there is none yet.
-    pub async fn load(&self) -> anyhow::Result<Option<Snapshot>> {
-        let got = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .send()
-            .await;
-        let object = match got {
-            Ok(object) => object,
-            Err(error)
-                if error.as_service_error().is_some_and(|e| e.is_no_such_key())
-                    || error
-                        .raw_response()
-                        .is_some_and(|r| r.status().as_u16() == 404) =>
-            {
-                return Ok(None)
+    #[test]
+    fn tampered_bytes_are_refused_or_decode_to_something_checked() {
+        // zstd frames carry no checksum by default: a flipped byte fails decompression, the
+        // JSON or the types — or, rarely, yields another valid snapshot, which the check
+        // against the log (one known event per partition) then refuses to trust.
+        let bytes = sample().encode().unwrap();
+        let mut refused = 0;
+        for at in 0..bytes.len() {
+            let mut tampered = bytes.clone();
+            tampered[at] ^= 0x5a;
+            if Snapshot::decode(&tampered).is_err() {
+                refused += 1;
             }
-            Err(error) => return Err(anyhow::Error::new(error).context("reading the snapshot")),
-        };
-        let bytes = object.body.collect().await?.into_bytes();
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::decode(&bytes)).await??;
-        Ok(Some(snapshot))
-    }
-
-    /// Stores `snapshot` in place of the previous one (one PUT: readers see one or the
-    /// other); answers its size in bytes.
-    pub async fn save(&self, snapshot: Snapshot) -> anyhow::Result<usize> {
-        let bytes = tokio::task::spawn_blocking(move || snapshot.encode()).await??;
-        let size = bytes.len();
-        let put = |bytes: Vec<u8>| {
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .body(ByteStream::from(bytes))
-                .send()
-        };
-        if let Err(error) = put(bytes.clone()).await {
-            // The first save on a fresh S3 server: create the bucket, then try once more.
-            let missing_bucket = error
-                .raw_response()
-                .is_some_and(|r| r.status().as_u16() == 404);
-            if !missing_bucket {
-                return Err(anyhow::Error::new(error).context("storing the snapshot"));
-            }
-            let _ = self
-                .client
-                .create_bucket()
-                .bucket(&self.bucket)
-                .send()
-                .await;
-            put(bytes).await.context("storing the snapshot")?;
         }
-        Ok(size)
-    }
-}
-
-/// Loads the stored snapshot into `store` if it checks out; answers what happened, for the
-/// log. Never fails the start: without a usable snapshot the whole log is read.
-pub async fn restore(
-    snapshots: &SnapshotStore,
-    store: &Store,
-    brokers: &str,
-    topic: &str,
-    codec: &EventCodec,
-) -> String {
-    let started = Instant::now();
-    // S3 down must not hold the start-up for long: the log alone is enough.
-    let loaded = match tokio::time::timeout(Duration::from_secs(10), snapshots.load()).await {
-        Ok(Ok(Some(snapshot))) => snapshot,
-        Ok(Ok(None)) => return "no snapshot yet: reading the whole log".to_owned(),
-        Ok(Err(error)) => {
-            return format!("snapshot unavailable ({error:#}): reading the whole log")
-        }
-        Err(_) => {
-            return "snapshot unavailable (S3 slower than 10 s): reading the whole log".into()
-        }
-    };
-    if let Err(why) = loaded.verify(brokers, topic, codec).await {
-        return format!("snapshot does not match the log ({why}): reading the whole log");
-    }
-    if !store.is_behind(&loaded.next_offsets) {
-        return format!(
-            "the state here already goes as far as the snapshot ({:?}): reading the tail",
-            loaded.next_offsets
+        assert!(
+            refused * 2 > bytes.len(),
+            "{refused} of {} refused",
+            bytes.len()
         );
+        let not_zstd = serde_json::to_vec(&sample()).unwrap();
+        assert!(matches!(
+            Snapshot::decode(&not_zstd),
+            Err(SnapshotError::Compression(_))
+        ));
+        let zstd_not_json = zstd::encode_all(&b"{\"format\": 1"[..], 3).unwrap();
+        assert!(matches!(
+            Snapshot::decode(&zstd_not_json),
+            Err(SnapshotError::Json(_))
+        ));
     }
-    let described = format!(
-        "snapshot of {} taken {} ({} products, {} keys, next offsets {:?}) loaded in {:?}",
-        topic,
-        loaded.taken_at,
-        loaded.products.len(),
-        loaded.answers.len(),
-        loaded.next_offsets,
-        started.elapsed()
-    );
-    store.restore(loaded);
-    described
-}
 
-/// Takes and stores a snapshot now: of the whole state, or with `only = Some((partition,
-/// partition_count))` of one partition's products, keys and offsets.
-pub async fn save_now(
-    snapshots: &SnapshotStore,
-    store: &Store,
-    topic: &str,
-    only: Option<(i32, i32)>,
-    metrics: &Metrics,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let snapshot = store.snapshot(topic, only).await;
-    let (products, keys) = (snapshot.products.len(), snapshot.answers.len());
-    let next_offsets = snapshot.next_offsets.clone();
-    let size = match snapshots.save(snapshot).await {
-        Ok(size) => size,
-        Err(error) => {
-            metrics.snapshots.with_label_values(&["failed"]).inc();
-            return Err(error);
-        }
-    };
-    metrics.snapshots.with_label_values(&["stored"]).inc();
-    metrics.snapshot_bytes.set(size as i64);
-    metrics
-        .snapshot_seconds
-        .observe(started.elapsed().as_secs_f64());
-    tracing::info!(
-        products,
-        keys,
-        ?next_offsets,
-        bytes = size,
-        elapsed = ?started.elapsed(),
-        "snapshot stored"
-    );
-    Ok(())
+    #[test]
+    fn another_format_or_topic_is_not_loaded() {
+        let mut snapshot = sample();
+        assert_eq!(snapshot.check_header("products"), Ok(()));
+        assert!(snapshot.check_header("other").is_err());
+        snapshot.format = FORMAT + 1;
+        assert!(snapshot
+            .check_header("products")
+            .unwrap_err()
+            .contains("format"));
+    }
 }

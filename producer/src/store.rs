@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use foldline_schemas::Envelope;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
+pub use crate::answer::Answer;
 use crate::domain::{evolve, Product};
-use crate::partitioning::partition_of;
+use crate::partitioning::PartitionPolicy;
 use crate::snapshot::{RememberedAnswers, Snapshot};
 use crate::writer::Position;
 use foldline_service::position::Offsets;
@@ -21,15 +21,6 @@ use foldline_service::position::Offsets;
 pub type ProductSlot = Arc<AsyncMutex<Option<Product>>>;
 /// Answers of an idempotency key by command index (0 for single commands).
 pub type AnswerSlot = Arc<AsyncMutex<Option<BTreeMap<i64, Answer>>>>;
-
-/// What a successful command answers: the product, its version and the position of the last
-/// event the command appended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Answer {
-    pub id: String,
-    pub version: i64,
-    pub position: String,
-}
 
 /// How long an idempotency key is remembered unless configured otherwise.
 pub const DEFAULT_IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -230,10 +221,15 @@ impl Store {
     /// afterwards holds at least what the positions cover. A state that holds more is
     /// harmless: replaying the tail skips events a product already has (see `apply_logged`).
     ///
-    /// With `only = Some((partition, partition_count))`, only what belongs to that partition:
-    /// its products, the keys whose answers are there, its offset.
-    pub async fn snapshot(&self, topic: &str, only: Option<(i32, i32)>) -> Snapshot {
-        let in_scope = |p: i32| only.is_none_or(|(partition, _)| partition == p);
+    /// With a `scope` (a partition, see [`PartitionPolicy::snapshot_scope`]), only what
+    /// belongs to it: its products, the keys whose answers are there, its offset.
+    pub async fn snapshot(
+        &self,
+        topic: &str,
+        policy: &PartitionPolicy,
+        scope: Option<i32>,
+    ) -> Snapshot {
+        let in_scope = |p: i32| scope.is_none_or(|partition| partition == p);
         let (next_offsets, known_events) = {
             let covered = self.covered.lock().expect("not poisoned");
             (
@@ -261,9 +257,7 @@ impl Store {
         for (n, slot) in slots.into_iter().enumerate() {
             yield_every_1024(n).await;
             if let Some(product) = slot.lock().await.clone() {
-                let here = only
-                    .is_none_or(|(partition, count)| partition_of(&product.id, count) == partition);
-                if here {
+                if policy.in_scope(scope, &product.id) {
                     products.push(product);
                 }
             }

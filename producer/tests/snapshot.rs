@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use foldline_producer::snapshot::SnapshotStore;
+use foldline_producer::snapshot_store::SnapshotStore;
 use foldline_testkit::process::Restartable;
 use serde_json::{json, Value};
 

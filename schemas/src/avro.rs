@@ -25,17 +25,6 @@ pub enum AvroMappingError {
     UnknownBranch(String),
 }
 
-/// Index of each event type in the committed schema's `payload` union (see `avro/`).
-fn branch_index(event_type: EventType) -> u32 {
-    match event_type {
-        EventType::ProductCreated => 0,
-        EventType::ProductUpdated => 1,
-        EventType::StockAdjusted => 2,
-        EventType::LowStockWarning => 3,
-        EventType::ProductDeleted => 4,
-    }
-}
-
 fn optional<T>(value: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
     match value {
         None => Value::Union(0, Box::new(Value::Null)),
@@ -94,7 +83,7 @@ pub fn envelope_to_value(envelope: &Envelope) -> Value {
         (
             "payload",
             Value::Union(
-                branch_index(envelope.payload.event_type()),
+                envelope.payload.event_type().branch_index(),
                 Box::new(payload),
             ),
         ),
@@ -276,6 +265,26 @@ mod tests {
             command_index: Some(0),
             payload,
         }
+    }
+
+    #[test]
+    fn the_event_types_are_the_schemas_union_in_order() {
+        let schema = Schema::parse_str(crate::PRODUCTS_VALUE_SCHEMA).unwrap();
+        let branches = payload_branches(&schema).unwrap();
+        let listed: Vec<Option<EventType>> = EventType::ALL.iter().copied().map(Some).collect();
+        assert_eq!(
+            branches, listed,
+            "one event type per branch, in the union's order"
+        );
+        for (index, event_type) in EventType::ALL.iter().enumerate() {
+            assert_eq!(event_type.branch_index(), index as u32);
+            assert_eq!(EventType::parse(event_type.as_str()), Some(*event_type));
+            assert_eq!(
+                EventType::parse(&format!("foldline.{event_type}")),
+                Some(*event_type)
+            );
+        }
+        assert_eq!(EventType::parse("NoSuchEvent"), None);
     }
 
     #[test]

@@ -29,8 +29,24 @@ impl Envelope {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Every event type is one variant here, and only here: [`EventType`] (its list and names)
+/// is derived from it, and the Avro mapping (`avro.rs`) matches it exhaustively, so adding a
+/// variant makes the compiler list every place to extend. The variants are in the order of
+/// the committed schema's `payload` union (`avro/products-value.avsc`; checked by a test).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::EnumDiscriminants)]
 #[serde(tag = "event_type", content = "payload")]
+#[strum_discriminants(
+    name(EventType),
+    derive(
+        Hash,
+        Serialize,
+        Deserialize,
+        strum::EnumIter,
+        strum::IntoStaticStr,
+        strum::EnumString,
+        strum::VariantArray
+    )
+)]
 pub enum Payload {
     ProductCreated(ProductCreated),
     ProductUpdated(ProductUpdated),
@@ -41,49 +57,28 @@ pub enum Payload {
 
 impl Payload {
     pub fn event_type(&self) -> EventType {
-        match self {
-            Payload::ProductCreated(_) => EventType::ProductCreated,
-            Payload::ProductUpdated(_) => EventType::ProductUpdated,
-            Payload::StockAdjusted(_) => EventType::StockAdjusted,
-            Payload::LowStockWarning(_) => EventType::LowStockWarning,
-            Payload::ProductDeleted(_) => EventType::ProductDeleted,
-        }
+        EventType::from(self)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventType {
-    ProductCreated,
-    ProductUpdated,
-    StockAdjusted,
-    LowStockWarning,
-    ProductDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
-        EventType::ProductCreated,
-        EventType::ProductUpdated,
-        EventType::StockAdjusted,
-        EventType::LowStockWarning,
-        EventType::ProductDeleted,
-    ];
+    /// Every event type, in the order of the schema's `payload` union.
+    pub const ALL: &'static [EventType] = <EventType as strum::VariantArray>::VARIANTS;
 
     /// The Avro record name, also used as the `event-type` header and SSE `event:` field.
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::ProductCreated => "ProductCreated",
-            EventType::ProductUpdated => "ProductUpdated",
-            EventType::StockAdjusted => "StockAdjusted",
-            EventType::LowStockWarning => "LowStockWarning",
-            EventType::ProductDeleted => "ProductDeleted",
-        }
+        self.into()
     }
 
+    /// The type named `name`: the short Avro record name or a namespaced full name.
     pub fn parse(name: &str) -> Option<EventType> {
-        // Accept a namespaced Avro full name as well as the short name.
         let short = name.rsplit('.').next().unwrap_or(name);
-        EventType::ALL.into_iter().find(|t| t.as_str() == short)
+        short.parse().ok()
+    }
+
+    /// The index of this type's branch in the committed schema's `payload` union.
+    pub fn branch_index(self) -> u32 {
+        self as u32
     }
 }
 

@@ -2,6 +2,8 @@
 //! `POST /products/{id}/stock`, `DELETE /products/{id}` and the batch `POST /commands`.
 
 pub mod bodies;
+pub mod forward;
+pub mod gate;
 mod headers;
 pub mod openapi;
 pub mod problem;
@@ -16,11 +18,11 @@ use axum::routing::{get, patch, post};
 use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
 
+use crate::answer::Answer;
 use crate::domain::{Actor, Command};
-use crate::forward::Forwarder;
-use crate::gate::{CommandCharge, Gate};
 use crate::handler::{CommandHandler, PlannedCommand};
-use crate::store::Answer;
+use crate::http::forward::Forwarder;
+use crate::http::gate::{CommandCharge, Gate};
 use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
 use openapi::{BatchAnswerDoc, ProblemDoc, WriteErrors};
 use problem::Problem;
@@ -43,11 +45,14 @@ pub fn routes(
     if let Some(forwarder) = forwarder {
         writes = writes.route_layer(middleware::from_fn_with_state(
             forwarder,
-            crate::forward::forward,
+            crate::http::forward::forward,
         ));
     }
     writes
-        .route_layer(middleware::from_fn_with_state(gate, crate::gate::gate))
+        .route_layer(middleware::from_fn_with_state(
+            gate,
+            crate::http::gate::gate,
+        ))
         .with_state(service)
         .route("/openapi.json", get(openapi::document))
 }

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
-use crate::store::Answer;
+use crate::answer::Answer;
 
 /// An error answer (RFC 9457, `application/problem+json`).
 #[derive(ToSchema)]

@@ -47,7 +47,7 @@ impl From<DomainError> for Problem {
 }
 
 /// The problem type of a request whose partition another instance writes; the forwarding
-/// layer (`crate::forward`) looks for it.
+/// layer (`crate::http::forward`) looks for it.
 pub const PARTITION_ELSEWHERE: &str = "partition-elsewhere";
 
 impl From<WriteError> for Problem {

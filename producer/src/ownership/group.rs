@@ -10,7 +10,6 @@
 //! blocks the rebalance until the commits in flight are answered, as the protocol intends;
 //! taking them over (assign) starts in the background.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ impl ConsumerContext for OwnersContext {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(list);
             tracing::info!(?partitions, "partitions revoked: finishing their commits");
-            self.runtime.block_on(self.lanes.give_up(&partitions));
+            self.runtime.block_on(self.lanes.revoked(&partitions));
         }
     }
 
@@ -53,12 +52,9 @@ impl ConsumerContext for OwnersContext {
                     tracing::warn!(%error, "could not pause the assigned partitions");
                 }
                 tracing::info!(?partitions, "partitions assigned: taking them over");
-                self.lanes.joined.store(true, Ordering::Release);
-                if !partitions.is_empty() {
-                    let lanes = self.lanes.clone();
-                    self.runtime
-                        .spawn(async move { lanes.take_over(partitions).await });
-                }
+                // Take-overs run as tasks of the runtime; this is the group's own thread.
+                let _runtime = self.runtime.enter();
+                self.lanes.assigned(&partitions);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "producers' group rebalance failed"),

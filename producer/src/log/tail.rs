@@ -1,6 +1,7 @@
-//! Reading the `products` topic into the [`Store`]: at start-up (from the beginning) and
-//! after a failed commit (from where the state ends) — in both cases only after the
-//! transactional producer has fenced earlier instances (see `lib.rs`).
+//! Reading the tail of the log into the [`Store`]: when a lane is taken over (from where the
+//! state ends: the beginning, or a snapshot) and after a commit with an unknown outcome — in
+//! both cases only after the transactional producer has fenced earlier instances (see
+//! `ownership`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ const DECISION_LIMIT: Duration = Duration::from_secs(60);
 /// commit marker landed after it, and a retried command was decided again on a state without
 /// its first copy). So the ends of the log *including* undecided records are taken first, and
 /// committed records are read until every one of those has been decided.
-pub async fn catch_up(
+pub async fn read_tail(
     brokers: &str,
     topic: &str,
     partitions: &[i32],
