@@ -11,7 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
 use foldline_schemas::wire::EventCodec;
 use foldline_service::aws::AwsEndpoint;
@@ -21,8 +20,26 @@ use rdkafka::Message;
 
 use crate::metrics::Metrics;
 use crate::partitioning::PartitionPolicy;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::store::Store;
+
+/// Why a snapshot could not be read or stored (a start then reads the whole log).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotStoreError {
+    #[error("reading the snapshot: {0}")]
+    Read(String),
+    #[error("storing the snapshot: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Format(#[from] SnapshotError),
+    #[error("encoding or decoding the snapshot panicked")]
+    Panicked,
+}
+
+/// An S3 error with its causes, for the log.
+fn s3_error(error: impl std::error::Error) -> String {
+    aws_sdk_s3::error::DisplayErrorContext(error).to_string()
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SnapshotConfig {
@@ -142,7 +159,7 @@ impl SnapshotStore {
     }
 
     /// The stored snapshot, `None` when there is none yet.
-    pub async fn load(&self) -> anyhow::Result<Option<Snapshot>> {
+    pub async fn load(&self) -> Result<Option<Snapshot>, SnapshotStoreError> {
         let got = self
             .client
             .get_object()
@@ -160,22 +177,26 @@ impl SnapshotStore {
             {
                 return Ok(None)
             }
-            Err(error) => return Err(anyhow::Error::new(error).context("reading the snapshot")),
+            Err(error) => return Err(SnapshotStoreError::Read(s3_error(error))),
         };
-        let bytes = object.body.collect().await?.into_bytes();
-        let snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::decode(&bytes).map_err(anyhow::Error::from)
-        })
-        .await??;
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| SnapshotStoreError::Read(s3_error(e)))?
+            .into_bytes();
+        let snapshot = tokio::task::spawn_blocking(move || Snapshot::decode(&bytes))
+            .await
+            .map_err(|_| SnapshotStoreError::Panicked)??;
         Ok(Some(snapshot))
     }
 
     /// Stores `snapshot` in place of the previous one (one PUT: readers see one or the
     /// other); answers its size in bytes.
-    pub async fn save(&self, snapshot: Snapshot) -> anyhow::Result<usize> {
-        let bytes =
-            tokio::task::spawn_blocking(move || snapshot.encode().map_err(anyhow::Error::from))
-                .await??;
+    pub async fn save(&self, snapshot: Snapshot) -> Result<usize, SnapshotStoreError> {
+        let bytes = tokio::task::spawn_blocking(move || snapshot.encode())
+            .await
+            .map_err(|_| SnapshotStoreError::Panicked)??;
         let size = bytes.len();
         let put = |bytes: Vec<u8>| {
             self.client
@@ -191,7 +212,7 @@ impl SnapshotStore {
                 .raw_response()
                 .is_some_and(|r| r.status().as_u16() == 404);
             if !missing_bucket {
-                return Err(anyhow::Error::new(error).context("storing the snapshot"));
+                return Err(SnapshotStoreError::Store(s3_error(error)));
             }
             let _ = self
                 .client
@@ -199,7 +220,9 @@ impl SnapshotStore {
                 .bucket(&self.bucket)
                 .send()
                 .await;
-            put(bytes).await.context("storing the snapshot")?;
+            put(bytes)
+                .await
+                .map_err(|e| SnapshotStoreError::Store(s3_error(e)))?;
         }
         Ok(size)
     }
@@ -219,9 +242,7 @@ pub async fn restore(
     let loaded = match tokio::time::timeout(Duration::from_secs(10), snapshots.load()).await {
         Ok(Ok(Some(snapshot))) => snapshot,
         Ok(Ok(None)) => return "no snapshot yet: reading the whole log".to_owned(),
-        Ok(Err(error)) => {
-            return format!("snapshot unavailable ({error:#}): reading the whole log")
-        }
+        Ok(Err(error)) => return format!("snapshot unavailable ({error}): reading the whole log"),
         Err(_) => {
             return "snapshot unavailable (S3 slower than 10 s): reading the whole log".into()
         }
@@ -257,7 +278,7 @@ pub async fn save_now(
     policy: &PartitionPolicy,
     scope: Option<i32>,
     metrics: &Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), SnapshotStoreError> {
     let started = Instant::now();
     let snapshot = store.snapshot(topic, policy, scope).await;
     let (products, keys) = (snapshot.products.len(), snapshot.answers.len());

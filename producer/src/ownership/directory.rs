@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
-use foldline_service::kafka::{self, TopicReader};
+use foldline_service::kafka::{self, SetupError, TopicReader};
 use foldline_service::position::Offsets;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -48,17 +47,14 @@ impl Directory {
         brokers: &str,
         events_topic: &str,
         me: &str,
-    ) -> anyhow::Result<Arc<Directory>> {
+    ) -> Result<Arc<Directory>, SetupError> {
         let topic = topic_of(events_topic);
-        kafka::ensure_topic(brokers, &topic, 1, &[("retention.ms", "-1")])
-            .await
-            .context("creating the owners topic")?;
+        kafka::ensure_topic(brokers, &topic, 1, &[("retention.ms", "-1")]).await?;
         let producer: FutureProducer =
             kafka::producer_config(brokers, "foldline-producer-directory")
                 .set("acks", "all")
                 .set("message.timeout.ms", "10000")
-                .create()
-                .context("the owners topic's producer")?;
+                .create()?;
         let directory = Arc::new(Directory {
             me: me.to_owned(),
             topic: topic.clone(),

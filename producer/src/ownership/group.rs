@@ -62,6 +62,15 @@ impl ConsumerContext for OwnersContext {
     }
 }
 
+/// Why joining the producers' group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the producers' group consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("starting the group's thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
 /// Joins the producers' group on a thread of its own until `stop` is cancelled; then leaves
 /// it (giving every partition up, so the survivors take them without waiting for the session
 /// timeout). The returned handle finishes once the group has been left.
@@ -71,7 +80,7 @@ pub fn join(
     topic: &str,
     group_id: &str,
     stop: CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+) -> Result<std::thread::JoinHandle<()>, JoinError> {
     let context = OwnersContext {
         lanes: lanes.clone(),
         runtime: tokio::runtime::Handle::current(),

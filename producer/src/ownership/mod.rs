@@ -14,11 +14,13 @@
 
 pub mod directory;
 pub mod group;
+mod snapshots;
 pub mod state;
+mod take_over;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use foldline_schemas::wire::EventCodec;
 use futures::future::BoxFuture;
@@ -28,20 +30,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::{HeldLane, Route, Routes};
 use crate::log::kafka::KafkaLaneLog;
-use crate::log::{keep_reading_the_tail, AppendError, LaneLog};
+use crate::log::{AppendError, LaneLog};
 use crate::metrics::Metrics;
 pub use crate::partitioning::Mode;
 use crate::partitioning::PartitionPolicy;
-use crate::snapshot_store::{self, SnapshotStore};
+use crate::snapshot_store::SnapshotStore;
 use crate::store::Store;
-use crate::writer::{Writer, WriterConfig};
 use directory::Directory;
 use state::{LaneId, Ownership, Step};
+pub use take_over::TakeOverError;
 
 /// A take-over that read at least this many events from the log snapshots at once.
 const SNAPSHOT_AFTER_READING: u64 = 10_000;
-/// Periodic snapshots take at most 1/this of the time (see `spawn_periodic_snapshots`).
-const SNAPSHOT_DUTY_DIVISOR: u32 = 20;
 /// How long a commit may take before its outcome counts as unknown.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long giving a lane up waits for its commits in flight, and for its snapshot.
@@ -148,7 +148,7 @@ impl Lanes {
 
     /// Takes over every partition now (start-up in `single` mode): an error is returned,
     /// not retried.
-    pub async fn take_over_all_now(&self) -> anyhow::Result<()> {
+    pub async fn take_over_all_now(&self) -> Result<(), TakeOverError> {
         let steps = self.inner().ownership.assign(&self.policy.all());
         for step in steps {
             if let Step::TakeOver { lane, partitions } = step {
@@ -227,190 +227,6 @@ impl Lanes {
                 .set(i64::from(served));
         }
         metrics.partitions_served.set(self.served().len() as i64);
-    }
-
-    fn spawn_take_over(&self, id: LaneId, partitions: Vec<i32>) {
-        let token = CancellationToken::new();
-        self.inner().taking.insert(id, token.clone());
-        let Some(lanes) = self.me.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let attempt = tokio::select! {
-                    _ = token.cancelled() => return,
-                    attempt = lanes.open_lane(id, &partitions) => attempt,
-                };
-                match attempt {
-                    Ok((lane, events)) => {
-                        lanes.inner().taking.remove(&id);
-                        lanes.start_serving(lane, events);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %format!("{error:#}"), ?partitions, "taking over failed; trying again");
-                        tokio::select! {
-                            _ = token.cancelled() => return,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-    }
-
-    /// Puts a lane that has read its partitions into service, unless they were revoked
-    /// meanwhile. A lane that had to read many events snapshots at once, so the next owner
-    /// does not.
-    fn start_serving(&self, lane: Arc<Lane>, events_read: u64) {
-        {
-            let mut inner = self.inner();
-            if !inner.ownership.opened(lane.id) {
-                drop(inner);
-                lane.closed.cancel();
-                return;
-            }
-            inner.lanes.insert(lane.id, lane.clone());
-        }
-        self.count_served(&lane.partitions, true);
-        tokio::spawn(keep_reading_the_tail(
-            lane.log.clone(),
-            self.setup.store.clone(),
-            lane.closed.clone(),
-        ));
-        if let Some(directory) = &self.directory {
-            directory.publish(&lane.partitions);
-        }
-        tracing::info!(partitions = ?lane.partitions, "serving");
-        if events_read >= SNAPSHOT_AFTER_READING {
-            if let Some(lanes) = self.me.upgrade() {
-                tokio::spawn(async move { lanes.save_snapshot(&lane).await });
-            }
-        }
-    }
-
-    /// Fences the lane's transactional id, then loads its partitions' state: the snapshot
-    /// when it is ahead of what the store holds, then the log's tail.
-    async fn open_lane(&self, id: LaneId, partitions: &[i32]) -> anyhow::Result<(Arc<Lane>, u64)> {
-        use anyhow::Context;
-        let started = Instant::now();
-        let setup = &self.setup;
-        let config = WriterConfig {
-            brokers: setup.brokers.clone(),
-            topic: setup.topic.clone(),
-            transactional_id: self
-                .policy
-                .transactional_id(&setup.transactional_id, partitions),
-            max_batch_records: setup.max_batch_records,
-            commit_timeout: COMMIT_TIMEOUT,
-        };
-        let transactional_id = config.transactional_id.clone();
-        let metrics = setup.metrics.clone();
-        // Fence: init_transactions completes or aborts what an earlier owner left open.
-        let writer = tokio::task::spawn_blocking(move || Writer::start(config, metrics))
-            .await
-            .context("the writer's start panicked")?
-            .context("initialising the transactional producer")?;
-        tracing::info!(%transactional_id, ?partitions, "transactional producer initialised; earlier owners fenced");
-        let log = Arc::new(KafkaLaneLog {
-            writer,
-            codec: setup.codec.clone(),
-            policy: self.policy,
-            brokers: setup.brokers.clone(),
-            topic: setup.topic.clone(),
-            partitions: partitions.to_vec(),
-            metrics: setup.metrics.clone(),
-        });
-        // Read: the snapshot (if it is ahead of this store), then the tail.
-        if let Some(snapshots) = &setup.snapshots {
-            let outcome = snapshot_store::restore(
-                &snapshots.scoped(self.policy.snapshot_scope(partitions)),
-                &setup.store,
-                &setup.brokers,
-                &setup.topic,
-                &setup.codec,
-            )
-            .await;
-            tracing::info!(?partitions, "{outcome}");
-        }
-        let events = log
-            .read_tail(&setup.store)
-            .await
-            .context("reading the log")?;
-        tracing::info!(?partitions, events, products = setup.store.product_count(), elapsed = ?started.elapsed(),
-            "state loaded (snapshot, if any, plus the log after it)");
-        let lane = Arc::new(Lane {
-            id,
-            partitions: partitions.to_vec(),
-            log,
-            serving: Arc::new(RwLock::new(true)),
-            closed: CancellationToken::new(),
-        });
-        Ok((lane, events))
-    }
-
-    /// Stores the snapshot of `lane`'s partitions (periodically, at shutdown, when giving
-    /// them up, and after a take-over that read much of the log); true when stored.
-    pub async fn save_snapshot(&self, lane: &Lane) -> bool {
-        let Some(snapshots) = &self.setup.snapshots else {
-            return false;
-        };
-        let scope = self.policy.snapshot_scope(&lane.partitions);
-        let snapshots = snapshots.scoped(scope);
-        let saving = snapshot_store::save_now(
-            &snapshots,
-            &self.setup.store,
-            &self.setup.topic,
-            &self.policy,
-            scope,
-            &self.setup.metrics,
-        );
-        match tokio::time::timeout(GIVE_UP_WAIT, saving).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::warn!(error = %format!("{error:#}"), "no snapshot stored");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("no snapshot stored: S3 slower than 10 s");
-                false
-            }
-        }
-    }
-
-    /// Writes each lane's snapshot every `interval` while its partitions move.
-    pub fn spawn_periodic_snapshots(&self, interval: Duration) {
-        if self.setup.snapshots.is_none() {
-            return;
-        }
-        let lanes = self.me.clone();
-        tokio::spawn(async move {
-            let mut saved: HashMap<Vec<i32>, Vec<Option<i64>>> = HashMap::new();
-            let mut pause = interval;
-            loop {
-                tokio::time::sleep(pause).await;
-                let Some(lanes) = lanes.upgrade() else { return };
-                let started = Instant::now();
-                for lane in lanes.lanes() {
-                    let offsets = lanes.setup.store.next_offsets();
-                    let now: Vec<Option<i64>> =
-                        lane.partitions.iter().map(|p| offsets.get(*p)).collect();
-                    if saved.get(&lane.partitions) == Some(&now) {
-                        continue;
-                    }
-                    if lanes.save_snapshot(&lane).await {
-                        saved.insert(lane.partitions.clone(), now);
-                    }
-                }
-                // A snapshot's cost grows with the state (every product is copied, encoded
-                // and compressed on the cores that serve writes): spend at most 1/20 of the
-                // time on them. At ~700,000 products the interval stays near 30 s; a state
-                // large enough to take 3 s gets one a minute, and a restart reads more tail.
-                pause = interval.max(started.elapsed() * SNAPSHOT_DUTY_DIVISOR);
-            }
-        });
     }
 }
 
