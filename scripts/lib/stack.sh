@@ -51,10 +51,10 @@ set_tool_paths() {
   DYNAMODB_BIN="$TOOLS/dynoxide-rs-$DYNOXIDE_VERSION-wal-normal/bin/dynoxide"
   BROKER_BIN="$TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
 }
-# The local Kafka-API broker (see README, "The local log"): nisshi, tansu's renamed upstream,
+# The local Kafka-API broker (see docs/benchmarks.md, "The local log"): nisshi, tansu's renamed upstream,
 # with its SQLite engine: transactions with zombie fencing, durable across SIGKILL.
 NISSHI_VERSION=0.7.0
-# The local DynamoDB API (see README, "The recent-events consumer"): dynoxide, a DynamoDB
+# The local DynamoDB API (see docs/api.md, "Recent events and the archive"): dynoxide, a DynamoDB
 # emulator in Rust keeping its tables in SQLite; moto (Python) could not keep up with the
 # soak's rate on two shared cores.
 DYNOXIDE_VERSION=3.2.0
