@@ -10,12 +10,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use foldline_schemas::compat::CompatibilityLevel;
-use foldline_service::auth::{Authenticator, Role};
+use foldline_service::auth::Authenticator;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::log::SchemaLog;
+pub use errors::ApiError;
+use errors::{backend_error, require_admin};
+
+mod errors;
 use crate::model::{parse, Registered, Registry, RegistryError};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -67,106 +71,8 @@ pub fn routes(state: Shared, auth: Arc<Authenticator>) -> Router {
         .with_state(state)
 }
 
-/// A Confluent error: `{"error_code": n, "message": "..."}` with the matching HTTP status.
-pub struct ApiError {
-    status: StatusCode,
-    code: u32,
-    message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error_code": self.code, "message": self.message});
-        (
-            self.status,
-            [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            body.to_string(),
-        )
-            .into_response()
-    }
-}
-
-impl From<RegistryError> for ApiError {
-    fn from(error: RegistryError) -> Self {
-        let (status, code) = match &error {
-            RegistryError::SubjectNotFound(_) => (StatusCode::NOT_FOUND, 40401),
-            RegistryError::VersionNotFound(_) => (StatusCode::NOT_FOUND, 40402),
-            RegistryError::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),
-            RegistryError::SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, 40408),
-            RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
-            RegistryError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
-            RegistryError::UnsupportedSchemaType(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
-        };
-        ApiError {
-            status,
-            code,
-            message: error.to_string(),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: 413,
-                message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            };
-        }
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: 422,
-            message: format!("Unrecognized request body: {}", rejection.body_text()),
-        }
-    }
-}
-
 /// A request body: a schema at its limit, escaped as JSON text, fits with room.
 pub const MAX_BODY_BYTES: usize = 4 * MAX_SCHEMA_BYTES;
-
-/// Writes (register, config) need an admin token; reads stay open for Confluent's clients.
-async fn require_admin(
-    State(auth): State<Arc<Authenticator>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match auth.authenticate(request.headers()).await {
-        Ok(actor) if actor.role == Role::Admin => next.run(request).await,
-        Ok(actor) => ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: 40301,
-            message: format!(
-                "{} may not change the registry: an admin token is needed",
-                actor.subject
-            ),
-        }
-        .into_response(),
-        Err(error) => {
-            let mut response = ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                code: 40101,
-                message: format!("changing the registry needs an admin bearer token: {error}"),
-            }
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"foldline\""),
-            );
-            response
-        }
-    }
-}
-
-fn backend_error(error: String) -> ApiError {
-    tracing::error!(%error, "failed to append to the schemas topic");
-    ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: 50001,
-        message: "Error in the backend data store: the broker did not acknowledge the write; retry"
-            .into(),
-    }
-}
 
 fn ok(body: Value) -> Response {
     (
