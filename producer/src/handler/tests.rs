@@ -49,6 +49,23 @@ struct Given {
     store: Arc<Store>,
 }
 
+impl Given {
+    /// Creates `name` with Idempotency-Key `key` in a task of its own (a caller that may go).
+    fn spawn_create(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> tokio::task::JoinHandle<Result<Vec<Answer>, WriteError>> {
+        let handler = self.handler.clone();
+        let (name, key) = (name.to_owned(), key.to_owned());
+        tokio::spawn(async move {
+            handler
+                .execute(vec![create(&name)], admin(Some(&key)))
+                .await
+        })
+    }
+}
+
 fn given_single() -> Given {
     given(Mode::Single, &[0, 1, 2])
 }
@@ -136,15 +153,9 @@ async fn given_a_commit_under_way_when_the_same_key_is_retried_then_it_waits_and
     let (release, held) = oneshot::channel();
     g.log.then(Outcome::Hold(held));
     let appending = g.log.appending.notified();
-    let first = tokio::spawn({
-        let handler = g.handler.clone();
-        async move { handler.execute(vec![create("a")], admin(Some("k"))).await }
-    });
+    let first = g.spawn_create("a", "k");
     appending.await;
-    let retry = tokio::spawn({
-        let handler = g.handler.clone();
-        async move { handler.execute(vec![create("a")], admin(Some("k"))).await }
-    });
+    let retry = g.spawn_create("a", "k");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         !retry.is_finished(),
@@ -237,10 +248,7 @@ async fn given_a_client_gone_mid_commit_when_the_commit_lands_then_state_and_key
     let (release, held) = oneshot::channel();
     g.log.then(Outcome::Hold(held));
     let appending = g.log.appending.notified();
-    let caller = tokio::spawn({
-        let handler = g.handler.clone();
-        async move { handler.execute(vec![create("a")], admin(Some("k"))).await }
-    });
+    let caller = g.spawn_create("a", "k");
     appending.await;
     caller.abort();
     assert!(caller.await.unwrap_err().is_cancelled());
