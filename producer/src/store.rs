@@ -419,4 +419,119 @@ mod tests {
         );
         drop(waiting);
     }
+
+    /// An event of product `id` at `version`, logged at `partition:offset` with key `key`.
+    fn logged(id: &str, version: i64, key: Option<&str>) -> Envelope {
+        use foldline_schemas::{Payload, ProductCreated, StockAdjusted};
+        let payload = if version == 1 {
+            Payload::ProductCreated(ProductCreated {
+                name: id.into(),
+                price_cents: 10,
+                stock: 10,
+                seller_id: "s".into(),
+            })
+        } else {
+            Payload::StockAdjusted(StockAdjusted {
+                delta: 1,
+                new_stock: 10 + version - 1,
+                reason: None,
+            })
+        };
+        Envelope {
+            event_id: Uuid::new_v4(),
+            product_id: id.into(),
+            version,
+            occurred_at: chrono::Utc::now(),
+            correlation_id: "c".into(),
+            idempotency_key: key.map(str::to_owned),
+            command_index: key.map(|_| 0),
+            payload,
+            actor: Some("root".into()),
+        }
+    }
+
+    /// A store holding products of both partitions of a two-partition topic, one answered key
+    /// in each.
+    async fn filled(policy: &PartitionPolicy) -> (Store, String, String) {
+        let store = Store::new(60_000);
+        let (a, b) = loop {
+            let (a, b) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+            if policy.partition_of(&a) == 0 && policy.partition_of(&b) == 1 {
+                break (a, b);
+            }
+        };
+        let mut offsets = [0_i64, 0];
+        for (id, key) in [(&a, "ka"), (&b, "kb")] {
+            let partition = policy.partition_of(id);
+            for version in 1..=3 {
+                let offset = offsets[partition as usize];
+                offsets[partition as usize] += 1;
+                let key = (version == 3).then_some(key);
+                let position = Position { partition, offset };
+                store
+                    .apply_logged(&logged(id, version, key), position)
+                    .await;
+            }
+        }
+        (store, a, b)
+    }
+
+    async fn version_of(store: &Store, id: &str) -> Option<i64> {
+        let slot = store.product(id)?;
+        let product = slot.lock().await;
+        product.as_ref().map(|p| p.version)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_restored_into_an_empty_store_holds_the_same_state() {
+        let policy = PartitionPolicy::new(crate::partitioning::Mode::Single, 2);
+        let (store, a, b) = filled(&policy).await;
+        let snapshot = store.snapshot("products", &policy, None).await;
+        assert_eq!(snapshot.products.len(), 2);
+        assert_eq!(snapshot.answers.len(), 2);
+        let restored = Store::new(60_000);
+        assert!(restored.is_behind(&snapshot.next_offsets));
+        restored.restore(snapshot);
+        assert_eq!(version_of(&restored, &a).await, Some(3));
+        assert_eq!(version_of(&restored, &b).await, Some(3));
+        assert!(restored.is_remembered(&scoped_key("root", "ka")));
+        assert_eq!(restored.next_offsets(), store.next_offsets());
+        assert!(!restored.is_behind(&store.next_offsets()));
+    }
+
+    #[tokio::test]
+    async fn a_partitions_snapshot_holds_only_its_partition() {
+        let policy = PartitionPolicy::new(crate::partitioning::Mode::Partitions, 2);
+        let (store, a, b) = filled(&policy).await;
+        let snapshot = store.snapshot("products", &policy, Some(1)).await;
+        let ids: Vec<&str> = snapshot.products.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, vec![b.as_str()]);
+        assert_eq!(snapshot.answers.len(), 1);
+        assert_eq!(snapshot.answers[0].key, scoped_key("root", "kb"));
+        assert_eq!(snapshot.next_offsets.get(0), None);
+        assert_eq!(snapshot.next_offsets.get(1), Some(3));
+        let restored = Store::new(60_000);
+        restored.restore(snapshot);
+        assert_eq!(version_of(&restored, &a).await, None);
+        assert_eq!(version_of(&restored, &b).await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_older_than_the_state_changes_nothing() {
+        let policy = PartitionPolicy::new(crate::partitioning::Mode::Single, 2);
+        let (store, a, _) = filled(&policy).await;
+        let old = store.snapshot("products", &policy, None).await;
+        let partition = policy.partition_of(&a);
+        let offset = store.next_offsets().get(partition).unwrap();
+        store
+            .apply_logged(&logged(&a, 4, None), Position { partition, offset })
+            .await;
+        assert!(!store.is_behind(&old.next_offsets));
+        store.restore(old);
+        assert_eq!(
+            version_of(&store, &a).await,
+            Some(4),
+            "the newer state stays"
+        );
+    }
 }
