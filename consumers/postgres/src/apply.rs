@@ -2,12 +2,11 @@
 //! its size (UNNEST upserts), and the consumer offsets in the same transaction.
 
 use chrono::{DateTime, Utc};
-use foldline_consumer_runtime::Batch;
 use foldline_consumer_runtime::Parked;
+use foldline_consumer_runtime::{Batch, Record};
 use foldline_projections::{
     fold_batch, seller_deltas, EventCount, ProductChange, ProductRow, SellerDelta, StatsOverflow,
 };
-use foldline_schemas::Envelope;
 use foldline_service::position::Offsets;
 use sqlx::PgConnection;
 
@@ -101,8 +100,7 @@ pub async fn apply_batch(
     let fresh = batch
         .records
         .iter()
-        .filter(|r| !stored.has_seen(r.partition, r.offset))
-        .map(|r| &r.event);
+        .filter(|r| !stored.has_seen(r.partition, r.offset));
     apply_events(tx, target, fresh).await?;
     let parked: Vec<&Parked> = batch
         .parked
@@ -132,19 +130,21 @@ pub async fn apply_batch(
     Ok(Applied::Done)
 }
 
-/// Folds `events` into the model's products, seller stats and analytics (no offsets).
-pub async fn apply_events<'e>(
+/// Folds the events of `records` into the model's products, seller stats, analytics and
+/// history (no offsets).
+pub async fn apply_events<'r>(
     tx: &mut PgConnection,
     target: &Target<'_>,
-    events: impl IntoIterator<Item = &'e Envelope, IntoIter: Clone> + Clone,
+    records: impl IntoIterator<Item = &'r Record, IntoIter: Clone> + Clone,
 ) -> Result<(), ApplyError> {
     let s = target.schema;
-    let changes = fold_batch(events);
+    let changes = fold_batch(records.clone().into_iter().map(|r| &r.event));
     let before = lock_products(tx, s, &changes.products).await?;
     let after = upsert_products(tx, target, &changes.products).await?;
     let deltas = seller_deltas(&before, &after, target.low_stock_threshold)?;
     add_seller_deltas(tx, s, &deltas).await?;
     add_event_counts(tx, s, &changes.event_counts).await?;
+    crate::history::insert_events(tx, s, records).await?;
     Ok(())
 }
 

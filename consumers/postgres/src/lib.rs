@@ -4,6 +4,7 @@
 //!   pointer readers follow.
 //! - [`apply`]: writes one batch set-based (UNNEST upserts), with the consumer offsets in the
 //!   same transaction.
+//! - [`history`]: every event of every product (`product_events`), written with its batch.
 //! - [`sink`]: the projector's sink on the shared consumer runtime.
 //! - [`rebuild`]: rebuilds the model into a shadow schema and swaps it in atomically.
 //!
@@ -11,6 +12,7 @@
 //! `consumers/query`.
 
 pub mod apply;
+pub mod history;
 pub mod model;
 pub mod rebuild;
 pub mod sink;

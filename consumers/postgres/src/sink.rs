@@ -124,7 +124,7 @@ impl PostgresSink {
                     .iter()
                     .any(|e| e.partition == r.partition && e.offset == r.offset)
             });
-            apply_events(&mut tx, &self.target(&schema), events.map(|r| &r.event)).await?;
+            apply_events(&mut tx, &self.target(&schema), events).await?;
         }
         sqlx::query(&format!(
             "DELETE FROM {schema}.parked_events

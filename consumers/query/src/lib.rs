@@ -1,6 +1,7 @@
 //! The query API over the live read model (CONTRACT.md): products, seller stats, analytics,
 //! and `?after=P:O` read-your-writes on every read.
 
+mod history;
 pub mod progress;
 mod wait;
 
@@ -37,6 +38,7 @@ pub fn routes(state: Arc<QueryState>) -> Router {
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product))
         .route("/products/{id}/events", get(product_events))
+        .route("/products/{id}/history", get(history::product_history))
         .route("/sellers/{seller_id}/stats", get(seller_stats))
         .route("/analytics/summary", get(analytics_summary))
         .route("/progress", get(read_progress))
@@ -81,6 +83,24 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
 
 type Answer = Result<Json<Value>, Problem>;
+
+/// `GET /products/{id}`: `?after=`, `?timeout_ms=` and `?as_of=` (see [`history::AsOf`]).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProductParams {
+    after: Option<String>,
+    timeout_ms: Option<u64>,
+    as_of: Option<String>,
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Product not found",
+        format!("no product {id}"),
+    )
+}
 
 fn db_unavailable(error: sqlx::Error) -> Problem {
     // A parameter PostgreSQL cannot take (SQLSTATE class 22: a NUL in text, a number out of
@@ -177,10 +197,19 @@ async fn read_progress(State(state): State<Arc<QueryState>>) -> Answer {
 async fn get_product(
     State(state): State<Arc<QueryState>>,
     Path(id): Path<String>,
-    consistency: Result<Query<Consistency>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<ProductParams>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let Query(c) = consistency?;
+    let Query(c) = params?;
+    let as_of: Option<history::AsOf> = c
+        .as_of
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(bad_param)?;
     let schema = wait::until_applied(&state, c.after.as_deref(), c.timeout_ms).await?;
+    if let Some(as_of) = as_of {
+        return history::product_as_of(&state, &schema, &id, as_of).await;
+    }
     let row: Option<ProductRow> = sqlx::query_as(&format!(
         "SELECT {PRODUCT_COLUMNS} FROM {schema}.products
          WHERE id = $1 AND NOT deleted AND name IS NOT NULL"
@@ -189,14 +218,8 @@ async fn get_product(
     .fetch_optional(&state.model.pool)
     .await
     .map_err(db_unavailable)?;
-    row.map(|r| Json(product_json(r))).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "Product not found",
-            format!("no product {id}"),
-        )
-    })
+    row.map(|r| Json(product_json(r)))
+        .ok_or_else(|| not_found(&id))
 }
 
 /// `GET /products/{id}/events?limit=N`: the product's recent events, newest first, from the

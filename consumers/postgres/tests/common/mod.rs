@@ -243,6 +243,7 @@ impl Stack {
                 "product {id}"
             );
         }
+        self.assert_histories_equal(events).await;
         let mut sellers: BTreeMap<&str, [i64; 4]> = BTreeMap::new();
         for p in products.values() {
             let entry = sellers.entry(p.seller_id.as_str()).or_default();
@@ -284,6 +285,49 @@ impl Stack {
             events.len() as u64,
             "every event of this test is in the last 24 hours"
         );
+    }
+
+    /// Every product's history (`/products/{id}/history`) is its events of the topic, in
+    /// version order, each with its type, actor, correlation id and payload — deleted
+    /// products' too.
+    pub async fn assert_histories_equal(&self, events: &[Envelope]) {
+        let mut by_product: BTreeMap<&str, Vec<&Envelope>> = BTreeMap::new();
+        for event in events {
+            by_product.entry(&event.product_id).or_default().push(event);
+        }
+        for (id, expected) in by_product {
+            let (status, got) = self
+                .get(&format!("/products/{id}/history?limit=1000"))
+                .await;
+            assert_eq!(status, 200, "history of {id}: {got}");
+            let got: Vec<Value> = got["events"].as_array().unwrap().clone();
+            let want: Vec<Value> = expected
+                .iter()
+                .map(|e| {
+                    let tagged = serde_json::to_value(&e.payload).unwrap();
+                    json!({
+                        "version": e.version, "type": e.event_type().to_string(),
+                        "actor": e.actor, "correlation_id": e.correlation_id,
+                        "payload": tagged["payload"],
+                    })
+                })
+                .collect();
+            let got_compared: Vec<Value> = got
+                .iter()
+                .map(|e| {
+                    json!({
+                        "version": e["version"], "type": e["type"], "actor": e["actor"],
+                        "correlation_id": e["correlation_id"], "payload": e["payload"],
+                    })
+                })
+                .collect();
+            assert_eq!(got_compared, want, "history of {id}");
+            assert!(
+                got.iter()
+                    .all(|e| e["position"].as_str().is_some_and(|p| p.contains(':'))),
+                "every event has its position"
+            );
+        }
     }
 
     /// Every decodable event of the topic, in log order per partition.

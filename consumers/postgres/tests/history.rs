@@ -1,0 +1,197 @@
+//! A product's whole history and its state as of any moment (issue 27), on the real stack:
+//! every event in version order with its position, paged, kept after a delete; `?as_of=` by
+//! position and by time, before creation and after deletion; bad input refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Stack;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn a_products_history_and_its_state_as_of_any_write() {
+    let stack = Stack::start().await;
+    let _projector = stack.projector("history").await;
+    let created = stack
+        .write(
+            Method::POST,
+            "/products",
+            json!({"name": "Lamp", "price_cents": 1000, "stock": 10, "seller_id": "s-1"}),
+        )
+        .await;
+    assert_eq!(created["status"], 201, "{created}");
+    let id = created["body"]["id"].as_str().unwrap().to_owned();
+    let before_create = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let mut answers: Vec<Value> = vec![created["body"].clone()];
+    let mut times = Vec::new();
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/products/{id}"),
+            json!({"price_cents": 1200}),
+        ),
+        (
+            Method::POST,
+            format!("/products/{id}/stock"),
+            json!({"delta": -7, "reason": "order 7"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/products/{id}"),
+            json!({"name": "Desk lamp"}),
+        ),
+    ] {
+        // Event times a clear step apart, so `as_of` a time between them is unambiguous.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        times.push(chrono::Utc::now());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let answer = stack.write(method, &path, body).await;
+        assert_eq!(answer["status"], 200, "{answer}");
+        answers.push(answer["body"].clone());
+    }
+    let last = answers.last().unwrap()["position"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, history) = stack
+        .get(&format!("/products/{id}/history?after={last}"))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let events = history["events"].as_array().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // The stock change to 3 crosses the threshold (5): a warning in the same transaction.
+    assert_eq!(
+        types,
+        [
+            "ProductCreated",
+            "ProductUpdated",
+            "StockAdjusted",
+            "LowStockWarning",
+            "ProductUpdated"
+        ]
+    );
+    let versions: Vec<i64> = events
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        events[2]["payload"],
+        json!({"delta": -7, "new_stock": 3, "reason": "order 7"})
+    );
+    assert_eq!(events[0]["position"], answers[0]["position"]);
+    assert!(events
+        .iter()
+        .all(|e| e["actor"].is_string() && e["occurred_at"].is_string()));
+    assert_eq!(history["next_from_version"], Value::Null);
+
+    // Paged.
+    let (_, page) = stack.get(&format!("/products/{id}/history?limit=2")).await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_from_version"], 3);
+    let (_, page) = stack
+        .get(&format!("/products/{id}/history?limit=2&from_version=3"))
+        .await;
+    let versions: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [3, 4]);
+
+    // As of each write's position: the state that write left.
+    let expected = [
+        ("Lamp", 1000, 10, 1),
+        ("Lamp", 1200, 10, 2),
+        ("Lamp", 1200, 3, 4),
+        ("Desk lamp", 1200, 3, 5),
+    ];
+    for (answer, (name, price, stock, version)) in answers.iter().zip(expected) {
+        let position = answer["position"].as_str().unwrap();
+        let (status, product) = stack.get(&format!("/products/{id}?as_of={position}")).await;
+        assert_eq!(status, 200, "{product}");
+        assert_eq!(
+            (
+                &product["name"],
+                &product["price_cents"],
+                &product["stock"],
+                &product["version"]
+            ),
+            (&json!(name), &json!(price), &json!(stock), &json!(version)),
+            "as of {position}"
+        );
+        assert_eq!(product["position"], answer["position"]);
+    }
+    // As of a time between the writes: the state before the next write.
+    for (time, (name, price, stock, version)) in times.iter().zip(expected) {
+        let at = time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let (status, product) = stack
+            .get(&format!("/products/{id}?as_of={}", urlencode(&at)))
+            .await;
+        assert_eq!(status, 200, "{at}: {product}");
+        assert_eq!(
+            (
+                &product["name"],
+                &product["price_cents"],
+                &product["stock"],
+                &product["version"]
+            ),
+            (&json!(name), &json!(price), &json!(stock), &json!(version)),
+            "as of {at}"
+        );
+    }
+    let at = before_create.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (status, _) = stack
+        .get(&format!("/products/{id}?as_of={}", urlencode(&at)))
+        .await;
+    assert_eq!(status, 404, "it did not exist yet");
+
+    // Deleted: gone now and as of after the delete, its history kept, as of before it there.
+    let deleted = stack
+        .write(Method::DELETE, &format!("/products/{id}"), json!(null))
+        .await;
+    assert_eq!(deleted["status"], 200, "{deleted}");
+    let position = deleted["body"]["position"].as_str().unwrap();
+    let (status, _) = stack.get(&format!("/products/{id}?after={position}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = stack.get(&format!("/products/{id}?as_of={position}")).await;
+    assert_eq!(status, 404, "deleted by then");
+    let (status, product) = stack.get(&format!("/products/{id}?as_of={last}")).await;
+    assert_eq!((status, &product["name"]), (200, &json!("Desk lamp")));
+    let (_, history) = stack.get(&format!("/products/{id}/history")).await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 6);
+    assert_eq!(history["events"][5]["type"], "ProductDeleted");
+
+    // Bad input.
+    for query in ["as_of=yesterday", "as_of=1:", "as_of=2026-13-01T00:00:00Z"] {
+        let (status, body) = stack.get(&format!("/products/{id}?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let other = (answers[0]["position"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse::<i32>()
+        .unwrap()
+        + 1)
+        % 3;
+    let (status, body) = stack.get(&format!("/products/{id}?as_of={other}:0")).await;
+    assert_eq!(status, 400, "a position in another partition: {body}");
+    for query in ["limit=0", "limit=1001", "from_version=0", "limit=x"] {
+        let (status, _) = stack.get(&format!("/products/{id}/history?{query}")).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    let (status, _) = stack.get("/products/no-such-product/history").await;
+    assert_eq!(status, 404);
+    let (status, _) = stack.get("/products/no-such-product?as_of=0:5").await;
+    assert_eq!(status, 404);
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
