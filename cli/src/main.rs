@@ -5,6 +5,7 @@
 
 mod dlq;
 mod parked;
+mod product;
 mod registry;
 mod token;
 mod topic;
@@ -47,6 +48,8 @@ enum Commands {
     Dlq(dlq::DlqCommand),
     /// Products a consumer parked: list, retry, drop.
     Parked(parked::ParkedArgs),
+    /// A product from the query API: now, as of a time or position, or its whole history.
+    Product(product::ProductArgs),
     /// Tokens for the write API.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -76,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Dlq(command) => dlq::run(command, &cli.brokers, &cli.registry_url).await,
         Commands::Token(TokenCommand::Mint(args)) => token::mint(args),
         Commands::Parked(args) => parked::run(args).await,
+        Commands::Product(args) => product::run(args).await,
         Commands::Replay { projection, args } => replay(&projection, &args),
     }
 }

@@ -88,7 +88,8 @@ pub async fn run(args: ParkedArgs) -> anyhow::Result<()> {
 }
 
 /// A product id as one URL path segment.
-fn encode(id: &str) -> String {
+/// A product id as one URL path segment.
+pub fn encode(id: &str) -> String {
     id.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

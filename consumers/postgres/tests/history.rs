@@ -165,6 +165,29 @@ async fn a_products_history_and_its_state_as_of_any_write() {
     assert_eq!(history["events"].as_array().unwrap().len(), 6);
     assert_eq!(history["events"][5]["type"], "ProductDeleted");
 
+    // The same through the CLI.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
+            .args(["product"])
+            .args(args)
+            .args(["--query-url", &stack.query.url])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, out) = cli(&["show", &id, "--as-of", &last]);
+    assert_eq!(code, Some(0));
+    let shown: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shown["name"], "Desk lamp");
+    let (code, out) = cli(&["history", &id]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), 6, "{out}");
+    let (code, _) = cli(&["show", &id]);
+    assert_eq!(code, Some(1), "deleted: the CLI says so and fails");
+
     // Bad input.
     for query in ["as_of=yesterday", "as_of=1:", "as_of=2026-13-01T00:00:00Z"] {
         let (status, body) = stack.get(&format!("/products/{id}?{query}")).await;
