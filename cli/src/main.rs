@@ -9,6 +9,7 @@ mod product;
 mod registry;
 mod token;
 mod topic;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +54,9 @@ enum Commands {
     /// Tokens for the write API.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check that the read model equals the fold of the log at its own offsets (exit 1 on a
+    /// difference).
+    Verify(verify::VerifyArgs),
     /// Rebuild a projection from the log (runs `foldline-projector replay` for `postgres`).
     Replay {
         /// The projection to rebuild: postgres.
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Token(TokenCommand::Mint(args)) => token::mint(args),
         Commands::Parked(args) => parked::run(args).await,
         Commands::Product(args) => product::run(args).await,
+        Commands::Verify(args) => verify::run(args, &cli.brokers, &cli.registry_url).await,
         Commands::Replay { projection, args } => replay(&projection, &args),
     }
 }

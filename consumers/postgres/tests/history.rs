@@ -218,3 +218,102 @@ async fn a_products_history_and_its_state_as_of_any_write() {
 fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
 }
+
+/// `foldline verify` against this stack's read model: (exit code, stdout).
+fn verify(stack: &Stack, group: &str) -> (Option<i32>, String) {
+    let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
+        .args(["verify", "--quiet"])
+        .env("FOLDLINE_TOPIC", &stack.topic)
+        .env("FOLDLINE_DATABASE_URL", &stack.database_url)
+        .env("FOLDLINE_PROJECTOR_GROUP", group)
+        .env("LOW_STOCK_THRESHOLD", common::THRESHOLD.to_string())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn verify_passes_while_the_projector_writes_and_finds_a_tampered_row() {
+    let stack = Stack::start().await;
+    let _projector = stack.projector("verify").await;
+    let ids = stack.mixed_load(40, 120, 11).await;
+    let busy = stack
+        .write(
+            Method::POST,
+            "/products",
+            json!({"name": "Busy", "price_cents": 100, "stock": 10, "seller_id": "s-9"}),
+        )
+        .await;
+    // Verified while writes still arrive: the cut is the model's own offsets.
+    let writing = {
+        let http = stack.http.clone();
+        let url = stack.producer.url.clone();
+        let id = busy["body"]["id"].as_str().unwrap().to_owned();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let _ = http
+                    .post(format!("{url}/products/{id}/stock"))
+                    .json(&json!({"delta": 1}))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    let (code, out) = verify(&stack, "verify");
+    writing.await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 differences"), "{out}");
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+    let (code, out) = verify(&stack, "verify");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("against {} events", events.len())),
+        "every event is verified once caught up: {out}"
+    );
+
+    // An operator's stray UPDATE: verify names the product and fails.
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&stack.database_url)
+        .await
+        .unwrap();
+    let schema: String = sqlx::query_scalar("SELECT schema_name FROM foldline_meta.active_model")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let live = ids
+        .iter()
+        .find(|id| {
+            events
+                .iter()
+                .filter(|e| &e.product_id == *id)
+                .all(|e| e.event_type().as_str() != "ProductDeleted")
+        })
+        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {schema}.products SET stock = stock + 1 WHERE id = $1"
+    ))
+    .bind(live)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "DELETE FROM {schema}.product_events WHERE product_id = $1 AND version = 1"
+    ))
+    .bind(&ids[1])
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (code, out) = verify(&stack, "verify");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("difference: product {live}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("difference: history of product {}", ids[1])),
+        "{out}"
+    );
+}
