@@ -1,18 +1,25 @@
-//! `foldline verify`: checks, without stopping anything, that a projection equals the fold
-//! of the log at a cut. For the PostgreSQL read model the cut is its own stored offsets, read
-//! in the same snapshot as its rows, so a projector writing meanwhile changes nothing: every
-//! product, seller's stats, event count per type and hour and product history must equal
-//! what the write side's own fold (`producer::domain::evolve`, not the projection's code)
-//! makes of the log's events before the cut. Parked products are reported as parked, not as
-//! differences. Prints the first differences, a summary, and exits 1 on any difference.
+//! `foldline verify`: checks, without stopping anything, that the projections equal the
+//! fold of the log at a cut, reading the topic once for all of them.
+//! - The PostgreSQL read model ([`postgres`]): the cut is its own stored offsets, read in the
+//!   same snapshot as its rows, so a projector writing meanwhile changes nothing; every
+//!   product, seller's stats, event count per type and hour and product history must equal
+//!   what the write side's own fold (`producer::domain::evolve`, not the projection's code)
+//!   makes of the events before the cut.
+//! - The DynamoDB recent-events table ([`recent_events`]): the cut is the consumer's committed
+//!   offsets; every event before it is there under its product and under its day.
+//!
+//! Parked products are reported as parked, not as differences. Prints the first differences,
+//! a summary per projection, and exits 1 on any difference.
 
 mod expected;
 mod postgres;
+mod recent_events;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use foldline_consumer_runtime::history::{EventSource, TopicSource};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::position::Offsets;
@@ -20,8 +27,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use expected::Expected;
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Projection {
+    Postgres,
+    RecentEvents,
+}
+
 #[derive(Args)]
 pub struct VerifyArgs {
+    /// The projections to check (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',', default_values = ["postgres", "recent-events"])]
+    only: Vec<Projection>,
     /// The events topic.
     #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
     topic: String,
@@ -42,6 +58,8 @@ pub struct VerifyArgs {
     /// Stock below this is low (the projector's setting).
     #[arg(long, env = "LOW_STOCK_THRESHOLD", default_value_t = 5)]
     low_stock_threshold: i64,
+    #[command(flatten)]
+    recent_events: recent_events::RecentEventsArgs,
     /// Differences printed before the summary (all are counted).
     #[arg(long, default_value_t = 20)]
     show: usize,
@@ -50,7 +68,7 @@ pub struct VerifyArgs {
     quiet: bool,
 }
 
-/// One way the projection differs from the log.
+/// One way a projection differs from the log.
 #[derive(Debug)]
 pub struct Difference {
     /// What differs: `product <id>`, `seller <id>`, `event count <type> <hour>`, ….
@@ -61,55 +79,128 @@ pub struct Difference {
 
 pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let model = postgres::read(&args.database_url, &args.topic, &args.group)
-        .await
-        .context("reading the read model")?;
-    let expected = fold_log(&args, brokers, registry_url, &model.cut, &model.parked_at).await?;
-    let report = postgres::compare(&model, &expected, args.low_stock_threshold);
-    for difference in report.differences.iter().take(args.show) {
+    let partitions: Vec<i32> =
+        (0..foldline_service::kafka::topic_partition_count(brokers, &args.topic).await?).collect();
+    let model = match args.only.contains(&Projection::Postgres) {
+        true => Some(
+            postgres::read(&args.database_url, &args.topic, &args.group)
+                .await
+                .context("reading the read model")?,
+        ),
+        false => None,
+    };
+    let mut recent = match args.only.contains(&Projection::RecentEvents) {
+        true => Some(
+            recent_events::Check::start(&args.recent_events, brokers, &args.topic, &partitions)
+                .await
+                .context("reading the recent-events table's cut")?,
+        ),
+        false => None,
+    };
+    let mut expected = Expected::default();
+    let end: i64 = partitions
+        .iter()
+        .map(|p| {
+            let model_cut = model.as_ref().and_then(|m| m.cut.get(*p)).unwrap_or(0);
+            let recent_cut = recent.as_ref().and_then(|r| r.cut.get(*p)).unwrap_or(0);
+            model_cut.max(recent_cut)
+        })
+        .sum();
+    read_log(&args, brokers, registry_url, end, |record| {
+        if let Some(model) = &model {
+            let before_cut = model
+                .cut
+                .get(record.partition)
+                .is_some_and(|c| record.offset < c);
+            if before_cut && !model.parked_at.contains(&(record.partition, record.offset)) {
+                expected.apply(record);
+            }
+        }
+        if let Some(recent) = &mut recent {
+            recent.apply(record);
+        }
+    })
+    .await?;
+
+    let mut differences = Vec::new();
+    let mut summaries = Vec::new();
+    let mut parked: BTreeSet<String> = BTreeSet::new();
+    if let Some(model) = &model {
+        let report = postgres::compare(model, &expected, args.low_stock_threshold);
+        summaries.push(format!(
+            "read model: {} events before its cut {}; {} products, {} sellers, {} event counts, {} histories compared; {} differences; {} parked products",
+            expected.events, model.cut, report.products, report.sellers, report.counts,
+            report.histories, report.differences.len(), model.parked_products.len(),
+        ));
+        parked.extend(
+            model
+                .parked_products
+                .iter()
+                .map(|p| format!("{p} (read model)")),
+        );
+        differences.extend(report.differences);
+    }
+    if let Some(recent) = recent {
+        let (events, cut, parked_products) = (
+            recent.events,
+            recent.cut.clone(),
+            recent.parked_products.clone(),
+        );
+        let (items, found) = recent
+            .compare()
+            .await
+            .context("scanning the recent-events table")?;
+        summaries.push(format!(
+            "recent events: {events} events before the consumer's cut {cut}; {items} items compared; {} differences; {} parked products",
+            found.len(), parked_products.len(),
+        ));
+        parked.extend(
+            parked_products
+                .iter()
+                .map(|p| format!("{p} (recent events)")),
+        );
+        differences.extend(found);
+    }
+    for difference in differences.iter().take(args.show) {
         println!(
-            "difference: {}\n  model: {}\n  log:   {}",
+            "difference: {}\n  projection: {}\n  log:        {}",
             difference.what, difference.model, difference.log
         );
     }
-    for product in &model.parked_products {
-        println!("parked: product {product} (not compared; see `foldline parked list`)");
+    for product in &parked {
+        println!("parked: product {product}: not compared (see `foldline parked list`)");
+    }
+    for summary in &summaries {
+        println!("{summary}");
     }
     println!(
-        "verified the read model against {} events of the log before the cut {}: {} products, {} sellers, {} event counts, {} histories compared; {} differences; {} parked products; {:.1} s",
-        expected.events,
-        model.cut,
-        report.products,
-        report.sellers,
-        report.counts,
-        report.histories,
-        report.differences.len(),
-        model.parked_products.len(),
+        "verified in {:.1} s: {} differences",
         started.elapsed().as_secs_f64(),
+        differences.len()
     );
-    if !report.differences.is_empty() {
+    if !differences.is_empty() {
         anyhow::bail!(
-            "the read model differs from the log in {} places",
-            report.differences.len()
+            "the projections differ from the log in {} places",
+            differences.len()
         );
     }
     Ok(())
 }
 
-/// Reads the topic from its start and folds every event before `cut` that is not parked.
-async fn fold_log(
+/// Reads the topic from its start to its end (as a rebuild does) and hands every decoded
+/// record to `each`; a progress bar over the `end` records that matter.
+async fn read_log(
     args: &VerifyArgs,
     brokers: &str,
     registry_url: &str,
-    cut: &Offsets,
-    parked: &std::collections::BTreeSet<(i32, i64)>,
-) -> anyhow::Result<Expected> {
+    end: i64,
+    mut each: impl FnMut(&foldline_consumer_runtime::Record),
+) -> anyhow::Result<()> {
     let codec = Arc::new(EventCodec::new(registry_url, &args.topic)?);
-    let total: i64 = cut.iter().map(|(_, o)| o).sum();
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(total.max(0) as u64)
+        ProgressBar::new(end.max(0) as u64)
     };
     bar.set_style(
         ProgressStyle::with_template("verify {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
@@ -125,28 +216,15 @@ async fn fold_log(
     let (sender, mut batches) = tokio::sync::mpsc::channel(4);
     let reading = async move { source.read(&Offsets::new(), sender).await };
     let folding = async {
-        let mut expected = Expected::default();
         while let Some(batch) = batches.recv().await {
             for record in &batch.records {
-                let before_cut = cut.get(record.partition).is_some_and(|c| record.offset < c);
-                if before_cut && !parked.contains(&(record.partition, record.offset)) {
-                    expected.apply(record);
-                }
+                each(record);
             }
-            let read: u64 = batch
-                .next_offsets()
-                .iter()
-                .map(|(p, next)| {
-                    (next.min(cut.get(p).unwrap_or(0)) - batch.read_from.get(p).unwrap_or(0)).max(0)
-                        as u64
-                })
-                .sum();
-            bar.inc(read);
+            bar.inc(batch.records.len() as u64);
         }
-        expected
     };
-    let (read, expected) = tokio::join!(reading, folding);
+    let (read, ()) = tokio::join!(reading, folding);
     read.context("reading the topic")?;
     bar.finish_and_clear();
-    Ok(expected)
+    Ok(())
 }

@@ -221,8 +221,19 @@ fn urlencode(text: &str) -> String {
 
 /// `foldline verify` against this stack's read model: (exit code, stdout).
 fn verify(stack: &Stack, group: &str) -> (Option<i32>, String) {
+    verify_with(stack, group, &["--only", "postgres"], &[])
+}
+
+fn verify_with(
+    stack: &Stack,
+    group: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
         .args(["verify", "--quiet"])
+        .args(args)
+        .envs(env.iter().copied())
         .env("FOLDLINE_TOPIC", &stack.topic)
         .env("FOLDLINE_DATABASE_URL", &stack.database_url)
         .env("FOLDLINE_PROJECTOR_GROUP", group)
@@ -271,7 +282,7 @@ async fn verify_passes_while_the_projector_writes_and_finds_a_tampered_row() {
     let (code, out) = verify(&stack, "verify");
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains(&format!("against {} events", events.len())),
+        out.contains(&format!("read model: {} events", events.len())),
         "every event is verified once caught up: {out}"
     );
 
@@ -316,4 +327,74 @@ async fn verify_passes_while_the_projector_writes_and_finds_a_tampered_row() {
         out.contains(&format!("difference: history of product {}", ids[1])),
         "{out}"
     );
+
+    // The recent-events table: every event before its consumer's cut, under its product and
+    // its day; an item deleted behind its back is found.
+    let table = foldline_testkit::unique("VerifyRecentEvents");
+    let group = foldline_testkit::unique("verify-recent");
+    let _recent = foldline_testkit::process::Spawned::start(
+        "foldline-recent-events",
+        "FOLDLINE_RECENT_EVENTS_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", stack.topic.clone()),
+            ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
+            ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
+            ("FOLDLINE_RECENT_EVENTS_GROUP", group.clone()),
+        ],
+    )
+    .await;
+    let env = [
+        ("FOLDLINE_RECENT_EVENTS_TABLE", table.as_str()),
+        ("FOLDLINE_RECENT_EVENTS_GROUP", group.as_str()),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out) = verify_with(&stack, "verify", &["--only", "recent-events"], &env);
+        assert_eq!(code, Some(0), "{out}");
+        if out.contains(&format!("recent events: {} events", events.len())) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not caught up: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let client = foldline_recent_events::DynamoDb {
+        aws: foldline_service::aws::AwsEndpoint {
+            region: "us-east-1".into(),
+            local_access_key: "foldline".into(),
+            local_secret_key: "foldline-secret".into(),
+        },
+        dynamodb_endpoint: std::env::var("FOLDLINE_DYNAMODB_ENDPOINT")
+            .unwrap_or_else(|_| "http://127.0.0.1:8000".into()),
+    }
+    .client()
+    .await;
+    let page = client
+        .scan()
+        .table_name(&table)
+        .limit(1)
+        .send()
+        .await
+        .unwrap();
+    let item = page.items()[0].clone();
+    let pk = item["pk"].clone();
+    let sk = item["sk"].clone();
+    client
+        .delete_item()
+        .table_name(&table)
+        .key("pk", pk.clone())
+        .key("sk", sk)
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = verify_with(&stack, "verify", &["--only", "recent-events"], &env);
+    assert_eq!(code, Some(1), "{out}");
+    let pk = pk.as_s().unwrap();
+    assert!(
+        out.contains(&format!("difference: recent-events item {pk}")),
+        "{out}"
+    );
+    assert!(out.contains("missing"), "{out}");
 }

@@ -296,11 +296,16 @@ impl Stack {
             by_product.entry(&event.product_id).or_default().push(event);
         }
         for (id, expected) in by_product {
-            let (status, got) = self
-                .get(&format!("/products/{id}/history?limit=1000"))
-                .await;
-            assert_eq!(status, 200, "history of {id}: {got}");
-            let got: Vec<Value> = got["events"].as_array().unwrap().clone();
+            // Page by page: a chaos run's product has thousands of events.
+            let mut got: Vec<Value> = Vec::new();
+            let mut from = Some(1);
+            while let Some(version) = from {
+                let path = format!("/products/{id}/history?limit=1000&from_version={version}");
+                let (status, page) = self.get(&path).await;
+                assert_eq!(status, 200, "history of {id}: {page}");
+                got.extend(page["events"].as_array().unwrap().iter().cloned());
+                from = page["next_from_version"].as_i64();
+            }
             let want: Vec<Value> = expected
                 .iter()
                 .map(|e| {
