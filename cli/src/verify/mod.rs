@@ -7,10 +7,13 @@
 //!   makes of the events before the cut.
 //! - The DynamoDB recent-events table ([`recent_events`]): the cut is the consumer's committed
 //!   offsets; every event before it is there under its product and under its day.
+//! - The S3 archive ([`archive`]): the cut is the archiver's committed offsets; every record
+//!   before it is in exactly one file, the one named for its offset, with the same event.
 //!
 //! Parked products are reported as parked, not as differences. Prints the first differences,
 //! a summary per projection, and exits 1 on any difference.
 
+mod archive;
 mod expected;
 mod postgres;
 mod recent_events;
@@ -31,12 +34,13 @@ pub use expected::Expected;
 pub enum Projection {
     Postgres,
     RecentEvents,
+    Archive,
 }
 
 #[derive(Args)]
 pub struct VerifyArgs {
     /// The projections to check (comma-separated); all by default.
-    #[arg(long, value_delimiter = ',', default_values = ["postgres", "recent-events"])]
+    #[arg(long, value_delimiter = ',', default_values = ["postgres", "recent-events", "archive"])]
     only: Vec<Projection>,
     /// The events topic.
     #[arg(long, env = "FOLDLINE_TOPIC", default_value = "products")]
@@ -60,6 +64,8 @@ pub struct VerifyArgs {
     low_stock_threshold: i64,
     #[command(flatten)]
     recent_events: recent_events::RecentEventsArgs,
+    #[command(flatten)]
+    archive: archive::ArchiveArgs,
     /// Differences printed before the summary (all are counted).
     #[arg(long, default_value_t = 20)]
     show: usize,
@@ -97,13 +103,21 @@ pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow:
         ),
         false => None,
     };
+    let mut archived = match args.only.contains(&Projection::Archive) {
+        true => Some(
+            archive::Check::start(&args.archive, brokers, &args.topic, &partitions)
+                .context("reading the archiver's cut")?,
+        ),
+        false => None,
+    };
     let mut expected = Expected::default();
     let end: i64 = partitions
         .iter()
         .map(|p| {
             let model_cut = model.as_ref().and_then(|m| m.cut.get(*p)).unwrap_or(0);
             let recent_cut = recent.as_ref().and_then(|r| r.cut.get(*p)).unwrap_or(0);
-            model_cut.max(recent_cut)
+            let archive_cut = archived.as_ref().and_then(|a| a.cut.get(*p)).unwrap_or(0);
+            model_cut.max(recent_cut).max(archive_cut)
         })
         .sum();
     read_log(&args, brokers, registry_url, end, |record| {
@@ -118,6 +132,9 @@ pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow:
         }
         if let Some(recent) = &mut recent {
             recent.apply(record);
+        }
+        if let Some(archived) = &mut archived {
+            archived.apply(record);
         }
     })
     .await?;
@@ -159,6 +176,15 @@ pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow:
                 .iter()
                 .map(|p| format!("{p} (recent events)")),
         );
+        differences.extend(found);
+    }
+    if let Some(archived) = archived {
+        let cut = archived.cut.clone();
+        let (records, found) = archived.compare().await.context("reading the archive")?;
+        summaries.push(format!(
+            "archive: {records} records before the archiver's cut {cut}; {} differences",
+            found.len(),
+        ));
         differences.extend(found);
     }
     for difference in differences.iter().take(args.show) {

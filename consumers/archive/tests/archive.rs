@@ -171,6 +171,22 @@ impl Setup {
         (reader.files, events)
     }
 
+    /// `foldline verify --only archive` against this setup: (exit code, stdout).
+    fn verify(&self) -> (Option<i32>, String) {
+        let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
+            .args(["verify", "--quiet", "--only", "archive"])
+            .env("FOLDLINE_TOPIC", &self.topic)
+            .env("FOLDLINE_ARCHIVER_GROUP", format!("{}-archiver", self.topic))
+            .env("FOLDLINE_S3_ENDPOINT", self.s3.url())
+            .env("FOLDLINE_ARCHIVE_BUCKET", &self.bucket)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
     async fn archiver_command(&self, args: &[&str]) -> std::process::Output {
         tokio::process::Command::new(foldline_testkit::process::binary("foldline-archiver"))
             .args(args)
@@ -294,4 +310,37 @@ async fn list_prints_the_files_and_fails_on_a_gap() {
     let output = setup.archiver_command(&["list"]).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("Gap"));
+    let (code, out) = setup.verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("no file holds offsets {}", ranges[1].first)), "{out}");
+    assert!(out.contains("projection: in no file"), "{out}");
+}
+
+#[tokio::test]
+async fn verify_finds_every_record_in_exactly_one_file_and_a_copied_file() {
+    let setup = Setup::start().await;
+    let archiver = setup.archiver();
+    setup.load(12).await;
+    setup.assert_archive_complete().await;
+    drop(archiver);
+    let events = Setup::events_of(&setup.topic).await;
+    let (code, out) = setup.verify();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("archive: {} records", events.len())),
+        "every record is checked: {out}"
+    );
+    // A file copied under another date: its records are in two files now.
+    let (files, _) = setup.archived().await;
+    let file = files.values().flatten().next().unwrap();
+    let store = ArchiveBucket::connect(&setup.store_config()).await;
+    let bytes = store.get(&file.key("products")).await.unwrap();
+    let copy = FileRange {
+        date: file.date.pred_opt().unwrap(),
+        ..*file
+    };
+    store.put(&copy.key("products"), bytes.into()).await.unwrap();
+    let (code, out) = setup.verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("overlap"), "{out}");
 }
