@@ -20,20 +20,32 @@ pub struct ArchiveArgs {
     /// The archiver's consumer group (whose committed offsets are the cut).
     #[arg(long, env = "FOLDLINE_ARCHIVER_GROUP", default_value = foldline_archive::DEFAULT_GROUP)]
     archiver_group: String,
-    #[command(flatten)]
-    bucket: BucketConfig,
+    /// S3 API endpoint of the archive (empty: AWS itself).
+    #[arg(
+        long,
+        env = "FOLDLINE_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    s3_endpoint: String,
+    /// Bucket of the archive.
+    #[arg(long, env = "FOLDLINE_ARCHIVE_BUCKET", default_value = "event-archive")]
+    archive_bucket: String,
+    /// Key prefix of the archive's files.
+    #[arg(long, env = "FOLDLINE_ARCHIVE_PREFIX", default_value = "products")]
+    archive_prefix: String,
 }
 
 pub struct Check {
     pub cut: Offsets,
     /// Every record before the cut: its event.
     logged: HashMap<(i32, i64), Uuid>,
-    args: ArchiveArgs,
+    bucket: BucketConfig,
 }
 
 impl Check {
     pub fn start(
         args: &ArchiveArgs,
+        aws: &foldline_service::aws::AwsEndpoint,
         brokers: &str,
         topic: &str,
         partitions: &[i32],
@@ -41,12 +53,24 @@ impl Check {
         Ok(Check {
             cut: crate::topic::committed_offsets(brokers, &args.archiver_group, topic, partitions)?,
             logged: HashMap::new(),
-            args: args.clone(),
+            bucket: BucketConfig {
+                s3_endpoint: args.s3_endpoint.clone(),
+                bucket: args.archive_bucket.clone(),
+                prefix: args.archive_prefix.clone(),
+                // Only read: upload sizes do not matter.
+                multipart_threshold: 16 * 1024 * 1024,
+                part_size: 8 * 1024 * 1024,
+                aws: aws.clone(),
+            },
         })
     }
 
     pub fn apply(&mut self, record: &Record) {
-        if self.cut.get(record.partition).is_some_and(|c| record.offset < c) {
+        if self
+            .cut
+            .get(record.partition)
+            .is_some_and(|c| record.offset < c)
+        {
             self.logged
                 .insert((record.partition, record.offset), record.event.event_id);
         }
@@ -54,7 +78,7 @@ impl Check {
 
     /// Reads every file; the number of records before the cut and the differences.
     pub async fn compare(self) -> anyhow::Result<(usize, Vec<Difference>)> {
-        let reader = ArchiveReader::open(ArchiveBucket::connect(&self.args.bucket).await).await?;
+        let reader = ArchiveReader::open(ArchiveBucket::connect(&self.bucket).await).await?;
         let mut differences = Vec::new();
         for (partition, files) in &reader.files {
             match check_continuity(files) {

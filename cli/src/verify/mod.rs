@@ -66,6 +66,9 @@ pub struct VerifyArgs {
     recent_events: recent_events::RecentEventsArgs,
     #[command(flatten)]
     archive: archive::ArchiveArgs,
+    /// How to sign for DynamoDB and S3 (both local servers take the same keys).
+    #[command(flatten)]
+    aws: foldline_service::aws::AwsEndpoint,
     /// Differences printed before the summary (all are counted).
     #[arg(long, default_value_t = 20)]
     show: usize,
@@ -97,15 +100,21 @@ pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow:
     };
     let mut recent = match args.only.contains(&Projection::RecentEvents) {
         true => Some(
-            recent_events::Check::start(&args.recent_events, brokers, &args.topic, &partitions)
-                .await
-                .context("reading the recent-events table's cut")?,
+            recent_events::Check::start(
+                &args.recent_events,
+                &args.aws,
+                brokers,
+                &args.topic,
+                &partitions,
+            )
+            .await
+            .context("reading the recent-events table's cut")?,
         ),
         false => None,
     };
     let mut archived = match args.only.contains(&Projection::Archive) {
         true => Some(
-            archive::Check::start(&args.archive, brokers, &args.topic, &partitions)
+            archive::Check::start(&args.archive, &args.aws, brokers, &args.topic, &partitions)
                 .context("reading the archiver's cut")?,
         ),
         false => None,

@@ -34,8 +34,13 @@ pub struct RecentEventsArgs {
     /// Days an item lives (the consumer's setting): older events are not expected.
     #[arg(long, env = "FOLDLINE_RECENT_EVENTS_TTL_DAYS", default_value_t = 30)]
     recent_events_ttl_days: i64,
-    #[command(flatten)]
-    dynamodb: DynamoDb,
+    /// DynamoDB API endpoint (empty: AWS itself).
+    #[arg(
+        long,
+        env = "FOLDLINE_DYNAMODB_ENDPOINT",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    dynamodb_endpoint: String,
 }
 
 /// The table at the consumer's cut, and what the log says it must hold.
@@ -49,19 +54,25 @@ pub struct Check {
     /// (pk, sk) of the events at or after the cut: there or not, both are right.
     after_cut: HashSet<(String, String)>,
     pub events: u64,
-    args: RecentEventsArgs,
+    dynamodb: DynamoDb,
+    table: String,
 }
 
 impl Check {
     pub async fn start(
         args: &RecentEventsArgs,
+        aws: &foldline_service::aws::AwsEndpoint,
         brokers: &str,
         topic: &str,
         partitions: &[i32],
     ) -> anyhow::Result<Check> {
         let cut: Offsets =
             crate::topic::committed_offsets(brokers, &args.recent_events_group, topic, partitions)?;
-        let client = args.dynamodb.client().await;
+        let dynamodb = DynamoDb {
+            aws: aws.clone(),
+            dynamodb_endpoint: args.dynamodb_endpoint.clone(),
+        };
+        let client = dynamodb.client().await;
         let parked =
             foldline_recent_events::parked::read_parked(&client, &args.recent_events_table).await?;
         Ok(Check {
@@ -72,7 +83,8 @@ impl Check {
             expected: HashSet::new(),
             after_cut: HashSet::new(),
             events: 0,
-            args: args.clone(),
+            dynamodb,
+            table: args.recent_events_table.clone(),
         })
     }
 
@@ -94,13 +106,13 @@ impl Check {
 
     /// Scans the table and compares; the number of items compared and the differences.
     pub async fn compare(self) -> anyhow::Result<(usize, Vec<Difference>)> {
-        let client = self.args.dynamodb.client().await;
+        let client = self.dynamodb.client().await;
         let mut found: HashSet<(String, String)> = HashSet::new();
         let mut start = None;
         loop {
             let page = client
                 .scan()
-                .table_name(&self.args.recent_events_table)
+                .table_name(&self.table)
                 .projection_expression("pk, sk")
                 .set_exclusive_start_key(start.take())
                 .send()

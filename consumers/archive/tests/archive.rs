@@ -176,7 +176,10 @@ impl Setup {
         let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
             .args(["verify", "--quiet", "--only", "archive"])
             .env("FOLDLINE_TOPIC", &self.topic)
-            .env("FOLDLINE_ARCHIVER_GROUP", format!("{}-archiver", self.topic))
+            .env(
+                "FOLDLINE_ARCHIVER_GROUP",
+                format!("{}-archiver", self.topic),
+            )
             .env("FOLDLINE_S3_ENDPOINT", self.s3.url())
             .env("FOLDLINE_ARCHIVE_BUCKET", &self.bucket)
             .output()
@@ -312,7 +315,10 @@ async fn list_prints_the_files_and_fails_on_a_gap() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("Gap"));
     let (code, out) = setup.verify();
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains(&format!("no file holds offsets {}", ranges[1].first)), "{out}");
+    assert!(
+        out.contains(&format!("no file holds offsets {}", ranges[1].first)),
+        "{out}"
+    );
     assert!(out.contains("projection: in no file"), "{out}");
 }
 
@@ -339,7 +345,10 @@ async fn verify_finds_every_record_in_exactly_one_file_and_a_copied_file() {
         date: file.date.pred_opt().unwrap(),
         ..*file
     };
-    store.put(&copy.key("products"), bytes.into()).await.unwrap();
+    store
+        .put(&copy.key("products"), bytes.into())
+        .await
+        .unwrap();
     let (code, out) = setup.verify();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("overlap"), "{out}");
