@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::cursor::Cursor;
 use crate::feed::{decode, open_reader, LiveEvent};
-use crate::sse::Backlog;
+use foldline_schemas::wire::EventCodec;
 
 /// How long a pass waits after its first client for others to join it.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
@@ -32,6 +32,13 @@ struct Member {
     from: Cursor,
     events: mpsc::Sender<Arc<LiveEvent>>,
     cut: Arc<AtomicBool>,
+}
+
+/// Where the hub reads the log.
+pub struct Backlog {
+    pub brokers: String,
+    pub topic: String,
+    pub codec: Arc<EventCodec>,
 }
 
 #[derive(Clone)]

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use foldline_notifier::feed::{self, Feed};
-use foldline_notifier::hub::BacklogHub;
-use foldline_notifier::sse::Backlog;
+use foldline_notifier::hub::{Backlog, BacklogHub};
 use foldline_notifier::{AppState, PageConfig};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::ops::Ops;

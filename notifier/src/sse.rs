@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::Event;
-use foldline_schemas::wire::EventCodec;
 use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OwnedSemaphorePermit;
@@ -51,12 +50,6 @@ impl Filter {
                 .as_ref()
                 .is_none_or(|p| *p == event.product_id)
     }
-}
-
-pub struct Backlog {
-    pub brokers: String,
-    pub topic: String,
-    pub codec: Arc<EventCodec>,
 }
 
 /// Where a client's first events come from.

@@ -14,8 +14,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::cursor::Cursor;
 use crate::feed::{Feed, LiveEvent};
-use crate::hub::BacklogHub;
-use crate::sse::Backlog;
+use crate::hub::{Backlog, BacklogHub};
 
 const PARTITIONS: i32 = 2;
 
