@@ -130,6 +130,11 @@ impl Ownership {
         steps
     }
 
+    /// Whether the take-over `lane` is still wanted (not revoked, not opened yet).
+    pub fn is_taking(&self, lane: LaneId) -> bool {
+        self.taking.contains_key(&lane)
+    }
+
     /// The lane serving `partition`, if one does.
     pub fn serving_lane(&self, partition: i32) -> Option<LaneId> {
         self.serving
@@ -245,7 +250,12 @@ mod tests {
     fn given_a_take_over_when_revoked_half_way_then_cancelled_and_its_lane_never_serves() {
         let mut ownership = partitions_mode();
         ownership.assign(&[1]);
+        assert!(ownership.is_taking(1));
         assert_eq!(ownership.revoke(&[1]), vec![Step::Cancel { lane: 1 }]);
+        assert!(
+            !ownership.is_taking(1),
+            "a take-over not started yet does not start"
+        );
         assert!(
             !ownership.opened(1),
             "the lane that finished late is closed"

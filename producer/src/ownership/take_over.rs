@@ -28,7 +28,14 @@ pub enum TakeOverError {
 impl Lanes {
     pub(super) fn spawn_take_over(&self, id: LaneId, partitions: Vec<i32>) {
         let token = CancellationToken::new();
-        self.inner().taking.insert(id, token.clone());
+        {
+            // A revoke between the step and here found no token to cancel: it must not start.
+            let mut inner = self.inner();
+            if !inner.ownership.is_taking(id) {
+                return;
+            }
+            inner.taking.insert(id, token.clone());
+        }
         let Some(lanes) = self.me.upgrade() else {
             return;
         };
