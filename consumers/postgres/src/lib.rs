@@ -7,11 +7,14 @@
 //! - [`history`]: every event of every product (`product_events`), written with its batch.
 //! - [`sink`]: the projector's sink on the shared consumer runtime.
 //! - [`rebuild`]: rebuilds the model into a shadow schema and swaps it in atomically.
+//! - [`compare`]: what the rebuild checks before the swap: the new model equals the live one at
+//!   the live model's offsets.
 //!
 //! The projector binary is `consumers/projector`; the query API over this model is
 //! `consumers/query`.
 
 pub mod apply;
+pub mod compare;
 pub mod history;
 pub mod model;
 pub mod rebuild;

@@ -2,6 +2,9 @@
 //! model schema while the live one keeps answering, catch up to the tail while holding the
 //! swap lock, swap the pointer in the same transaction, then drop the old schema.
 //!
+//! Before the swap, the new model is compared with the live one at the live model's offsets
+//! ([`crate::compare`]); it goes live only when they are equal, or when forced.
+//!
 //! The events come from an [`EventSource`]: the topic (the runtime's `TopicSource`), or the
 //! S3 archive followed by the topic (the archive crate's `ArchiveThenTopic`).
 
@@ -16,6 +19,7 @@ use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
 use crate::apply::{apply_batch, Applied, ApplyError, Target};
+use crate::compare::{compare, Comparison};
 use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
 #[derive(Debug, Clone)]
@@ -27,6 +31,15 @@ pub struct RebuildConfig {
     /// How long the old schema stays after the swap, for reads that began before it.
     pub drop_grace: Duration,
     pub show_progress: bool,
+    /// Swap even when the new model differs from the live one.
+    pub force: bool,
+}
+
+/// The new model differed from the live one and was not swapped in (nor kept).
+#[derive(Debug, thiserror::Error)]
+#[error("the rebuilt model differs from the live one ({} differences): not swapped in", .comparison.differences)]
+pub struct Refused {
+    pub comparison: Comparison,
 }
 
 #[derive(Debug)]
@@ -38,6 +51,7 @@ pub struct RebuildReport {
     pub elapsed: Duration,
     pub old_schema: String,
     pub new_schema: String,
+    pub comparison: Comparison,
 }
 
 /// Rebuilds the read model from `source` into a new schema and swaps it in.
@@ -82,11 +96,12 @@ pub async fn rebuild<S: EventSource + Send>(
     // Phase 2: under the swap lock (the live projector waits), read what arrived meanwhile,
     // then point readers and the projector at the new schema, all in one transaction.
     let mut swap = model.pool.begin().await?;
-    sqlx::query(&format!(
+    let live: String = sqlx::query_scalar(&format!(
         "SELECT schema_name FROM {META_SCHEMA}.active_model FOR UPDATE"
     ))
-    .execute(&mut *swap)
+    .fetch_one(&mut *swap)
     .await?;
+    crate::model::check_schema_name(&live)?;
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
     let read = source.read(&next, tx);
     let write = async {
@@ -99,13 +114,35 @@ pub async fn rebuild<S: EventSource + Send>(
     let (tail, written) = tokio::join!(read, write);
     written?;
     tail?;
+    progress.finish_and_clear();
+
+    // The live projector waits on the lock: both models stand still while they are compared.
+    let comparison = compare(
+        &mut swap,
+        &live,
+        &new_schema,
+        &config.group,
+        &config.log.topic,
+    )
+    .await?;
+    tracing::info!(summary = %comparison.summary(), "rebuild: compared with the live model");
+    if !comparison.equal() {
+        if !config.force {
+            swap.rollback().await?;
+            model.drop_model(&new_schema).await?;
+            return Err(Refused { comparison }.into());
+        }
+        tracing::warn!(
+            differences = comparison.differences,
+            "rebuild: swapping in a model that differs (--force)"
+        );
+    }
     swap_to(&mut swap, &new_schema).await?;
     swap.commit().await?;
-    progress.finish_and_clear();
     tracing::info!(%new_schema, events, "rebuild: swapped in the new model");
 
     tokio::time::sleep(config.drop_grace).await;
-    model.drop_model(&old_schema).await?;
+    model.drop_model(&live).await?;
     if !parked.is_empty() {
         tracing::warn!(
             products = parked.len(),
@@ -117,8 +154,9 @@ pub async fn rebuild<S: EventSource + Send>(
         events,
         dead: source.undecodable(),
         elapsed: started.elapsed(),
-        old_schema,
+        old_schema: live,
         new_schema,
+        comparison,
     })
 }
 

@@ -215,6 +215,101 @@ async fn a_products_history_and_its_state_as_of_any_write() {
     assert_eq!(status, 404);
 }
 
+/// A product with hundreds of events, written through two producer processes (the first
+/// killed half-way): its history is whole, paged in any size, and `as_of` every 25th write is
+/// the state that write left.
+#[tokio::test]
+async fn hundreds_of_events_across_a_producer_restart() {
+    let mut stack = Stack::start().await;
+    let _projector = stack.projector("history-long").await;
+    let created = stack
+        .write(
+            Method::POST,
+            "/products",
+            json!({"name": "Bolt", "price_cents": 1, "stock": 1000, "seller_id": "s-1"}),
+        )
+        .await;
+    assert_eq!(created["status"], 201, "{created}");
+    let id = created["body"]["id"].as_str().unwrap().to_owned();
+    // (position, price, stock, version) after each write.
+    let mut states = vec![(
+        created["body"]["position"].as_str().unwrap().to_owned(),
+        1,
+        1000,
+        1,
+    )];
+    let (mut price, mut stock) = (1i64, 1000i64);
+    for i in 1..=300i64 {
+        if i == 150 {
+            stack.producer.kill();
+            stack.producer = foldline_testkit::process::Spawned::producer(&stack.topic).await;
+        }
+        let answer = if i % 2 == 0 {
+            price = i;
+            stack
+                .write(
+                    Method::PATCH,
+                    &format!("/products/{id}"),
+                    json!({ "price_cents": price }),
+                )
+                .await
+        } else {
+            let delta = if i % 3 == 0 { -2 } else { 1 };
+            stock += delta;
+            stack
+                .write(
+                    Method::POST,
+                    &format!("/products/{id}/stock"),
+                    json!({ "delta": delta, "reason": format!("write {i}") }),
+                )
+                .await
+        };
+        assert_eq!(answer["status"], 200, "write {i}: {answer}");
+        let position = answer["body"]["position"].as_str().unwrap().to_owned();
+        states.push((position, price, stock, i + 1));
+    }
+    let events = stack.topic_events().await;
+    assert_eq!(events.len(), 301);
+    stack.wait_caught_up(events.len()).await;
+    stack.assert_histories_equal(&events).await;
+
+    // Paged by 7: the same 301 events, in version order, each page naming the next.
+    let mut versions = Vec::new();
+    let mut from = Some(1);
+    while let Some(version) = from {
+        let (status, page) = stack
+            .get(&format!(
+                "/products/{id}/history?limit=7&from_version={version}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        versions.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["version"].as_i64().unwrap()),
+        );
+        from = page["next_from_version"].as_i64();
+    }
+    assert_eq!(versions, (1..=301).collect::<Vec<i64>>());
+
+    for (position, price, stock, version) in states.iter().step_by(25).chain(states.last()) {
+        let (status, product) = stack.get(&format!("/products/{id}?as_of={position}")).await;
+        assert_eq!(status, 200, "{product}");
+        assert_eq!(
+            (
+                &product["price_cents"],
+                &product["stock"],
+                &product["version"]
+            ),
+            (&json!(price), &json!(stock), &json!(version)),
+            "as of {position}"
+        );
+        assert_eq!(product["position"].as_str(), Some(position.as_str()));
+    }
+}
+
 fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
 }

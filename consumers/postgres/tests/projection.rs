@@ -345,18 +345,7 @@ async fn a_replay_swaps_in_a_complete_model_while_readers_keep_reading() {
             answers
         })
     };
-    let mut env = stack.projector_env("g1");
-    env.push((
-        "FOLDLINE_PROJECTOR_LISTEN",
-        format!("127.0.0.1:{}", foldline_testkit::process::free_port()),
-    ));
-    let output =
-        tokio::process::Command::new(foldline_testkit::process::binary("foldline-projector"))
-            .args(["replay", "--drop-grace-ms", "500"])
-            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
-            .output()
-            .await
-            .unwrap();
+    let output = stack.replay("g1", &[], &[]).await;
     assert!(
         output.status.success(),
         "replay failed: {}",
@@ -386,5 +375,95 @@ async fn a_replay_swaps_in_a_complete_model_while_readers_keep_reading() {
     let events = stack.topic_events().await;
     stack.wait_caught_up(events.len()).await;
     stack.assert_model_equals_fold(&events).await;
+    drop(projector);
+}
+
+/// The rebuild compares the new model with the live one before the swap: a live model a test
+/// made differ (one product row changed, one history event gone) is named and not replaced,
+/// until `--force`.
+#[tokio::test]
+async fn a_replay_refuses_a_model_that_differs_from_the_live_one() {
+    use sqlx::Connection;
+    let stack = Stack::start().await;
+    let projector = stack.projector("g1").await;
+    let ids = stack.mixed_load(12, 40, 21).await;
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+
+    // Equal models: compared, swapped.
+    let output = stack.replay("g1", &[], &[]).await;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("0 differences"), "{printed}");
+
+    let mut db = sqlx::PgConnection::connect(&stack.database_url)
+        .await
+        .unwrap();
+    let live: String = sqlx::query_scalar("SELECT schema_name FROM foldline_meta.active_model")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let mut present = Vec::new();
+    for id in &ids {
+        if stack.get(&format!("/products/{id}")).await.0 == 200 {
+            present.push(id.clone());
+        }
+    }
+    let (changed, forgotten) = (&present[0], &present[1]);
+    sqlx::query(&format!(
+        "UPDATE {live}.products SET price_cents = price_cents + 1 WHERE id = $1"
+    ))
+    .bind(changed)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "DELETE FROM {live}.product_events WHERE product_id = $1 AND version = 1"
+    ))
+    .bind(forgotten)
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let output = stack.replay("g1", &[], &[]).await;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!("differs: products {changed}:")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("differs: product_events {forgotten} v1:")),
+        "{printed}"
+    );
+    assert!(printed.contains("2 differences"), "{printed}");
+    // Not swapped, and the new schema is gone: the live model keeps serving.
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'model\\_%' ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(schemas, vec![live.clone()]);
+    let (_, product) = stack.get(&format!("/products/{changed}")).await;
+    let folded = stack.get(&format!("/products/{forgotten}")).await;
+    assert_eq!(folded.0, 200);
+    // The live projector went on after the refusal.
+    stack.mixed_load(2, 4, 22).await;
+    let events = stack.topic_events().await;
+    stack.wait_caught_up(events.len()).await;
+
+    // Forced: swapped in, and the model is the fold of the log again.
+    let output = stack.replay("g1", &["--force"], &[]).await;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("2 differences"), "{printed}");
+    stack.assert_model_equals_fold(&events).await;
+    stack.assert_histories_equal(&events).await;
+    let (_, fixed) = stack.get(&format!("/products/{changed}")).await;
+    assert_eq!(
+        fixed["price_cents"].as_i64(),
+        product["price_cents"].as_i64().map(|p| p - 1)
+    );
     drop(projector);
 }

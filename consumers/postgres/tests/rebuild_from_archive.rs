@@ -11,19 +11,7 @@ use foldline_testkit::process::Spawned;
 use foldline_testkit::s3::own_s3;
 
 async fn replay(stack: &Stack, args: &[&str], env: &[(&str, String)]) -> String {
-    let mut all = stack.projector_env("g1");
-    all.push((
-        "FOLDLINE_PROJECTOR_LISTEN",
-        format!("127.0.0.1:{}", foldline_testkit::process::free_port()),
-    ));
-    let mut command =
-        tokio::process::Command::new(foldline_testkit::process::binary("foldline-projector"));
-    command
-        .args(["replay", "--drop-grace-ms", "100"])
-        .args(args)
-        .envs(all.iter().map(|(k, v)| (k.to_string(), v.clone())))
-        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    let output = command.output().await.unwrap();
+    let output = stack.replay("g1", args, env).await;
     assert!(
         output.status.success(),
         "replay {args:?} failed: {}",
@@ -103,4 +91,6 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
         archived.len()
     );
     stack.assert_model_equals_fold(&archived).await;
+    // And every product's history with it: what the topic lost is still answered.
+    stack.assert_histories_equal(&archived).await;
 }

@@ -10,8 +10,9 @@ use foldline_archive::history::ArchiveThenTopic;
 use foldline_archive::read::ArchiveReader;
 use foldline_consumer_runtime::history::TopicSource;
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
+use foldline_postgres::compare::Comparison;
 use foldline_postgres::model::ReadModel;
-use foldline_postgres::rebuild::{rebuild, RebuildConfig};
+use foldline_postgres::rebuild::{rebuild, RebuildConfig, Refused};
 use foldline_postgres::sink::PostgresSink;
 use foldline_postgres::DEFAULT_GROUP;
 use foldline_schemas::wire::EventCodec;
@@ -64,6 +65,10 @@ enum Command {
         /// history the topic no longer holds.
         #[arg(long)]
         from_archive: bool,
+        /// Swap the new model in even when it differs from the live one at the live model's
+        /// offsets (the differences are printed either way).
+        #[arg(long)]
+        force: bool,
         /// The archive (with --from-archive).
         #[command(flatten)]
         archive: BucketConfig,
@@ -80,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             drop_grace_ms,
             batch_records,
             from_archive,
+            force,
             archive,
         }) => {
             let config = RebuildConfig {
@@ -89,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
                 batch_records,
                 drop_grace: Duration::from_millis(drop_grace_ms),
                 show_progress: true,
+                force,
             };
             let source = TopicSource {
                 brokers: config.log.brokers.clone(),
@@ -111,10 +118,22 @@ async fn main() -> anyhow::Result<()> {
                         topic: source,
                     },
                 )
-                .await?
+                .await
             } else {
-                rebuild(&model, &config, source).await?
+                rebuild(&model, &config, source).await
             };
+            let report = match report {
+                Ok(report) => report,
+                Err(error) => match error.downcast::<Refused>() {
+                    Ok(refused) => {
+                        print_differences(&refused.comparison);
+                        println!("refused: the rebuilt model differs from the live one; the live model keeps serving (--force swaps anyway)");
+                        std::process::exit(1);
+                    }
+                    Err(error) => return Err(error),
+                },
+            };
+            print_differences(&report.comparison);
             let rate = report.events as f64 / report.elapsed.as_secs_f64().max(0.001);
             println!(
                 "replayed {} events ({} undecodable skipped, {} products parked) in {:.1} s ({rate:.0} events/s): {} replaced {}",
@@ -146,4 +165,18 @@ async fn main() -> anyhow::Result<()> {
             foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
         }
     }
+}
+
+/// The first differences, then the comparison's summary.
+fn print_differences(comparison: &Comparison) {
+    for difference in &comparison.first {
+        println!("differs: {difference}");
+    }
+    if comparison.first.len() < comparison.differences as usize {
+        println!(
+            "… and {} more differences",
+            comparison.differences as usize - comparison.first.len()
+        );
+    }
+    println!("{}", comparison.summary());
 }

@@ -79,6 +79,29 @@ impl Stack {
         .await
     }
 
+    /// Runs `foldline-projector replay ARGS…` for `group` (with `env` on top) and returns
+    /// its output, whatever its exit status.
+    pub async fn replay(
+        &self,
+        group: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> std::process::Output {
+        let mut all = self.projector_env(group);
+        all.push((
+            "FOLDLINE_PROJECTOR_LISTEN",
+            format!("127.0.0.1:{}", foldline_testkit::process::free_port()),
+        ));
+        tokio::process::Command::new(foldline_testkit::process::binary("foldline-projector"))
+            .args(["replay", "--drop-grace-ms", "300"])
+            .args(args)
+            .envs(all.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .output()
+            .await
+            .unwrap()
+    }
+
     /// A recent-events consumer on this stack's topic, with a table and group of its own.
     pub async fn recent_events(&self, prefix: &str) -> Spawned {
         Spawned::start(
