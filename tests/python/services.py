@@ -33,12 +33,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def post(path, body):
+def post(path, body, method="POST"):
     request = urllib.request.Request(
         PRODUCER + path,
-        data=json.dumps(body).encode(),
+        data=None if body is None else json.dumps(body).encode(),
         headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}",
                  "idempotency-key": str(uuid.uuid4())},
+        method=method,
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)

@@ -4,7 +4,9 @@ Debian's chromedriver).
 The test runs its own projector, query API and notifier for the producer's topic (so it can stop
 and start them), writes events *before* the page opens, and checks that the page shows the
 present on arrival (totals, chart, recent events, low stock), that a later write appears once,
-that a reload shows the same history without duplicates, and that the page says so when the
+that a reload shows the same history without duplicates, that the product panel shows a
+product's history (newest first) and the product as of an earlier event (slider or click), and
+that the page says so when the
 notifier or the query API is down and recovers when they return. Screenshots are kept under
 FOLDLINE_TEST_OUTPUT (default .foldline)."""
 
@@ -131,8 +133,8 @@ def test_the_page_shows_the_present_on_arrival_then_live_writes_once(services, b
     assert set(again) <= set(seen) and len(again) == min(50, len(seen)), (again, seen)
     assert later["position"] in again
 
-    # The product panel: its state from the read model, its events from DynamoDB (the
-    # recent-events consumer may still be writing them: search again until they are there).
+    # The product panel: its state and its history from the read model (the projector may
+    # still be writing them: search again until they are there).
     def product_shown(d):
         d.find_element(By.ID, "search-id").clear()
         d.find_element(By.ID, "search-id").send_keys(before[0]["id"])
@@ -142,6 +144,65 @@ def test_the_page_shows_the_present_on_arrival_then_live_writes_once(services, b
         return kinds == ["LowStockWarning", "StockAdjusted", "ProductCreated"] and "stock\n3\n" in text(d, "product-state") + "\n"
     wait.until(product_shown)
     screenshot(browser, "live-page.png")
+
+
+def history_types(browser):
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#product-events li')].map(li => li.className.split(' ')[0])")
+
+
+def slide_to(browser, index):
+    browser.execute_script(
+        "const r = document.getElementById('as-of-range'); r.value = arguments[0];"
+        "r.dispatchEvent(new Event('input'))", index)
+
+
+def test_the_product_panel_shows_its_history_and_the_product_as_of_an_earlier_event(services, browser):
+    url = services["url"]
+    created = post("/products", {"name": "Chair", "price_cents": 1000, "stock": 20, "seller_id": "web"})
+    pid = created["id"]
+    repriced = post(f"/products/{pid}", {"price_cents": 1100}, method="PATCH")
+    post(f"/products/{pid}/stock", {"delta": -2, "reason": "sold"})
+    post(f"/products/{pid}", {"name": "Armchair"}, method="PATCH")
+    browser.get(url["notifier"] + "/")
+    wait = waiter(browser, 30)
+    wait.until(lambda d: text(d, "status") == "live")
+
+    # The whole history from the read model, newest first; the state now.
+    def panel_loaded(d):
+        d.find_element(By.ID, "search-id").clear()
+        d.find_element(By.ID, "search-id").send_keys(pid)
+        d.find_element(By.CSS_SELECTOR, "#search button").click()
+        time.sleep(0.5)
+        return (history_types(d) == ["ProductUpdated", "StockAdjusted", "ProductUpdated", "ProductCreated"]
+                and "Armchair" in text(d, "product-state"))
+    wait.until(panel_loaded)
+    assert text(browser, "as-of-label") == "now (v4)"
+
+    # As of the price change: the name and stock it had then, from `?as_of=`.
+    slide_to(browser, 1)
+    wait.until(lambda d: "as it was at " + repriced["position"] in text(d, "product-state"))
+    state = text(browser, "product-state")
+    assert "Chair" in state and "Armchair" not in state and "11.00" in state and "stock\n20" in state, state
+    assert text(browser, "as-of-label").startswith("v2 · ProductUpdated")
+    selected = browser.execute_script("return document.querySelector('#product-events li.selected').dataset.position")
+    assert selected == repriced["position"]
+    # As of its creation, by clicking that row.
+    browser.find_elements(By.CSS_SELECTOR, "#product-events li")[-1].click()
+    wait.until(lambda d: "version\n1" in text(d, "product-state") and "10.00" in text(d, "product-state"))
+    screenshot(browser, "live-page-as-of.png")
+
+    # Back to now, then live writes join the history on top; a delete leaves the history.
+    slide_to(browser, 3)
+    wait.until(lambda d: "as it was" not in text(d, "product-state") and "Armchair" in text(d, "product-state"))
+    post(f"/products/{pid}/stock", {"delta": 5})
+    wait.until(lambda d: history_types(d)[:2] == ["StockAdjusted", "ProductUpdated"] and "stock\n23" in text(d, "product-state"))
+    post(f"/products/{pid}", None, method="DELETE")
+    wait.until(lambda d: history_types(d)[0] == "ProductDeleted" and "deleted" in text(d, "product-state"))
+    assert len(history_types(browser)) == 6
+    slide_to(browser, 4)
+    wait.until(lambda d: "stock\n23" in text(d, "product-state") and "as it was" in text(d, "product-state"))
+    screenshot(browser, "live-page-history.png")
 
 
 def test_the_page_says_when_it_is_reconnecting_or_behind_and_recovers(services, browser):
