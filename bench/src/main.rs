@@ -11,6 +11,7 @@ mod fill;
 mod hostile;
 mod project;
 mod raw_produce;
+mod reads;
 mod sinks;
 mod soak;
 mod sse;
@@ -52,6 +53,8 @@ enum Command {
     WatchMetric(sinks::WatchArgs),
     /// Write at a fixed rate for minutes; print write -> visible (query, SSE) and lag per minute.
     SoakLoad(soak::Args),
+    /// Time history and as-of reads beside plain product reads on the query API.
+    ReadLatency(reads::Args),
     /// Hold connections, open SSE streams, send refused commands; print what is held and RSS.
     Hostile(hostile::Args),
 }
@@ -74,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,
         Command::SoakLoad(args) => soak::run(args).await,
+        Command::ReadLatency(args) => reads::run(args).await,
     }
 }
 

@@ -325,20 +325,7 @@ fn verify_with(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Option<i32>, String) {
-    let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
-        .args(["verify", "--quiet"])
-        .args(args)
-        .envs(env.iter().copied())
-        .env("FOLDLINE_TOPIC", &stack.topic)
-        .env("FOLDLINE_DATABASE_URL", &stack.database_url)
-        .env("FOLDLINE_PROJECTOR_GROUP", group)
-        .env("LOW_STOCK_THRESHOLD", common::THRESHOLD.to_string())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    stack.verify(group, args, env)
 }
 
 #[tokio::test]

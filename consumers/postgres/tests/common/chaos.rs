@@ -56,6 +56,8 @@ pub async fn run(fleet_size: usize) {
     )
     .await;
     let table = foldline_testkit::unique("ChaosRecentEvents");
+    let recent_group = foldline_testkit::unique("chaos-recent");
+    let archiver_group = foldline_testkit::unique("chaos-archiver");
     let mut recent_events = Restartable::start(
         "foldline-recent-events",
         "FOLDLINE_RECENT_EVENTS_LISTEN",
@@ -64,10 +66,7 @@ pub async fn run(fleet_size: usize) {
             ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
             ("FOLDLINE_RECENT_EVENTS_TABLE", table.clone()),
             ("FOLDLINE_DYNAMODB_ENDPOINT", dynamodb.url()),
-            (
-                "FOLDLINE_RECENT_EVENTS_GROUP",
-                foldline_testkit::unique("chaos-recent"),
-            ),
+            ("FOLDLINE_RECENT_EVENTS_GROUP", recent_group.clone()),
         ],
     )
     .await;
@@ -83,10 +82,7 @@ pub async fn run(fleet_size: usize) {
     archiver_env.extend([
         ("FOLDLINE_TOPIC", stack.topic.clone()),
         ("FOLDLINE_DLQ_TOPIC", stack.dlq.clone()),
-        (
-            "FOLDLINE_ARCHIVER_GROUP",
-            foldline_testkit::unique("chaos-archiver"),
-        ),
+        ("FOLDLINE_ARCHIVER_GROUP", archiver_group.clone()),
         ("FOLDLINE_ARCHIVE_FILE_SECONDS", "1".into()),
     ]);
     let mut archiver = Restartable::start(
@@ -238,6 +234,26 @@ pub async fn run(fleet_size: usize) {
     let archived = archive_covers(&archive_env, &events).await;
     let recent = recent_events_once(&dynamodb.url(), &table, &events).await;
 
+    // `foldline verify` on the stack after its outages: every projection equals the fold of
+    // the log at its own cut (the read model's offsets, the consumers' committed offsets).
+    let (dynamodb_url, s3_url) = (dynamodb.url(), s3.url());
+    let bucket = archive_env[1].1.clone();
+    let (verified, verify_out) = stack.verify(
+        "chaos",
+        &[],
+        &[
+            ("FOLDLINE_RECENT_EVENTS_TABLE", table.as_str()),
+            ("FOLDLINE_RECENT_EVENTS_GROUP", recent_group.as_str()),
+            ("FOLDLINE_DYNAMODB_ENDPOINT", dynamodb_url.as_str()),
+            ("FOLDLINE_ARCHIVER_GROUP", archiver_group.as_str()),
+            ("FOLDLINE_S3_ENDPOINT", s3_url.as_str()),
+            ("FOLDLINE_ARCHIVE_BUCKET", bucket.as_str()),
+        ],
+    );
+    for line in verify_out.lines() {
+        eprintln!("chaos: verify: {line}");
+    }
+
     eprintln!("chaos: {audit}; {} client retries", report.retries);
     eprintln!("chaos: archive: {archived}");
     eprintln!("chaos: DynamoDB: {recent}");
@@ -283,6 +299,7 @@ pub async fn run(fleet_size: usize) {
     assert_eq!((sse_missing, sse_twice), (0, 0), "SSE: missing, twice");
     assert!(archived.starts_with("every offset"), "archive: {archived}");
     assert!(recent.starts_with("every event"), "DynamoDB: {recent}");
+    assert_eq!(verified, Some(0), "foldline verify: {verify_out}");
     assert!(
         report.acks.len() >= 100,
         "too little load: {}",

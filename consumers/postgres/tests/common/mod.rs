@@ -102,6 +102,30 @@ impl Stack {
             .unwrap()
     }
 
+    /// `foldline verify --quiet ARGS…` against this stack's topic and read model (projector
+    /// group `group`), with `env` on top: (exit code, stdout).
+    pub fn verify(
+        &self,
+        group: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Option<i32>, String) {
+        let output = std::process::Command::new(foldline_testkit::process::binary("foldline"))
+            .args(["verify", "--quiet"])
+            .args(args)
+            .env("FOLDLINE_TOPIC", &self.topic)
+            .env("FOLDLINE_DATABASE_URL", &self.database_url)
+            .env("FOLDLINE_PROJECTOR_GROUP", group)
+            .env("LOW_STOCK_THRESHOLD", THRESHOLD.to_string())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
     /// A recent-events consumer on this stack's topic, with a table and group of its own.
     pub async fn recent_events(&self, prefix: &str) -> Spawned {
         Spawned::start(
