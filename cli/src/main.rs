@@ -7,6 +7,7 @@ mod dlq;
 mod parked;
 mod product;
 mod registry;
+mod status;
 mod token;
 mod topic;
 mod verify;
@@ -57,6 +58,9 @@ enum Commands {
     /// Check that the read model equals the fold of the log at its own offsets (exit 1 on a
     /// difference).
     Verify(verify::VerifyArgs),
+    /// One screen: each service up and ready, consumers' lag, parked products, dead letters,
+    /// the producer's last commit and snapshot, Prometheus's alerts; exit 1 unless all is well.
+    Status(status::StatusArgs),
     /// Rebuild a projection from the log (runs `foldline-projector replay` for `postgres`).
     Replay {
         /// The projection to rebuild: postgres.
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Parked(args) => parked::run(args).await,
         Commands::Product(args) => product::run(args).await,
         Commands::Verify(args) => verify::run(args, &cli.brokers, &cli.registry_url).await,
+        Commands::Status(args) => status::run(args).await,
         Commands::Replay { projection, args } => replay(&projection, &args),
     }
 }

@@ -96,6 +96,11 @@ async fn main() -> anyhow::Result<()> {
         "Reads of the log for resuming clients beyond memory (one reader each, shared by the clients waiting)",
     )?;
     ops.registry.register(Box::new(passes.clone()))?;
+    let cut_off = prometheus::IntCounter::new(
+        "sse_clients_cut_off_total",
+        "Streams cut off because their client fell behind (told to reconnect with its cursor)",
+    )?;
+    ops.registry.register(Box::new(cut_off.clone()))?;
     let state = Arc::new(AppState {
         feed,
         history: cli.history,
@@ -109,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
                 clients.set(state.feed.clients() as i64);
                 let done = state.hub.passes.load(std::sync::atomic::Ordering::Relaxed);
                 passes.inc_by(done.saturating_sub(passes.get()));
+                let cut =
+                    foldline_notifier::sse::CUT_OFF.load(std::sync::atomic::Ordering::Relaxed);
+                cut_off.inc_by(cut.saturating_sub(cut_off.get()));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });

@@ -20,6 +20,10 @@ use crate::cursor::Cursor;
 use crate::feed::LiveEvent;
 use crate::hub::Membership;
 
+/// Streams cut off so far because their client fell behind (told to reconnect): the process's
+/// `sse_clients_cut_off_total`.
+pub static CUT_OFF: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `?type=A,B&product_id=X`.
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
@@ -175,6 +179,7 @@ impl Client {
     /// The last word to a client that fell behind: reconnect from here.
     fn reconnect(&mut self) -> Event {
         self.phase = Phase::Done;
+        CUT_OFF.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Event::default()
             .id(self.cursor.to_string())
             .event("reconnect")

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub undecodable_events: IntCounter,
     pub snapshots: IntCounterVec,
     pub snapshot_bytes: IntGauge,
+    /// When the last snapshot was stored (Unix seconds): "no snapshot for too long" alerts.
+    pub snapshot_stored_at: IntGauge,
+    /// When the last transaction committed (Unix seconds).
+    committed_at: IntGauge,
     pub snapshot_seconds: Histogram,
     pub forwarded: IntCounterVec,
     pub partitions_served: IntGauge,
@@ -82,6 +86,16 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            committed_at: IntGauge::new(
+                "producer_last_commit_timestamp_seconds",
+                "When the last transaction committed (Unix time)",
+            )
+            .expect("valid metric"),
+            snapshot_stored_at: IntGauge::new(
+                "producer_snapshot_last_stored_timestamp_seconds",
+                "When the last snapshot was stored (Unix time)",
+            )
+            .expect("valid metric"),
             snapshot_bytes: IntGauge::new(
                 "producer_snapshot_bytes",
                 "Size of the last stored snapshot (compressed)",
@@ -142,6 +156,20 @@ impl Metrics {
             .register(Box::new(metrics.snapshot_bytes.clone()))
             .expect("once");
         registry
+            .register(Box::new(metrics.snapshot_stored_at.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.committed_at.clone()))
+            .expect("once");
+        // Every outcome exported from the start at 0: an alert's increase() then counts the
+        // first failure too (a series that appears at 1 has no increase).
+        for outcome in ["committed", "failed"] {
+            metrics.commits.with_label_values(&[outcome]);
+        }
+        for outcome in ["stored", "failed"] {
+            metrics.snapshots.with_label_values(&[outcome]);
+        }
+        registry
             .register(Box::new(metrics.snapshot_seconds.clone()))
             .expect("once");
         registry
@@ -158,6 +186,9 @@ impl Metrics {
 
     pub fn observe_commit(&self, requests: usize, records: usize, elapsed: Duration, ok: bool) {
         let outcome = if ok { "committed" } else { "failed" };
+        if ok {
+            self.committed_at.set(chrono::Utc::now().timestamp());
+        }
         self.commits.with_label_values(&[outcome]).inc();
         self.commit_seconds.observe(elapsed.as_secs_f64());
         self.commit_requests.observe(requests as f64);

@@ -293,6 +293,9 @@ pub async fn save_now(
     metrics.snapshots.with_label_values(&["stored"]).inc();
     metrics.snapshot_bytes.set(size as i64);
     metrics
+        .snapshot_stored_at
+        .set(chrono::Utc::now().timestamp());
+    metrics
         .snapshot_seconds
         .observe(started.elapsed().as_secs_f64());
     tracing::info!(

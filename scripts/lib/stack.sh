@@ -11,7 +11,7 @@ S3_SECRET_KEY="${FOLDLINE_S3_SECRET_KEY:-foldline-secret}"
 log() { printf '\033[1m[foldline]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[foldline] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
-# Debian packages: C toolchain pieces rdkafka builds with, and PostgreSQL.
+# Debian packages: C toolchain pieces rdkafka builds with, PostgreSQL and Prometheus.
 install_system_packages() {
   local missing=()
   command -v cmake >/dev/null || missing+=(cmake)
@@ -22,6 +22,8 @@ install_system_packages() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v git >/dev/null || missing+=(git)
   command -v curl >/dev/null || missing+=(curl)
+  # Prometheus (with promtool) evaluates the alert rules in the local stack and in the tests.
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
   apt_install "${missing[@]}"
 }
 
@@ -184,6 +186,34 @@ wait_http() {
     sleep 0.2
   done
   die "$name is not ready at $url (see its log)"
+}
+
+# start_prometheus DATA PORT SERVICE=PORT...: Prometheus on 127.0.0.1:PORT with the
+# configuration generated from ops/prometheus/prometheus.yml for these services' ports (see
+# scripts/lib/prometheus-config), its data under DATA/prometheus.
+start_prometheus() {
+  local data="$1" port="$2"; shift 2
+  mkdir -p "$data/prometheus"
+  "$REPO/scripts/lib/prometheus-config" "$@" > "$data/prometheus/prometheus.yml"
+  start_process prometheus "$data/logs" "$data/pids" -- prometheus \
+    --config.file="$data/prometheus/prometheus.yml" --storage.tsdb.path="$data/prometheus/data" \
+    --storage.tsdb.retention.time=15d --web.listen-address="127.0.0.1:$port"
+  wait_http prometheus "http://127.0.0.1:$port/-/ready"
+}
+
+# wait_targets_up PROMETHEUS_URL [SECONDS]: until every scrape target of Prometheus is up.
+wait_targets_up() {
+  local url="$1" seconds="${2:-60}" down=""
+  for _ in $(seq $((seconds * 2))); do
+    down="$(curl -fsS "$url/api/v1/targets?state=active" 2>/dev/null | python3 -c '
+import json, sys
+targets = json.load(sys.stdin)["data"]["activeTargets"]
+print(" ".join(t["labels"]["job"] for t in targets if t["health"] != "up") if targets else "none yet")
+' 2>/dev/null || echo "not answering")"
+    [ -z "$down" ] && return 0
+    sleep 0.5
+  done
+  die "Prometheus targets not up after $seconds s: $down"
 }
 
 # stop_all PIDDIR: stops every process we started: services first, then the servers they

@@ -1,11 +1,15 @@
 //! The operational routes every binary serves, with the contract's health body:
 //! `GET /health` → `{"success": true, "service", "status": "healthy", "version"}`,
 //! `GET /ready` → 200 only when the service's dependencies answer, `GET /metrics`.
+//!
+//! Every `/metrics` also answers `service_ready` (the readiness check, run at the scrape, at
+//! most [`READY_AT_SCRAPE`]) and `service_info{service, version}`: alert rules and
+//! `foldline status` tell a service that is up but cannot work from one that works.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, State};
@@ -15,8 +19,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+/// How long a scrape waits for the readiness check before it reports not ready.
+pub const READY_AT_SCRAPE: Duration = Duration::from_secs(2);
 use serde_json::json;
 
 /// Answers whether the service can do its work now; `Err` carries the reason shown on `/ready`.
@@ -45,6 +53,7 @@ pub struct Ops {
 struct HttpMetrics {
     requests: IntCounterVec,
     latency: HistogramVec,
+    ready: IntGauge,
 }
 
 impl Ops {
@@ -75,12 +84,31 @@ impl Ops {
         registry
             .register(Box::new(latency.clone()))
             .expect("register once");
+        let ready = IntGauge::new(
+            "service_ready",
+            "1 when the service's readiness check passed at this scrape, else 0",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(ready.clone()))
+            .expect("register once");
+        let info = IntGaugeVec::new(
+            Opts::new("service_info", "The service and its version (always 1)"),
+            &["service", "version"],
+        )
+        .expect("valid metric");
+        info.with_label_values(&[service, version]).set(1);
+        registry.register(Box::new(info)).expect("register once");
         Ops {
             service,
             version,
             registry,
             readiness,
-            http: HttpMetrics { requests, latency },
+            http: HttpMetrics {
+                requests,
+                latency,
+                ready,
+            },
         }
     }
 
@@ -158,6 +186,11 @@ async fn ready(State(ops): State<Ops>) -> Response {
 }
 
 async fn metrics(State(ops): State<Ops>) -> Response {
+    let ready = matches!(
+        tokio::time::timeout(READY_AT_SCRAPE, (ops.readiness)()).await,
+        Ok(Ok(()))
+    );
+    ops.http.ready.set(ready as i64);
     let mut buffer = Vec::new();
     let families = ops.registry.gather();
     if let Err(error) = TextEncoder::new().encode(&families, &mut buffer) {

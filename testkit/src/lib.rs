@@ -12,6 +12,7 @@ pub mod load;
 pub mod own_server;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod s3;
 pub mod sse;
 pub mod writes;
@@ -26,7 +27,6 @@ pub fn registry_url() -> String {
     std::env::var("FOLDLINE_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
 }
 
-/// A name no other test run uses: `prefix-<random>`.
 /// GETs `url` with `client` and parses the answer as JSON; panics (the test fails) with the
 /// status and body when the answer is not a 2xx.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -37,6 +37,7 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
 }
 
+/// A name no other test run uses: `prefix-<random>`.
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",

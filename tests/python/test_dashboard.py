@@ -20,6 +20,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "foldline.json"
 PROVISIONING = ROOT / "ops" / "grafana" / "provisioning"
 PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
+RULES = sorted((ROOT / "ops" / "prometheus" / "rules").glob("*.yml"))
+# Series Prometheus makes itself, not the binaries.
+PROMETHEUS_SERIES = {"up", "ALERTS"}
 COMPOSE = ROOT / "docker-compose.redpanda.yml"
 
 PROMQL_WORDS = {
@@ -51,6 +54,31 @@ def metric_names(expr):
         job = re.search(r'job="([^"]+)"', matchers)
         names.append((name, job.group(1) if job else None))
     return names
+
+
+def rules():
+    """Every rule of ops/prometheus/rules: (name, expr, is a recording rule)."""
+    return [(r.get("record") or r["alert"], r["expr"], "record" in r)
+            for f in RULES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
+
+
+def recorded():
+    return {name for name, _, is_record in rules() if is_record}
+
+
+def check_names(what, expr, scrapes, everything):
+    """Each metric `expr` selects is exported by the binaries (by its job when it names one), is
+    recorded by a rule, or is one Prometheus makes. Returns how many were checked."""
+    names = metric_names(expr)
+    assert names or expr.startswith("vector("), f"{what}: no metric found in {expr}"
+    for name, job in names:
+        if name in PROMETHEUS_SERIES or name in recorded():
+            continue
+        if job and job in scrapes:
+            assert name in scrapes[job], f"{what}: job {job} does not export {name}"
+        else:
+            assert name in everything, f"{what}: no binary exports {name}"
+    return len(names)
 
 
 def test_metric_names_are_read_from_promql():
@@ -143,14 +171,19 @@ def exported(url):
 
 def test_every_dashboard_query_names_a_metric_the_binaries_export(scrapes):
     everything = set().union(*scrapes.values())
-    checked = 0
-    for title, expr in queries():
-        names = metric_names(expr)
-        assert names, f"{title}: no metric found in {expr}"
-        for name, job in names:
-            if job:
-                assert name in scrapes[job], f"{title}: job {job} does not export {name}"
-            else:
-                assert name in everything, f"{title}: no binary exports {name}"
-            checked += 1
+    checked = sum(check_names(title, expr, scrapes, everything) for title, expr in queries())
     assert checked >= 15
+    exprs = " ".join(e for _, e in queries())
+    for shown in ("foldline:write_errors:ratio_rate5m", "foldline:visible_late:ratio_rate5m", "ALERTS"):
+        assert shown in exprs, f"no panel shows {shown}"
+
+
+def test_every_alert_and_recording_rule_names_a_metric_the_binaries_export(scrapes):
+    everything = set().union(*scrapes.values())
+    checked = sum(check_names(name, expr, scrapes, everything) for name, expr, _ in rules())
+    assert checked >= 30
+    # Every alert has a promtool unit test (ops/prometheus/tests, run by scripts/test).
+    tested = " ".join(f.read_text() for f in (ROOT / "ops" / "prometheus" / "tests").glob("*.yml"))
+    for name, _, is_record in rules():
+        if not is_record:
+            assert f"alertname: {name}\n" in tested, f"{name} has no promtool test"

@@ -80,11 +80,11 @@ impl<B: Bucket> ArchiveSink<B> {
     pub fn new(bucket: B, rotation: Rotation) -> ArchiveSink<B> {
         ArchiveSink {
             bucket,
+            metrics: ArchiveMetrics::new(&rotation),
             rotation,
             partitions: BTreeMap::new(),
             generation: None,
             listed: None,
-            metrics: ArchiveMetrics::new(),
         }
     }
 
@@ -196,6 +196,7 @@ impl<B: Bucket> ArchiveSink<B> {
                         .upload_seconds
                         .observe(started.elapsed().as_secs_f64());
                     metrics.files.inc();
+                    metrics.last_upload.set(chrono::Utc::now().timestamp());
                     metrics.bytes.inc_by(file.bytes.len() as u64);
                     metrics.records.inc_by(file.records as u64);
                     files.durable = file.range.next();
@@ -316,10 +317,14 @@ struct ArchiveMetrics {
     records: IntCounter,
     held_records: IntGauge,
     upload_seconds: Histogram,
+    /// When the last file was uploaded (Unix seconds; the start until then), and the rotation
+    /// period: "no file for longer than its rotation period" is an alert on these.
+    last_upload: IntGauge,
+    rotation_seconds: prometheus::Gauge,
 }
 
 impl ArchiveMetrics {
-    fn new() -> ArchiveMetrics {
+    fn new(rotation: &Rotation) -> ArchiveMetrics {
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         ArchiveMetrics {
             files: counter("archive_files_total", "Archive files uploaded"),
@@ -335,6 +340,24 @@ impl ArchiveMetrics {
                     .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid")),
             )
             .expect("valid metric"),
+            last_upload: {
+                let gauge = IntGauge::new(
+                    "archive_last_upload_timestamp_seconds",
+                    "When the last file was uploaded, Unix time (the archiver's start until then)",
+                )
+                .expect("valid metric");
+                gauge.set(chrono::Utc::now().timestamp());
+                gauge
+            },
+            rotation_seconds: {
+                let gauge = prometheus::Gauge::new(
+                    "archive_rotation_seconds",
+                    "A file is closed at the latest this long after it opened",
+                )
+                .expect("valid metric");
+                gauge.set(rotation.max_seconds);
+                gauge
+            },
         }
     }
 
@@ -345,6 +368,8 @@ impl ArchiveMetrics {
             Box::new(self.records.clone()),
             Box::new(self.held_records.clone()),
             Box::new(self.upload_seconds.clone()),
+            Box::new(self.last_upload.clone()),
+            Box::new(self.rotation_seconds.clone()),
         ] {
             let _ = registry.register(metric);
         }

@@ -59,6 +59,8 @@ pub struct Comparison {
     /// event counts could not be adjusted for the products left out.
     pub event_counts_compared: bool,
     pub differences: i64,
+    /// How long the comparison took (the live projector waits meanwhile).
+    pub seconds: f64,
     /// The first differences, by table and key.
     pub first: Vec<Difference>,
 }
@@ -73,9 +75,10 @@ impl Comparison {
             return "not compared: the live model has not read this topic".into();
         }
         format!(
-            "compared at the live model's offsets: {} products, {} history events, {} sellers{}; \
-             {} parked products left out, {} products with events past the cut compared by \
-             their history; {} differences",
+            "compared at the live model's offsets in {:.1} s: {} products, {} history events, \
+             {} sellers{}; {} parked products left out, {} products with events past the cut \
+             compared by their history; {} differences",
+            self.seconds,
             self.products,
             self.history_events,
             self.sellers,
@@ -110,6 +113,7 @@ pub async fn compare(
     if cut_rows == 0 {
         return Ok(Comparison::default());
     }
+    let started = std::time::Instant::now();
     let setup = [
         format!(
             "CREATE TEMP TABLE compare_cut ON COMMIT DROP AS
@@ -284,5 +288,6 @@ pub async fn compare(
             }
         }
     }
+    comparison.seconds = started.elapsed().as_secs_f64();
     Ok(comparison)
 }

@@ -25,10 +25,17 @@ impl ClientContext for RuntimeContext {
         };
         for (partition, stats) in &topic.partitions {
             if *partition >= 0 && stats.consumer_lag >= 0 {
+                let label = partition.to_string();
                 self.metrics
                     .lag
-                    .with_label_values(&[&partition.to_string()])
+                    .with_label_values(&[&label])
                     .set(stats.consumer_lag);
+                // "Behind for how long" = now − the last time it was caught up (the first
+                // time it was seen, when it has not been yet).
+                let caught_up = self.metrics.caught_up_at.with_label_values(&[&label]);
+                if stats.consumer_lag <= crate::metrics::CAUGHT_UP_LAG || caught_up.get() == 0 {
+                    caught_up.set(chrono::Utc::now().timestamp());
+                }
             }
         }
     }

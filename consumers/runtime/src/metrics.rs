@@ -4,6 +4,10 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// A partition this few records behind counts as caught up: an idle consumer of a
+/// transactional topic shows a lag of 1 (the last commit marker).
+pub const CAUGHT_UP_LAG: i64 = 10;
+
 #[derive(Clone)]
 pub struct RuntimeMetrics {
     pub events: IntCounter,
@@ -20,6 +24,11 @@ pub struct RuntimeMetrics {
     /// Records behind the partition's end, from librdkafka's statistics (the broker's high
     /// watermark: right on Redpanda, unreliable on tansu).
     pub lag: IntGaugeVec,
+    /// When each partition was last caught up (lag ≤ [`CAUGHT_UP_LAG`]), Unix seconds.
+    pub caught_up_at: IntGaugeVec,
+    /// Seconds from each record's append (its broker timestamp) until the sink made it
+    /// durable: for the projector, write → visible in the read model (the SLO's measure).
+    pub event_age: Histogram,
 }
 
 impl RuntimeMetrics {
@@ -82,6 +91,24 @@ impl RuntimeMetrics {
                 &["partition"],
             )
             .expect("valid metric"),
+            caught_up_at: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_caught_up_timestamp_seconds",
+                    "When the partition was last caught up (lag of at most 10 records), Unix time",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+            event_age: Histogram::with_opts(
+                HistogramOpts::new(
+                    "consumer_event_age_seconds",
+                    "Seconds from a record's append (broker timestamp) until the sink made it durable",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ]),
+            )
+            .expect("valid metric"),
         };
         for collector in [
             Box::new(metrics.events.clone()) as Box<dyn prometheus::core::Collector>,
@@ -93,8 +120,15 @@ impl RuntimeMetrics {
             Box::new(metrics.parked_events.clone()),
             Box::new(metrics.parked_products.clone()),
             Box::new(metrics.lag.clone()),
+            Box::new(metrics.event_age.clone()),
+            Box::new(metrics.caught_up_at.clone()),
         ] {
             registry.register(collector).expect("register once");
+        }
+        // Both reasons exported from the start at 0, so an alert's increase() counts the
+        // first dead letter too.
+        for reason in ["empty", "undecodable"] {
+            metrics.dead_lettered.with_label_values(&[reason]);
         }
         metrics
     }

@@ -298,6 +298,13 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
 
     fn count(&self, batch: &Batch) {
         self.metrics.events.inc_by(batch.records.len() as u64);
+        let now = chrono::Utc::now().timestamp_millis();
+        for record in &batch.records {
+            if let Some(appended) = record.timestamp_ms {
+                let age = (now - appended).max(0) as f64 / 1000.0;
+                self.metrics.event_age.observe(age);
+            }
+        }
         self.metrics
             .batch_records
             .observe(batch.records.len() as f64);
