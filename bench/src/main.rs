@@ -15,6 +15,7 @@ mod reads;
 mod sinks;
 mod soak;
 mod sse;
+mod stages;
 
 use clap::{Parser, Subcommand};
 

@@ -88,6 +88,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     // Let the SSE client connect before the first write (the first minute is 2 s shorter).
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The stage budget: each service's own histograms, scraped at every report.
+    let mut services: std::collections::BTreeMap<String, String> = args
+        .consumers
+        .iter()
+        .filter_map(|c| c.split_once('='))
+        .map(|(name, url)| (name.to_owned(), url.to_owned()))
+        .collect();
+    services.insert("producer".into(), args.producer_url.clone());
+    services.insert("query".into(), args.query_url.clone());
+    services.insert("notifier".into(), args.notifier_url.clone());
+    let mut scraped = crate::stages::scrape(&client, &services).await;
 
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
     let mut next_report = 1;
@@ -96,7 +107,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ticker.tick().await;
         let minute = minute_of(Instant::now()).min(args.minutes as usize - 1);
         if minute >= next_report {
-            report(&minutes, next_report - 1, &args.consumers, &client).await;
+            let now = crate::stages::scrape(&client, &services).await;
+            let budget = crate::stages::budget(&scraped, &now);
+            scraped = now;
+            report(&minutes, next_report - 1, &args.consumers, &client, budget).await;
             next_report += 1;
         }
         let (client, producer, query) = (
@@ -161,11 +175,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     // The last writes' reads may take up to their timeout.
     tokio::time::sleep(Duration::from_secs(11)).await;
+    let now = crate::stages::scrape(&client, &services).await;
     report(
         &minutes,
         args.minutes as usize - 1,
         &args.consumers,
         &client,
+        crate::stages::budget(&scraped, &now),
     )
     .await;
     let unseen = book.lock().expect("not poisoned").sent.len();
@@ -184,6 +200,7 @@ async fn report(
     index: usize,
     consumers: &[String],
     client: &reqwest::Client,
+    stages: serde_json::Value,
 ) {
     let mut lag = serde_json::Map::new();
     for consumer in consumers {
@@ -204,6 +221,7 @@ async fn report(
             "failed_writes": m.failed,
             "not_visible_in_10s": m.not_visible,
             "lag_records": lag,
+            "stages": stages,
         })
     );
 }

@@ -101,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
         "Streams cut off because their client fell behind (told to reconnect with its cursor)",
     )?;
     ops.registry.register(Box::new(cut_off.clone()))?;
+    ops.registry
+        .register(Box::new(foldline_notifier::sse::DELIVERY_DELAY.clone()))?;
     let state = Arc::new(AppState {
         feed,
         history: cli.history,

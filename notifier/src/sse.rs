@@ -24,6 +24,22 @@ use crate::hub::Membership;
 /// `sse_clients_cut_off_total`.
 pub static CUT_OFF: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Seconds from a record's append to its frame being handed to a client's stream, per
+/// delivery: the notifier's stage of write → visible (`sse_delivery_delay_seconds`).
+pub static DELIVERY_DELAY: std::sync::LazyLock<prometheus::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "sse_delivery_delay_seconds",
+                "From a record's append to its frame handed to a client's stream, per delivery",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric")
+    });
+
 /// `?type=A,B&product_id=X`.
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
@@ -107,6 +123,8 @@ pub fn client_stream(
 
 impl Client {
     fn message(&mut self, event: &LiveEvent) -> Event {
+        let delay = chrono::Utc::now().timestamp_millis() - event.timestamp_ms;
+        DELIVERY_DELAY.observe(delay.max(0) as f64 / 1000.0);
         Event::default()
             .id(self.cursor.to_string())
             .event(&event.event_type)

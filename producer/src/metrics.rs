@@ -10,6 +10,8 @@ use prometheus::{
 pub struct Metrics {
     commits: IntCounterVec,
     commit_seconds: Histogram,
+    /// A request's wait from its hand-over to the committer until its commit cycle starts.
+    pub commit_wait: Histogram,
     commit_requests: Histogram,
     commit_records: Histogram,
     pub commands: IntCounterVec,
@@ -49,6 +51,11 @@ impl Metrics {
                 "producer_transaction_seconds",
                 "Time to append and commit one group of requests",
                 prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"),
+            ),
+            commit_wait: histogram(
+                "producer_commit_wait_seconds",
+                "Time a request waited for its commit cycle to start (the cycle before it was still committing)",
+                prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
             ),
             commit_requests: histogram(
                 "producer_transaction_requests",
@@ -136,6 +143,9 @@ impl Metrics {
             .expect("once");
         registry
             .register(Box::new(metrics.commit_requests.clone()))
+            .expect("once");
+        registry
+            .register(Box::new(metrics.commit_wait.clone()))
             .expect("once");
         registry
             .register(Box::new(metrics.commit_records.clone()))

@@ -48,6 +48,9 @@ pub enum AppendError {
 struct AppendRequest {
     records: Vec<OutRecord>,
     reply: oneshot::Sender<Result<Vec<Position>, AppendError>>,
+    /// When the request was handed to the committer: its wait for a commit cycle is a stage
+    /// of the write's latency (`producer_commit_wait_seconds`).
+    queued_at: std::time::Instant,
 }
 
 const READY: u8 = 0;
@@ -119,7 +122,11 @@ impl Writer {
         self.status()?;
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(AppendRequest { records, reply })
+            .send(AppendRequest {
+                records,
+                reply,
+                queued_at: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| AppendError::Unavailable("the writer has stopped".into()))?;
         answer
@@ -186,6 +193,11 @@ impl Committer {
                 continue;
             }
             let started = std::time::Instant::now();
+            for request in &batch {
+                self.metrics
+                    .commit_wait
+                    .observe((started - request.queued_at).as_secs_f64());
+            }
             let outcome = log.commit(&batch);
             self.metrics
                 .observe_commit(batch.len(), count, started.elapsed(), outcome.is_ok());

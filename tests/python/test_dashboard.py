@@ -114,7 +114,8 @@ def test_compose_provisions_prometheus_and_grafana_with_these_files():
     provider = yaml.safe_load((PROVISIONING / "dashboards" / "foldline.yml").read_text())["providers"][0]
     assert any(v.startswith("./ops/grafana/dashboards:" + provider["options"]["path"]) for v in grafana_volumes)
     assert any(v.startswith("./ops/grafana/provisioning:/etc/grafana/provisioning") for v in grafana_volumes)
-    assert any("ops/prometheus/prometheus.yml" in v for v in services["prometheus"]["volumes"])
+    # The whole folder, so the configuration finds its rules/ as it does locally.
+    assert "./ops/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     # Every Foldline service is scraped as a job named after it, at the port it listens on.
     jobs = {job["job_name"]: job["static_configs"][0]["targets"][0]
             for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}

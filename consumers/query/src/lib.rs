@@ -31,6 +31,9 @@ pub struct QueryState {
     pub waiters: Arc<tokio::sync::Semaphore>,
     /// The DynamoDB recent-events table, for `GET /products/{id}/events`.
     pub recent_events: foldline_recent_events::read::RecentEventsTable,
+    /// How long reads with `?after=` waited for the model (`query_after_wait_seconds`): the
+    /// last stage of write → visible.
+    pub after_wait: prometheus::Histogram,
 }
 
 pub fn routes(state: Arc<QueryState>) -> Router {

@@ -84,6 +84,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let ops = Ops::new("query", env!("CARGO_PKG_VERSION"), readiness);
     let progress = foldline_query::progress::watch_progress(model.clone(), cli.topic);
+    let after_wait = prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "query_after_wait_seconds",
+            "How long a read with ?after= waited for the read model to apply the position",
+        )
+        .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+    )?;
+    ops.registry.register(Box::new(after_wait.clone()))?;
     let state = Arc::new(QueryState {
         model,
         progress,
@@ -94,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             client: cli.dynamodb.client().await,
             table: cli.recent_events_table,
         },
+        after_wait,
     });
     let app = ops
         .instrument(foldline_service::auth::guard_reads(routes(state), readers).merge(ops.routes()))

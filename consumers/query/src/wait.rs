@@ -41,8 +41,10 @@ pub async fn until_applied(
         .borrow()
         .applied(position.partition, position.offset)
     {
+        state.after_wait.observe(0.0);
         return Ok(progress.borrow().schema.clone());
     }
+    let waiting_since = std::time::Instant::now();
     let Ok(_waiting) = state.waiters.clone().try_acquire_owned() else {
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +67,9 @@ pub async fn until_applied(
         }
     })
     .await;
+    state
+        .after_wait
+        .observe(waiting_since.elapsed().as_secs_f64());
     match reached {
         Ok(Some(schema)) => Ok(schema),
         Ok(None) => Err(db_unavailable(sqlx::Error::PoolClosed)),

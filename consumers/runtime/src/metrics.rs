@@ -1,7 +1,8 @@
 //! What every consumer exposes on `/metrics`.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// A partition this few records behind counts as caught up: an idle consumer of a
@@ -29,6 +30,10 @@ pub struct RuntimeMetrics {
     /// Seconds from each record's append (its broker timestamp) until the sink made it
     /// durable: for the projector, write → visible in the read model (the SLO's measure).
     pub event_age: Histogram,
+    /// The stages of a record's way through the consumer (issue 29's latency budget):
+    /// `fetched` (append → received, per record), `decode` (per record), `commit` (the offset
+    /// commit call, per batch). The sink's write is `consumer_batch_write_seconds`.
+    pub stage: HistogramVec,
 }
 
 impl RuntimeMetrics {
@@ -91,6 +96,18 @@ impl RuntimeMetrics {
                 &["partition"],
             )
             .expect("valid metric"),
+            stage: HistogramVec::new(
+                HistogramOpts::new(
+                    "consumer_stage_seconds",
+                    "Time spent per stage: fetched (append to received, per record), decode (per record), commit (offset commit, per batch)",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["stage"],
+            )
+            .expect("valid metric"),
             caught_up_at: IntGaugeVec::new(
                 Opts::new(
                     "consumer_caught_up_timestamp_seconds",
@@ -122,6 +139,7 @@ impl RuntimeMetrics {
             Box::new(metrics.lag.clone()),
             Box::new(metrics.event_age.clone()),
             Box::new(metrics.caught_up_at.clone()),
+            Box::new(metrics.stage.clone()),
         ] {
             registry.register(collector).expect("register once");
         }
@@ -129,6 +147,9 @@ impl RuntimeMetrics {
         // first dead letter too.
         for reason in ["empty", "undecodable"] {
             metrics.dead_lettered.with_label_values(&[reason]);
+        }
+        for stage in ["fetched", "decode", "commit"] {
+            metrics.stage.with_label_values(&[stage]);
         }
         metrics
     }

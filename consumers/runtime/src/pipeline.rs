@@ -210,7 +210,20 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             letters.push(letter("empty value (tombstone)".into()));
             return;
         };
-        match self.decoder.decode(bytes).await {
+        if let Some(appended) = message.timestamp().to_millis() {
+            let delay = (chrono::Utc::now().timestamp_millis() - appended).max(0) as f64 / 1000.0;
+            self.metrics
+                .stage
+                .with_label_values(&["fetched"])
+                .observe(delay);
+        }
+        let decoding = std::time::Instant::now();
+        let decoded = self.decoder.decode(bytes).await;
+        self.metrics
+            .stage
+            .with_label_values(&["decode"])
+            .observe(decoding.elapsed().as_secs_f64());
+        match decoded {
             Ok(event) => batch.records.push(Record::from_message(message, event)),
             Err(error) => {
                 tracing::warn!(partition, offset, %error, "undecodable record sent to the dead-letter topic");
@@ -237,12 +250,12 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             Written::Done => {
                 self.count(batch);
                 let next = batch.next_offsets();
-                self.source.commit(&next, CommitMode::Async);
+                self.commit(&next, CommitMode::Async);
                 self.note_positions(&next);
             }
             Written::Partly(durable) => {
                 self.count(batch);
-                self.source.commit(&durable, CommitMode::Async);
+                self.commit(&durable, CommitMode::Async);
                 self.note_positions(&batch.next_offsets());
             }
             Written::Reseek(stored) => {
@@ -291,9 +304,20 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                 Flush::Idle => CommitMode::Async,
                 Flush::Shutdown => CommitMode::Sync,
             };
-            self.source.commit(&durable, mode);
+            self.commit(&durable, mode);
         }
         Ok(true)
+    }
+
+    /// Commits the group's offsets (the sink already holds what they cover), timed as the
+    /// `commit` stage.
+    fn commit(&self, next: &Offsets, mode: CommitMode) {
+        let started = std::time::Instant::now();
+        self.source.commit(next, mode);
+        self.metrics
+            .stage
+            .with_label_values(&["commit"])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     fn count(&self, batch: &Batch) {
