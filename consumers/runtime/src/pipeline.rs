@@ -212,16 +212,12 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         };
         if let Some(appended) = message.timestamp().to_millis() {
             let delay = (chrono::Utc::now().timestamp_millis() - appended).max(0) as f64 / 1000.0;
-            self.metrics
-                .stage
-                .with_label_values(&["fetched"])
-                .observe(delay);
+            self.metrics.fetched.observe(delay);
         }
         let decoding = std::time::Instant::now();
         let decoded = self.decoder.decode(bytes).await;
         self.metrics
-            .stage
-            .with_label_values(&["decode"])
+            .decode
             .observe(decoding.elapsed().as_secs_f64());
         match decoded {
             Ok(event) => batch.records.push(Record::from_message(message, event)),
@@ -314,10 +310,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
     fn commit(&self, next: &Offsets, mode: CommitMode) {
         let started = std::time::Instant::now();
         self.source.commit(next, mode);
-        self.metrics
-            .stage
-            .with_label_values(&["commit"])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.commit.observe(started.elapsed().as_secs_f64());
     }
 
     fn count(&self, batch: &Batch) {
