@@ -15,6 +15,8 @@ mod reads;
 mod sinks;
 mod soak;
 mod sse;
+mod sse_floor;
+mod sse_listen;
 mod stages;
 
 use clap::{Parser, Subcommand};
@@ -44,8 +46,12 @@ enum Command {
     WriteToVisible(project::VisibleArgs),
     /// Time from a record's timestamp until a bare read_committed consumer receives it.
     TailLatency(project::TailArgs),
-    /// N SSE clients on the notifier while writes go through the producer.
-    SseClients(sse::Args),
+    /// One measured run of SSE fan-out: clients (`sse-listen`) on a server while writes go in.
+    SseRun(sse::Args),
+    /// The clients of an SSE run, as a process of their own.
+    SseListen(sse_listen::Args),
+    /// A bare broadcast server with the notifier's frames: the fan-out floor.
+    SseFloor(sse_floor::Args),
     /// PUT the archive's files again in a bare loop.
     RawPut(sinks::PutArgs),
     /// Write the recent-events items of a topic with a bare BatchWriteItem loop.
@@ -72,7 +78,9 @@ async fn main() -> anyhow::Result<()> {
         Command::WatchProjection(args) => project::watch_projection(args).await,
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
         Command::TailLatency(args) => project::tail_latency(args).await,
-        Command::SseClients(args) => sse::run(args).await,
+        Command::SseRun(args) => sse::run(args).await,
+        Command::SseListen(args) => sse_listen::run(args).await,
+        Command::SseFloor(args) => sse_floor::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
@@ -90,4 +98,10 @@ pub fn with_token(builder: reqwest::ClientBuilder, token: &str) -> anyhow::Resul
         reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
     );
     Ok(builder.default_headers(headers).build()?)
+}
+
+/// This process's CPU time (user + system) so far, in microseconds: the floors print theirs
+/// over their measured interval, beside the CPU per event of the Foldline process they match.
+pub fn own_cpu_us() -> u64 {
+    sse::cpu_us(std::process::id())
 }

@@ -11,27 +11,50 @@ pub struct ConsumeArgs {
     brokers: String,
     #[arg(long)]
     topic: String,
+    /// Also decode every record (Confluent wire format, schema from this registry): the
+    /// floor of a consumer's CPU per event.
+    #[arg(long)]
+    decode_with: Option<String>,
 }
 
-/// Reads the topic to its end without decoding: the broker's and client's read limit.
+/// Reads the topic to its end (read_committed), without decoding or with `--decode-with`: the
+/// broker's and client's read limit, and its CPU per record.
 pub async fn raw_consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let codec = match &args.decode_with {
+        Some(registry) => Some(std::sync::Arc::new(
+            foldline_schemas::wire::EventCodec::new(registry, &args.topic)?,
+        )),
+        None => None,
+    };
+    let (started, cpu) = (Instant::now(), crate::own_cpu_us());
     let mut records = 0u64;
+    let undecodable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     foldline_service::kafka::read_to_end(
         &args.brokers,
         "foldline-bench-consume",
         &args.topic,
         &foldline_service::position::Offsets::new(),
-        |_| {
+        |message| {
             records += 1;
-            async {}
+            let (codec, undecodable) = (codec.clone(), undecodable.clone());
+            async move {
+                if let Some(codec) = codec {
+                    let payload = rdkafka::Message::payload(&message).unwrap_or_default();
+                    if codec.decode(payload).await.is_err() {
+                        undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
         },
     )
     .await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_us = crate::own_cpu_us() - cpu;
     println!(
         "{}",
-        serde_json::json!({"records": records, "seconds": seconds, "rate": records as f64 / seconds})
+        serde_json::json!({"records": records, "seconds": seconds, "rate": records as f64 / seconds,
+                           "decoded": codec.is_some(), "undecodable": undecodable.load(std::sync::atomic::Ordering::Relaxed),
+                           "cpu_us": cpu_us, "cpu_us_per_record": cpu_us as f64 / records.max(1) as f64})
     );
     Ok(())
 }
@@ -63,7 +86,7 @@ pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
     sqlx::query("CREATE INDEX ON bench_copy.products (seller_id, id) WHERE NOT deleted")
         .execute(&mut conn)
         .await?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), crate::own_cpu_us());
     let mut copy = conn
         .copy_in_raw("COPY bench_copy.products (id, name, price_cents, stock, seller_id, version, updated_at, deleted) FROM STDIN")
         .await?;
@@ -84,12 +107,14 @@ pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
     copy.send(chunk.as_bytes()).await?;
     copy.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_us = crate::own_cpu_us() - cpu;
     sqlx::query("DROP SCHEMA bench_copy CASCADE")
         .execute(&mut conn)
         .await?;
     println!(
         "{}",
-        serde_json::json!({"rows": args.rows, "seconds": seconds, "rate": args.rows as f64 / seconds})
+        serde_json::json!({"rows": args.rows, "seconds": seconds, "rate": args.rows as f64 / seconds,
+                           "cpu_us": cpu_us, "cpu_us_per_row": cpu_us as f64 / args.rows.max(1) as f64})
     );
     Ok(())
 }

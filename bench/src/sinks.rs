@@ -36,15 +36,17 @@ pub async fn raw_put(args: PutArgs) -> anyhow::Result<()> {
         files.push((range.key(&args.to_prefix), bytes::Bytes::from(bytes)));
     }
     let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), crate::own_cpu_us());
     for (key, body) in files.iter() {
         store.put(key, body.clone()).await?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_us = crate::own_cpu_us() - cpu;
     println!(
         "{}",
         serde_json::json!({"files": files.len(), "bytes": bytes, "records": records, "seconds": seconds,
-                           "rate": records as f64 / seconds, "mib_per_s": bytes as f64 / 1048576.0 / seconds})
+                           "rate": records as f64 / seconds, "mib_per_s": bytes as f64 / 1048576.0 / seconds,
+                           "cpu_us": cpu_us, "cpu_us_per_mib": cpu_us as f64 / (bytes as f64 / 1048576.0).max(1e-9)})
     );
     Ok(())
 }
@@ -91,15 +93,17 @@ pub async fn raw_batch_write(args: BatchWriteArgs) -> anyhow::Result<()> {
     let client = args.dynamodb.client().await;
     ensure_table(&client, &args.table).await?;
     let metrics = WriterMetrics::new();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), crate::own_cpu_us());
     for chunk in items.chunks(ITEMS_PER_REQUEST) {
         write_items(&client, &args.table, chunk.to_vec(), &metrics).await?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_us = crate::own_cpu_us() - cpu;
     println!(
         "{}",
         serde_json::json!({"events": messages.len(), "items": items.len(), "seconds": seconds,
-                           "rate": messages.len() as f64 / seconds, "items_per_s": items.len() as f64 / seconds})
+                           "rate": messages.len() as f64 / seconds, "items_per_s": items.len() as f64 / seconds,
+                           "cpu_us": cpu_us, "cpu_us_per_item": cpu_us as f64 / items.len().max(1) as f64})
     );
     Ok(())
 }

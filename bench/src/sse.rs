@@ -1,32 +1,43 @@
-//! `sse-clients`: N concurrent SSE clients on the notifier while writes go through the
-//! producer at a fixed rate; deliveries/s, latency from each event's `occurred_at` (set just
-//! before its commit, so an upper bound on commit → receipt) to receipt, and the notifier's
-//! memory per connection.
+//! `sse-run`: one measured run of SSE fan-out against a server — the notifier (writes
+//! through the producer) or the bare broadcast floor (`sse-floor`, writes to itself). The
+//! clients are a process of their own (`sse-listen`, started here), so the server's CPU, the
+//! clients' CPU and the write path are each counted apart. Prints one JSON line: deliveries,
+//! deliveries/s, latency from each event's `occurred_at` (set just before its commit on the
+//! notifier's path, at broadcast on the floor's) to receipt, events still missing after the
+//! grace period, cut-offs, CPU per delivery and memory per connection.
 
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// What the run is called in the output (`notifier`, `floor`).
     #[arg(long)]
-    notifier_url: String,
+    label: String,
+    /// The stream the clients open.
     #[arg(long)]
-    producer_url: String,
-    /// The notifier's pid, to read its resident memory.
+    stream_url: String,
+    /// Where each write is POSTed (the producer's or the floor's `/products`).
     #[arg(long)]
-    notifier_pid: u32,
+    write_url: String,
+    /// The server's pid: its CPU and resident memory.
+    #[arg(long)]
+    server_pid: u32,
     #[arg(long, default_value_t = 10_000)]
     clients: usize,
-    /// Writes per second through the producer while measuring.
+    /// Writes per second while measuring.
     #[arg(long, default_value_t = 50)]
     rate: u64,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    /// Bearer token for the producer (`foldline token mint`).
+    /// Seconds after the last write for every client to have every event.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+    /// Bearer token for the writes and the streams (`foldline token mint`).
     #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true)]
     token: String,
 }
@@ -43,103 +54,120 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let http = crate::with_token(
-        reqwest::Client::builder().pool_max_idle_per_host(0),
-        &args.token,
-    )?;
-    let rss_before = rss_kib(args.notifier_pid);
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let deliveries = Arc::new(AtomicU64::new(0));
-    let connected = Arc::new(AtomicU64::new(0));
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for _ in 0..args.clients {
-        let (http, url) = (http.clone(), format!("{}/events/stream", args.notifier_url));
-        let (latencies, deliveries, connected, measuring) = (
-            latencies.clone(),
-            deliveries.clone(),
-            connected.clone(),
-            measuring.clone(),
-        );
-        tokio::spawn(async move {
-            let Ok(response) = http.get(url).send().await else {
-                return;
-            };
-            connected.fetch_add(1, Ordering::Relaxed);
-            let mut body = response.bytes_stream();
-            let mut buffer = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                for event in drain_events(&mut buffer) {
-                    if let Some(at) = event["occurred_at"].as_i64() {
-                        if measuring.load(Ordering::Relaxed) {
-                            let lag = (chrono::Utc::now().timestamp_millis() - at).max(0) as u64;
-                            let _ = latencies.lock().expect("not poisoned").record(lag);
-                            deliveries.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (connected.load(Ordering::Relaxed) as usize) < args.clients && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let connected_now = connected.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = rss_kib(args.notifier_pid);
+/// CPU time (user + system) of `pid` so far, in microseconds.
+pub fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // The kernel's USER_HZ is 100 on Linux.
+    ticks * 10_000
+}
 
-    measuring.store(true, Ordering::Relaxed);
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let http = crate::with_token(reqwest::Client::builder(), &args.token)?;
+    let mut listener = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["sse-listen", "--url", &args.stream_url])
+        .args(["--clients", &args.clients.to_string()])
+        .args(["--grace", &args.grace.to_string()])
+        .env("FOLDLINE_TOKEN", &args.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let listener_pid = listener.id().unwrap_or(0);
+    let mut said = tokio::io::BufReader::new(listener.stdout.take().expect("piped")).lines();
+    let mut tell = listener.stdin.take().expect("piped");
+    let rss_before = rss_kib(args.server_pid);
+    let connected: usize = said
+        .next_line()
+        .await?
+        .and_then(|l| l.strip_prefix("connected ").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| anyhow::anyhow!("the clients did not say how many connected"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib(args.server_pid);
+
+    let (server_cpu, clients_cpu) = (cpu_us(args.server_pid), cpu_us(listener_pid));
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
+    let acked = Arc::new(AtomicU64::new(0));
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
-    let mut written = 0u64;
+    let mut writes = Vec::new();
     while started.elapsed() < Duration::from_secs(args.seconds) {
         ticker.tick().await;
-        let (http, url) = (http.clone(), format!("{}/products", args.producer_url));
-        tokio::spawn(async move {
-            let _ = http
+        let (http, url, acked) = (http.clone(), args.write_url.clone(), acked.clone());
+        writes.push(tokio::spawn(async move {
+            let sent = http
                 .post(url)
+                .timeout(Duration::from_secs(10))
                 .json(&serde_json::json!({"name": "sse", "price_cents": 1, "stock": 9, "seller_id": "bench"}))
                 .send()
                 .await;
-        });
-        written += 1;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
     }
-    // Let the last events arrive.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let latencies = latencies.lock().expect("not poisoned");
+    let written = writes.len() as u64;
+    for write in writes {
+        let _ = write.await;
+    }
+    let acked = acked.load(Ordering::Relaxed);
+    tell.write_all(format!("expect {acked}\n").as_bytes())
+        .await?;
+    tell.flush().await?;
+    let result: serde_json::Value = match said.next_line().await? {
+        Some(line) => serde_json::from_str(&line)?,
+        None => anyhow::bail!("the clients ended without a result"),
+    };
+    let (server_cpu, clients_cpu) = (
+        cpu_us(args.server_pid) - server_cpu,
+        cpu_us(listener_pid).saturating_sub(clients_cpu),
+    );
+    let _ = listener.wait().await;
+    let received = result["received"].as_u64().unwrap_or(0);
+    let last_ms = result["last_ms"].as_i64().unwrap_or(started_ms);
+    let span_s = ((last_ms - started_ms) as f64 / 1000.0).max(args.seconds as f64);
     println!(
         "{}",
         serde_json::json!({
-            "clients": connected_now,
+            "label": args.label,
+            "clients": connected,
             "writes": written,
+            "acked": acked,
             "write_rate": written as f64 / args.seconds as f64,
-            "deliveries": deliveries.load(Ordering::Relaxed),
-            "deliveries_per_s": deliveries.load(Ordering::Relaxed) as f64 / seconds,
-            "expected_deliveries": written * connected_now,
-            "p50_ms": latencies.value_at_quantile(0.5),
-            "p99_ms": latencies.value_at_quantile(0.99),
+            "expected_deliveries": acked * connected as u64,
+            "delivered": received,
+            "missing": result["missing"],
+            "extra": result["extra"],
+            "cut_off": result["cut_off"],
+            "ended": result["ended"],
+            "streams_complete": result["streams_complete"],
+            "deliveries_per_s": received as f64 / span_s,
+            "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
+            "max_ms": result["max_ms"],
+            "bytes_per_event": result["bytes_per_event"],
+            "server_cpu_us_per_delivery": server_cpu as f64 / received.max(1) as f64,
+            "clients_cpu_us_per_delivery": clients_cpu as f64 / received.max(1) as f64,
+            "server_cpu_share": server_cpu as f64 / 1e6 / span_s,
             "rss_before_kib": rss_before,
             "rss_after_kib": rss_after,
-            "rss_per_client_kib": (rss_after.saturating_sub(rss_before)) as f64 / connected_now.max(1) as f64,
+            "rss_per_client_kib": (rss_after.saturating_sub(rss_before)) as f64 / connected.max(1) as f64,
         })
     );
     Ok(())
 }
 
-/// The JSON `data:` of every complete SSE frame in `buffer`, which keeps the incomplete rest
+/// The `id:` (the cursor a client sends back as `Last-Event-ID` when it reconnects) and the
+/// JSON `data:` of every complete SSE frame in `buffer`, which keeps the incomplete rest
 /// (comments, heartbeats and frames without JSON data are skipped).
-pub fn drain_events(buffer: &mut String) -> Vec<serde_json::Value> {
-    drain_frames(buffer)
-        .into_iter()
-        .map(|(_, event)| event)
-        .collect()
-}
-
-/// Like [`drain_events`], with each frame's `id:` (the cursor a client sends back as
-/// `Last-Event-ID` when it reconnects).
 pub fn drain_frames(buffer: &mut String) -> Vec<(Option<String>, serde_json::Value)> {
     let mut events = Vec::new();
     while let Some(end) = buffer.find("\n\n") {

@@ -7,10 +7,12 @@
 //! present at once and continues live from the same cursor. Start-up reads a bounded stretch
 //! of the log, never the whole of it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use foldline_schemas::wire::EventCodec;
 use foldline_schemas::Envelope;
@@ -21,6 +23,7 @@ use rdkafka::Message;
 use tokio::sync::broadcast;
 
 use crate::cursor::Cursor;
+use crate::filter::Filter;
 
 /// One event as clients get it.
 #[derive(Debug, Clone)]
@@ -33,6 +36,35 @@ pub struct LiveEvent {
     pub timestamp_ms: i64,
     /// The envelope as JSON, with its `position`.
     pub data: String,
+    /// Set when the feed broadcasts the event: its SSE frame, built once for every client
+    /// that is in step with the feed (see [`SharedFrame`]).
+    pub shared: OnceLock<SharedFrame>,
+}
+
+/// An event's frame as the feed broadcast it: `id:` is the feed's cursor just after the event.
+/// A client whose own cursor is no further than `before` in any partition has had everything
+/// the feed had before this event (the live feed gave it the rest), so the feed's cursor is its
+/// cursor too, and it can be sent these very bytes: one frame per event, not one per client.
+#[derive(Debug, Clone)]
+pub struct SharedFrame {
+    pub before: Cursor,
+    pub after: Cursor,
+    pub bytes: Bytes,
+}
+
+/// One SSE message: `id:`, `event:` and one `data:` line per line of `data`.
+pub fn sse_frame(id: &str, event_type: &str, data: &str) -> Bytes {
+    let mut frame = String::with_capacity(data.len() + id.len() + event_type.len() + 24);
+    frame.push_str("id: ");
+    frame.push_str(id);
+    frame.push_str("\nevent: ");
+    frame.push_str(event_type);
+    for line in data.split('\n') {
+        frame.push_str("\ndata: ");
+        frame.push_str(line);
+    }
+    frame.push_str("\n\n");
+    Bytes::from(frame)
 }
 
 /// Decodes a record into a [`LiveEvent`], waiting while the registry is down (never
@@ -75,6 +107,7 @@ impl LiveEvent {
             product_id: event.product_id,
             timestamp_ms,
             data: json.to_string(),
+            shared: OnceLock::new(),
         })
     }
 }
@@ -88,6 +121,10 @@ struct Broadcast {
     /// Per partition, the offset from which `recent` holds every event: a client resuming
     /// from there or later is served from memory, with no reader of its own.
     covered_from: Cursor,
+    /// One channel per distinct filter among the clients: the feed filters each event once
+    /// for all the clients of a filter, and a client never wakes for an event it does not
+    /// want. Dropped when its last client has gone.
+    filtered: HashMap<Filter, broadcast::Sender<Arc<LiveEvent>>>,
 }
 
 impl Broadcast {
@@ -121,6 +158,8 @@ pub struct Feed {
     pub caught_up: Arc<AtomicBool>,
     /// How many recent events memory keeps.
     keep: usize,
+    /// The channels' capacity: how far a client may fall behind.
+    capacity: usize,
 }
 
 impl Feed {
@@ -137,6 +176,7 @@ impl Feed {
             broadcast: Arc::default(),
             caught_up: Arc::new(AtomicBool::new(false)),
             keep,
+            capacity: capacity.max(1),
         }
     }
 
@@ -147,6 +187,7 @@ impl Feed {
             cursor,
             recent,
             covered_from,
+            filtered: HashMap::new(),
         };
         self.caught_up.store(true, Ordering::Release);
     }
@@ -156,17 +197,59 @@ impl Feed {
     /// memory covers it.
     pub fn publish(&self, position: Position, event: Option<Arc<LiveEvent>>) {
         let mut shared = self.broadcast.lock().expect("not poisoned");
+        let before = shared.cursor.clone();
         shared.cursor.advance(position.partition, position.offset);
-        if let Some(event) = event {
-            shared.remember(event.clone(), self.keep);
-            let _ = self.live.send(event);
-        }
+        let Some(event) = event else {
+            return;
+        };
+        let after = shared.cursor.clone();
+        let bytes = sse_frame(&after.to_string(), &event.event_type, &event.data);
+        let _ = event.shared.set(SharedFrame {
+            before,
+            after,
+            bytes,
+        });
+        shared.remember(event.clone(), self.keep);
+        shared.filtered.retain(|filter, channel| {
+            if channel.receiver_count() == 0 {
+                return false;
+            }
+            if filter.matches(&event) {
+                let _ = channel.send(event.clone());
+            }
+            true
+        });
+        let _ = self.live.send(event);
     }
 
-    /// A receiver of every event from now on, and the cursor it starts at.
-    pub fn subscribe(&self) -> (Cursor, broadcast::Receiver<Arc<LiveEvent>>) {
-        let broadcast = self.broadcast.lock().expect("not poisoned");
-        (broadcast.cursor.clone(), self.live.subscribe())
+    /// A receiver of every event from now on that `filter` accepts, and the cursor it
+    /// starts at.
+    pub fn subscribe(&self, filter: &Filter) -> (Cursor, broadcast::Receiver<Arc<LiveEvent>>) {
+        let mut broadcast = self.broadcast.lock().expect("not poisoned");
+        let live = self.receiver(&mut broadcast, filter);
+        (broadcast.cursor.clone(), live)
+    }
+
+    /// A receiver of `filter`'s channel (the whole feed for a filter that accepts all),
+    /// made under the broadcast lock.
+    fn receiver(
+        &self,
+        broadcast: &mut Broadcast,
+        filter: &Filter,
+    ) -> broadcast::Receiver<Arc<LiveEvent>> {
+        if filter.accepts_all() {
+            return self.live.subscribe();
+        }
+        broadcast
+            .filtered
+            .entry(filter.clone())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe()
+    }
+
+    /// Distinct filters with a channel of their own (each filtered once per event).
+    pub fn filter_channels(&self) -> usize {
+        self.broadcast.lock().expect("not poisoned").filtered.len()
     }
 
     /// Up to `limit` of the most recent events that `keep` accepts, oldest first, and the
@@ -191,7 +274,13 @@ impl Feed {
     }
 
     pub fn clients(&self) -> usize {
+        let broadcast = self.broadcast.lock().expect("not poisoned");
         self.live.receiver_count()
+            + broadcast
+                .filtered
+                .values()
+                .map(broadcast::Sender::receiver_count)
+                .sum::<usize>()
     }
 
     /// The topic's partitions, as far as the feed has read it (its cursor names every one).
@@ -203,8 +292,8 @@ impl Feed {
     /// When the recent events hold everything after `from`: those events and a receiver of
     /// the live feed from just after them, taken under one lock (no gap, no duplicate).
     /// `None` when `from` is older than what memory holds.
-    pub fn resume(&self, from: &Cursor) -> Option<Resumed> {
-        let broadcast = self.broadcast.lock().expect("not poisoned");
+    pub fn resume(&self, from: &Cursor, filter: &Filter) -> Option<Resumed> {
+        let mut broadcast = self.broadcast.lock().expect("not poisoned");
         let covered = broadcast.cursor.iter().all(|(partition, _)| {
             from.get(partition).unwrap_or(0) >= broadcast.covered_from.get(partition).unwrap_or(0)
         });
@@ -217,10 +306,8 @@ impl Feed {
             .filter(|e| !from.has_seen(e.partition, e.offset))
             .cloned()
             .collect();
-        Some(Resumed {
-            missed,
-            live: self.live.subscribe(),
-        })
+        let live = self.receiver(&mut broadcast, filter);
+        Some(Resumed { missed, live })
     }
 }
 

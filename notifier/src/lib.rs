@@ -10,10 +10,12 @@
 //!   then live), with its cursor and filter.
 //! - [`hub`]: the one shared reader for clients resuming from beyond memory.
 //! - [`routes`]: the HTTP handlers; [`app`] puts them together.
+//! - [`filter`]: `?type=` and `?product_id=`; equal filters share one channel of the feed.
 //! - [`cursor`]: the `Last-Event-ID` format (a position per partition).
 
 pub mod cursor;
 pub mod feed;
+pub mod filter;
 pub mod hub;
 pub mod routes;
 pub mod sse;

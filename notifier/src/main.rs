@@ -103,11 +103,26 @@ async fn main() -> anyhow::Result<()> {
     ops.registry.register(Box::new(cut_off.clone()))?;
     ops.registry
         .register(Box::new(foldline_notifier::sse::DELIVERY_DELAY.clone()))?;
+    let deliveries = Arc::new(foldline_notifier::sse::Deliveries::default());
+    let delivered = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "sse_deliveries_total",
+            "Frames sent to clients: the feed's shared frame (clients in step) or one made for the client (resuming)",
+        ),
+        &["frame"],
+    )?;
+    ops.registry.register(Box::new(delivered.clone()))?;
+    let filter_channels = prometheus::IntGauge::new(
+        "sse_filter_channels",
+        "Distinct filters among the connected clients (each event is filtered once per filter)",
+    )?;
+    ops.registry.register(Box::new(filter_channels.clone()))?;
     let state = Arc::new(AppState {
         feed,
         history: cli.history,
         streams: Arc::new(tokio::sync::Semaphore::new(cli.max_streams.max(1))),
         hub: hub.clone(),
+        deliveries: deliveries.clone(),
     });
     {
         let state = state.clone();
@@ -119,6 +134,15 @@ async fn main() -> anyhow::Result<()> {
                 let cut =
                     foldline_notifier::sse::CUT_OFF.load(std::sync::atomic::Ordering::Relaxed);
                 cut_off.inc_by(cut.saturating_sub(cut_off.get()));
+                for (frame, count) in [
+                    ("shared", &state.deliveries.shared),
+                    ("own", &state.deliveries.own),
+                ] {
+                    let counter = delivered.with_label_values(&[frame]);
+                    let total = count.load(std::sync::atomic::Ordering::Relaxed);
+                    counter.inc_by(total.saturating_sub(counter.get()));
+                }
+                filter_channels.set(state.feed.filter_channels() as i64);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });

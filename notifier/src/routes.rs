@@ -3,11 +3,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use foldline_service::problem::Problem;
 use serde::Deserialize;
@@ -26,6 +24,8 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// The one reader of what resuming clients missed beyond memory.
     pub hub: hub::BacklogHub,
+    /// Frames sent, shared or made per client.
+    pub deliveries: Arc<sse::Deliveries>,
 }
 
 #[derive(Deserialize)]
@@ -93,15 +93,15 @@ pub async fn stream(
     };
     let (cursor, live, start) = match resume {
         None => {
-            let (live_cursor, live) = state.feed.subscribe();
+            let (live_cursor, live) = state.feed.subscribe(&filter);
             (live_cursor, live, sse::Start::Live)
         }
-        Some(from) => match state.feed.resume(&from) {
+        Some(from) => match state.feed.resume(&from, &filter) {
             Some(resumed) => (from, resumed.live, sse::Start::Memory(resumed.missed)),
             None => {
                 // Subscribed before joining: what the pass reads up to the log's end and
                 // what the live feed sends from here overlap, and the cursor skips doubles.
-                let (_, live) = state.feed.subscribe();
+                let (_, live) = state.feed.subscribe(&filter);
                 let Some(membership) = state.hub.join(from.clone()) else {
                     return Ok(busy(
                         "too many clients are reading back older events; retry shortly",
@@ -111,23 +111,26 @@ pub async fn stream(
             }
         },
     };
-    let events = sse::client_stream(cursor, live, start, filter, stream_permit);
-    let mut response = Sse::new(events)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(15))
-                .text("heartbeat"),
-        )
-        .into_response();
-    // Proxies must not buffer the stream.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", "no".parse().expect("valid header"));
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        "no-cache".parse().expect("valid header"),
+    let frames = sse::client_stream(
+        cursor,
+        live,
+        start,
+        filter,
+        state.deliveries.clone(),
+        stream_permit,
     );
-    Ok(response)
+    // The frames are made by the feed and shared between clients (axum's `Sse` would build
+    // each client's own copy), so the body is the byte stream itself.
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Proxies must not buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response())
 }
 
 /// A cursor must fit the topic: partitions it has, offsets that can exist. A cursor naming

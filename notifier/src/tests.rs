@@ -21,6 +21,7 @@ const PARTITIONS: i32 = 2;
 struct Given {
     feed: Feed,
     app: Router,
+    deliveries: Arc<crate::sse::Deliveries>,
     offsets: [i64; PARTITIONS as usize],
 }
 
@@ -30,6 +31,7 @@ fn given(history: usize, buffer: usize, max_streams: usize) -> Given {
     let feed = Feed::new(buffer, 200);
     let mut g = Given {
         app: Router::new(),
+        deliveries: Arc::default(),
         feed: feed.clone(),
         offsets: [0; PARTITIONS as usize],
     };
@@ -39,7 +41,9 @@ fn given(history: usize, buffer: usize, max_streams: usize) -> Given {
         .collect();
     let from: Cursor = (0..PARTITIONS).map(|p| (p, 0)).collect();
     feed.begin(cursor, recent, from);
-    g.app = app(state(feed, max_streams), None, page());
+    let state = state(feed, max_streams);
+    g.deliveries = state.deliveries.clone();
+    g.app = app(state, None, page());
     g
 }
 
@@ -55,6 +59,7 @@ fn state(feed: Feed, max_streams: usize) -> Arc<AppState> {
         history: 200,
         streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
         hub: BacklogHub::start(backlog, 10),
+        deliveries: Arc::default(),
     })
 }
 
@@ -229,6 +234,85 @@ async fn given_filters_when_events_arrive_then_only_matching_ones() {
 }
 
 #[tokio::test]
+async fn given_clients_in_step_when_events_arrive_then_each_gets_the_feeds_one_frame() {
+    let mut g = given(2, 64, 10);
+    let first = g.get("/events/stream", None).await;
+    let second = g.get("/events/stream", None).await;
+    g.publish(5, 2);
+    let (a, b) = (frames(first, 5).await, frames(second, 5).await);
+    assert_eq!(a.len(), 5);
+    assert_eq!(format!("{a:?}"), format!("{b:?}"), "the same frames");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(g.deliveries.shared.load(Relaxed), 10, "every frame the feed's");
+    assert_eq!(g.deliveries.own.load(Relaxed), 0, "none made per client");
+    // The frame is the very bytes the feed made: the same allocation for both clients.
+    let (_, recent) = g.feed.recent(1, |_| true);
+    let shared = recent[0].shared.get().expect("published events carry their frame");
+    assert_eq!(shared.after.to_string(), a[4].id.clone().unwrap());
+}
+
+#[tokio::test]
+async fn given_clients_with_the_same_filter_then_one_channel_filters_for_all() {
+    let mut g = given(0, 64, 10);
+    let same: Vec<_> = futures::future::join_all(
+        (0..3).map(|_| g.get("/events/stream?product_id=p1&type=StockAdjusted", None)),
+    )
+    .await;
+    let reordered = g
+        .get("/events/stream?type=StockAdjusted&product_id=p1", None)
+        .await;
+    let other = g.get("/events/stream?product_id=p2", None).await;
+    let all = g.get("/events/stream", None).await;
+    assert_eq!(g.feed.filter_channels(), 2, "one per distinct filter");
+    assert_eq!(g.feed.clients(), 6);
+    g.publish(12, 0);
+    // p1's adjustments are events 4, 7 and 10.
+    for response in same.into_iter().chain([reordered]) {
+        let got = frames(response, 3).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got.iter().all(|f| f.data.contains("\"product_id\":\"p1\"")
+            && f.event.as_deref() == Some("StockAdjusted")));
+    }
+    assert_eq!(frames(other, 4).await.len(), 4);
+    assert_eq!(frames(all, 12).await.len(), 12);
+    // Every client gone: the next event drops the filters' channels.
+    g.publish(1, 12);
+    assert_eq!(g.feed.filter_channels(), 0);
+}
+
+#[tokio::test]
+async fn given_a_client_behind_when_it_reads_then_what_the_feed_holds_comes_in_one_write() {
+    let mut g = given(0, 64, 10);
+    let response = g.get("/events/stream", None).await;
+    let mut body = response.into_body().into_data_stream();
+    let connected = body.next().await.unwrap().unwrap();
+    assert!(connected.starts_with(b": connected"));
+    g.publish(10, 0);
+    let chunk = body.next().await.unwrap().unwrap();
+    let text = std::str::from_utf8(&chunk).unwrap();
+    assert_eq!(text.matches("\n\n").count(), 10, "ten frames in one chunk: {text}");
+    assert!(text.contains("id: 0:5,1:5\n"), "{text}");
+}
+
+#[tokio::test]
+async fn given_a_slow_client_then_the_others_still_get_every_event() {
+    let mut g = given(0, 4, 10);
+    let slow = g.get("/events/stream", None).await;
+    let fast = g.get("/events/stream", None).await;
+    let reader = tokio::spawn(frames(fast, 10));
+    for n in 0..10 {
+        g.publish(1, n);
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = reader.await.unwrap();
+    assert_eq!(got.len(), 10, "the reading client got every event");
+    assert!(got.iter().all(|f| f.event.as_deref() != Some("reconnect")));
+    let slow = frames(slow, 11).await;
+    assert_eq!(slow.last().unwrap().event.as_deref(), Some("reconnect"));
+}
+
+#[tokio::test]
 async fn given_a_cursor_from_memory_when_resuming_then_only_what_was_missed_then_live() {
     let mut g = given(6, 64, 10);
     // Seen offsets 0 and 1 of each partition (the cursor holds the next offsets): missed
@@ -238,6 +322,10 @@ async fn given_a_cursor_from_memory_when_resuming_then_only_what_was_missed_then
     let got = frames(response, 4).await;
     let ids: Vec<&str> = got.iter().filter_map(|f| f.id.as_deref()).collect();
     assert_eq!(ids, vec!["0:3,1:2", "0:3,1:3", "0:4,1:3", "0:4,1:4"]);
+    // What it missed was made for it; once live it is in step and gets the feed's frames.
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(g.deliveries.own.load(Relaxed), 2);
+    assert_eq!(g.deliveries.shared.load(Relaxed), 2);
 }
 
 #[tokio::test]
