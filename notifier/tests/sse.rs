@@ -93,7 +93,9 @@ async fn read(
             break;
         };
         buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buffer.find("\n\n") {
+        // A chunk may hold several frames (the notifier batches them for a client that is
+        // behind): take only as many as asked for, as a client leaving after `count` would.
+        while let Some(end) = buffer.find("\n\n").filter(|_| messages.len() < count) {
             let frame: String = buffer.drain(..end + 2).collect();
             let (mut id, mut event, mut data) = (None, None, None);
             for line in frame.lines() {

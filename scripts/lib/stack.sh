@@ -41,6 +41,18 @@ install_bench_tools() {
   command -v wrk >/dev/null || apt_install wrk
 }
 
+# Profiles (`scripts/bench profile`): Debian's perf samples the processes; inferno, from
+# crates.io, folds perf's stacks and draws the flame graphs as SVG.
+INFERNO_VERSION=0.12.8
+install_profile_tools() {
+  command -v perf >/dev/null || apt_install linux-perf
+  INFERNO_BIN="$TOOLS/inferno-$INFERNO_VERSION/bin"
+  if [ ! -x "$INFERNO_BIN/inferno-flamegraph" ]; then
+    log "building inferno $INFERNO_VERSION (flame graphs; about 2 minutes, once)"
+    cargo install -q inferno --version "$INFERNO_VERSION" --locked --root "$TOOLS/inferno-$INFERNO_VERSION"
+  fi
+}
+
 # The tools venv is named after a hash of everything it must hold (the lock, the Python version): a changed requirement gets a new, empty venv — the fresh path — so a venv
 # cached from an earlier set can never hide a set that no longer installs (issue 18).
 python_env_id() {
