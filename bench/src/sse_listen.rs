@@ -25,7 +25,12 @@ pub struct Args {
     /// Seconds to wait, after `expect`, for every stream to have every event.
     #[arg(long, default_value_t = 30)]
     grace: u64,
-    #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "FOLDLINE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token: String,
 }
 
@@ -238,7 +243,10 @@ fn look_at(frame: &[u8]) -> Seen<'_> {
         .iter()
         .position(|b| !b.is_ascii_digit())
         .unwrap_or(digits.len());
-    match std::str::from_utf8(&digits[..end]).ok().and_then(|d| d.parse().ok()) {
+    match std::str::from_utf8(&digits[..end])
+        .ok()
+        .and_then(|d| d.parse().ok())
+    {
         Some(occurred_at) => Seen::Event { id, occurred_at },
         None => Seen::Nothing,
     }

@@ -116,19 +116,22 @@ pub fn client_stream(
     // A heartbeat every HEARTBEAT whatever the traffic: resetting a timer per event would
     // cost a timer-wheel update per client per event.
     let heartbeat = Box::pin(tokio::time::sleep(HEARTBEAT));
-    futures::stream::unfold((client, heartbeat), |(mut client, mut heartbeat)| async move {
-        // Every step of `next_frames` is cancel-safe: nothing is taken from a channel
-        // without being returned in the same poll.
-        let frames = tokio::select! {
-            biased;
-            frames = client.next_frames() => frames?,
-            () = &mut heartbeat => {
-                heartbeat.as_mut().reset(tokio::time::Instant::now() + HEARTBEAT);
-                Bytes::from_static(b": heartbeat\n\n")
-            }
-        };
-        Some((Ok(frames), (client, heartbeat)))
-    })
+    futures::stream::unfold(
+        (client, heartbeat),
+        |(mut client, mut heartbeat)| async move {
+            // Every step of `next_frames` is cancel-safe: nothing is taken from a channel
+            // without being returned in the same poll.
+            let frames = tokio::select! {
+                biased;
+                frames = client.next_frames() => frames?,
+                () = &mut heartbeat => {
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + HEARTBEAT);
+                    Bytes::from_static(b": heartbeat\n\n")
+                }
+            };
+            Some((Ok(frames), (client, heartbeat)))
+        },
+    )
 }
 
 impl Client {

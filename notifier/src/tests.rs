@@ -243,11 +243,18 @@ async fn given_clients_in_step_when_events_arrive_then_each_gets_the_feeds_one_f
     assert_eq!(a.len(), 5);
     assert_eq!(format!("{a:?}"), format!("{b:?}"), "the same frames");
     use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(g.deliveries.shared.load(Relaxed), 10, "every frame the feed's");
+    assert_eq!(
+        g.deliveries.shared.load(Relaxed),
+        10,
+        "every frame the feed's"
+    );
     assert_eq!(g.deliveries.own.load(Relaxed), 0, "none made per client");
     // The frame is the very bytes the feed made: the same allocation for both clients.
     let (_, recent) = g.feed.recent(1, |_| true);
-    let shared = recent[0].shared.get().expect("published events carry their frame");
+    let shared = recent[0]
+        .shared
+        .get()
+        .expect("published events carry their frame");
     assert_eq!(shared.after.to_string(), a[4].id.clone().unwrap());
 }
 
@@ -290,7 +297,11 @@ async fn given_a_client_behind_when_it_reads_then_what_the_feed_holds_comes_in_o
     g.publish(10, 0);
     let chunk = body.next().await.unwrap().unwrap();
     let text = std::str::from_utf8(&chunk).unwrap();
-    assert_eq!(text.matches("\n\n").count(), 10, "ten frames in one chunk: {text}");
+    assert_eq!(
+        text.matches("\n\n").count(),
+        10,
+        "ten frames in one chunk: {text}"
+    );
     assert!(text.contains("id: 0:5,1:5\n"), "{text}");
 }
 
