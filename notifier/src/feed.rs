@@ -125,7 +125,13 @@ struct Broadcast {
     /// for all the clients of a filter, and a client never wakes for an event it does not
     /// want. Dropped when its last client has gone.
     filtered: HashMap<Filter, broadcast::Sender<Arc<LiveEvent>>>,
+    /// `filtered`'s size at which channels without clients are dropped when a new filter
+    /// comes: streams that come and go while no event is published leave nothing behind.
+    prune_at: usize,
 }
+
+/// The least `prune_at`: pruning is amortized over at least this many new filters.
+const PRUNE_AT_LEAST: usize = 64;
 
 impl Broadcast {
     /// Keeps `event` among the recent ones, at most `keep` of them.
@@ -188,6 +194,7 @@ impl Feed {
             recent,
             covered_from,
             filtered: HashMap::new(),
+            prune_at: PRUNE_AT_LEAST,
         };
         self.caught_up.store(true, Ordering::Release);
     }
@@ -239,6 +246,14 @@ impl Feed {
     ) -> broadcast::Receiver<Arc<LiveEvent>> {
         if filter.accepts_all() {
             return self.live.subscribe();
+        }
+        if broadcast.filtered.len() >= broadcast.prune_at
+            && !broadcast.filtered.contains_key(filter)
+        {
+            broadcast
+                .filtered
+                .retain(|_, channel| channel.receiver_count() > 0);
+            broadcast.prune_at = (broadcast.filtered.len() * 2).max(PRUNE_AT_LEAST);
         }
         broadcast
             .filtered

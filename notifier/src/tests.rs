@@ -288,6 +288,26 @@ async fn given_clients_with_the_same_filter_then_one_channel_filters_for_all() {
 }
 
 #[tokio::test]
+async fn given_filtered_streams_that_come_and_go_without_events_then_their_channels_do_not_pile_up()
+{
+    let g = given(0, 64, 10);
+    let kept = g.get("/events/stream?product_id=kept", None).await;
+    for n in 0..500 {
+        let response = g
+            .get(&format!("/events/stream?product_id=gone-{n}"), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let channels = g.feed.filter_channels();
+    assert!(
+        channels <= 64,
+        "{channels} channels left by 500 closed streams"
+    );
+    assert_eq!(g.feed.clients(), 1);
+    drop(kept);
+}
+
+#[tokio::test]
 async fn given_a_client_behind_when_it_reads_then_what_the_feed_holds_comes_in_one_write() {
     let mut g = given(0, 64, 10);
     let response = g.get("/events/stream", None).await;
