@@ -215,7 +215,10 @@ impl Client {
                 (Some(batch), _) => batch.extend_from_slice(&frame),
                 (None, None) => frames = Some(frame),
                 (None, Some(previous)) => {
-                    let mut joined = bytes::BytesMut::with_capacity(previous.len() * BATCH);
+                    // Room for a few more; it grows if the batch does (reserving for a full
+                    // batch held 64 frames' worth per client for a batch of two).
+                    let mut joined =
+                        bytes::BytesMut::with_capacity((previous.len() + frame.len()) * 2);
                     joined.extend_from_slice(&previous);
                     joined.extend_from_slice(&frame);
                     batch = Some(joined);

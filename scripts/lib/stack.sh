@@ -290,9 +290,11 @@ start_broker() {
   wait_port broker "$port"
 }
 
-# start_postgres DATA PORT: a project-owned cluster (trust on loopback) with database foldline.
+# start_postgres DATA PORT [SERVER_OPTIONS]: a project-owned cluster (trust on loopback) with
+# database foldline; SERVER_OPTIONS (e.g. "-c shared_preload_libraries=pg_stat_statements")
+# are passed to the server when this call starts it.
 start_postgres() {
-  local data="$1" port="$2" bin
+  local data="$1" port="$2" options="${3:-}" bin
   bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
   local pgdata="$data/postgres"
   local run=(); [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
@@ -305,7 +307,7 @@ start_postgres() {
   [ "$(id -u)" = 0 ] && chown -R postgres "$pgdata"
   if ! "${run[@]}" "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
     "${run[@]}" "$bin/pg_ctl" -D "$pgdata" -w -l "$pgdata/server.log" \
-      -o "-p $port -c listen_addresses=127.0.0.1 -k $pgdata" start >/dev/null
+      -o "-p $port -c listen_addresses=127.0.0.1 -k $pgdata $options" start >/dev/null
   fi
   head -1 "$pgdata/postmaster.pid" > "$data/pids/postgres.pid"
   wait_port postgres "$port"

@@ -4,17 +4,6 @@
 use foldline_consumer_runtime::Record;
 use sqlx::PgConnection;
 
-/// The payload of `record`'s event as JSON text, without its type tag (the `payload` of the
-/// history API).
-pub fn payload_json(record: &Record) -> String {
-    let tagged = serde_json::to_value(&record.event.payload).unwrap_or_default();
-    tagged
-        .get("payload")
-        .cloned()
-        .unwrap_or(serde_json::Value::Object(Default::default()))
-        .to_string()
-}
-
 /// Inserts the events of `records` (a redelivered one is already there). One statement per
 /// batch. A payload PostgreSQL cannot hold (a NUL in a string: SQLSTATE 22P05) is a data
 /// error: the product is parked, as for the rows.
@@ -45,7 +34,10 @@ pub async fn insert_events<'r>(
         .iter()
         .map(|r| r.event.correlation_id.as_str())
         .collect();
-    let payloads: Vec<String> = records.iter().map(|r| payload_json(r)).collect();
+    let payloads: Vec<String> = records
+        .iter()
+        .map(|r| r.event.payload.fields_json())
+        .collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.product_events
              (product_id, version, event_type, occurred_at, partition, \"offset\", actor,
