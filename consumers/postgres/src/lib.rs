@@ -7,8 +7,8 @@
 //! - [`history`]: every event of every product (`product_events`), written with its batch.
 //! - [`sink`]: the projector's sink on the shared consumer runtime.
 //! - [`rebuild`]: rebuilds the model into a shadow schema and swaps it in atomically.
-//! - [`compare`]: what the rebuild checks before the swap: the new model equals the live one at
-//!   the live model's offsets.
+//! - [`compare`]: what the rebuild checks before the swap: the new model equals the live one,
+//!   the bulk at a snapshot outside the swap lock, what changed since under it.
 //!
 //! The projector binary is `consumers/projector`; the query API over this model is
 //! `consumers/query`.

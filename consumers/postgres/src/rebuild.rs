@@ -2,12 +2,14 @@
 //! model schema while the live one keeps answering, catch up to the tail while holding the
 //! swap lock, swap the pointer in the same transaction, then drop the old schema.
 //!
-//! Before the swap, the new model is compared with the live one at the live model's offsets
-//! ([`crate::compare`]); it goes live only when they are equal, or when forced.
+//! Before the swap, the new model is compared with the live one ([`crate::compare`]): the
+//! bulk at a snapshot before the lock is taken, what changed since under it; it goes live
+//! only when they are equal, or when forced.
 //!
 //! The events come from an [`EventSource`]: the topic (the runtime's `TopicSource`), or the
 //! S3 archive followed by the topic (the archive crate's `ArchiveThenTopic`).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use foldline_consumer_runtime::history::EventSource;
@@ -19,7 +21,7 @@ use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
 use crate::apply::{apply_batch, Applied, ApplyError, Target};
-use crate::compare::{compare, Comparison};
+use crate::compare::{compare, Comparison, Scope};
 use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
 #[derive(Debug, Clone)]
@@ -93,8 +95,21 @@ pub async fn rebuild<S: EventSource + Send>(
     written?;
     let next = next?;
 
-    // Phase 2: under the swap lock (the live projector waits), read what arrived meanwhile,
-    // then point readers and the projector at the new schema, all in one transaction.
+    // Phase 2: compare the bulk at a snapshot, outside the lock: the live projector goes on.
+    let (snapshot_live, snapshot) = compare_at_snapshot(model, config, &new_schema).await?;
+    tracing::info!(summary = %snapshot.summary(), "rebuild: compared at a snapshot");
+    if !snapshot.equal() && !config.force {
+        progress.finish_and_clear();
+        model.drop_model(&new_schema).await?;
+        return Err(Refused {
+            comparison: snapshot,
+        }
+        .into());
+    }
+
+    // Phase 3: under the swap lock (the live projector waits), read what arrived meanwhile,
+    // compare what changed since the snapshot, then point readers and the projector at the
+    // new schema, all in one transaction.
     let mut swap = model.pool.begin().await?;
     let live: String = sqlx::query_scalar(&format!(
         "SELECT schema_name FROM {META_SCHEMA}.active_model FOR UPDATE"
@@ -102,10 +117,23 @@ pub async fn rebuild<S: EventSource + Send>(
     .fetch_one(&mut *swap)
     .await?;
     crate::model::check_schema_name(&live)?;
+    if live != snapshot_live {
+        swap.rollback().await?;
+        model.drop_model(&new_schema).await?;
+        anyhow::bail!(
+            "the live model changed from {snapshot_live} to {live} during the rebuild \
+             (another rebuild swapped it): not swapped in"
+        );
+    }
+    // The products of every record read after the snapshot: with those step 1 left out, the
+    // only ones whose rows may have changed since in either model.
+    let mut touched: HashSet<String> = snapshot.left_out.iter().cloned().collect();
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
     let read = source.read(&next, tx);
     let write = async {
         while let Some(batch) = rx.recv().await {
+            touched.extend(batch.records.iter().map(|r| r.event.product_id.clone()));
+            touched.extend(batch.parked.iter().map(|p| p.product_id.clone()));
             apply_or_park(&mut swap, &target, &batch, &mut parked).await?;
             count(&batch, &mut events, &progress);
         }
@@ -117,14 +145,20 @@ pub async fn rebuild<S: EventSource + Send>(
     progress.finish_and_clear();
 
     // The live projector waits on the lock: both models stand still while they are compared.
-    let comparison = compare(
+    let recheck: Vec<String> = touched
+        .into_iter()
+        .filter(|id| !id.contains('\0'))
+        .collect();
+    let locked = compare(
         &mut swap,
         &live,
         &new_schema,
         &config.group,
         &config.log.topic,
+        Scope::Locked { recheck: &recheck },
     )
     .await?;
+    let comparison = snapshot.then(locked);
     tracing::info!(summary = %comparison.summary(), "rebuild: compared with the live model");
     if !comparison.equal() {
         if !config.force {
@@ -158,6 +192,38 @@ pub async fn rebuild<S: EventSource + Send>(
         new_schema,
         comparison,
     })
+}
+
+/// Step 1 of the comparison ([`crate::compare`]) in a `REPEATABLE READ` transaction of its
+/// own: the live model as one snapshot, its rows and offsets together. Returns the live
+/// schema it compared with.
+async fn compare_at_snapshot(
+    model: &ReadModel,
+    config: &RebuildConfig,
+    new_schema: &str,
+) -> anyhow::Result<(String, Comparison)> {
+    let mut snapshot = model.pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *snapshot)
+        .await?;
+    let live: String = sqlx::query_scalar(&format!(
+        "SELECT schema_name FROM {META_SCHEMA}.active_model"
+    ))
+    .fetch_one(&mut *snapshot)
+    .await?;
+    crate::model::check_schema_name(&live)?;
+    let comparison = compare(
+        &mut snapshot,
+        &live,
+        new_schema,
+        &config.group,
+        &config.log.topic,
+        Scope::Snapshot,
+    )
+    .await?;
+    // It wrote only temporary tables.
+    snapshot.rollback().await?;
+    Ok((live, comparison))
 }
 
 /// Applies `batch` as the projector would, parking as it would: the records of parked
