@@ -51,6 +51,9 @@ pub struct RebuildReport {
     pub parked: usize,
     pub dead: u64,
     pub elapsed: Duration,
+    /// How long the swap lock was held (the live projector's pause): the tail, the
+    /// comparison's second step, the swap.
+    pub locked: Duration,
     pub old_schema: String,
     pub new_schema: String,
     pub comparison: Comparison,
@@ -116,6 +119,7 @@ pub async fn rebuild<S: EventSource + Send>(
     ))
     .fetch_one(&mut *swap)
     .await?;
+    let locked_at = Instant::now();
     crate::model::check_schema_name(&live)?;
     if live != snapshot_live {
         swap.rollback().await?;
@@ -173,6 +177,7 @@ pub async fn rebuild<S: EventSource + Send>(
     }
     swap_to(&mut swap, &new_schema).await?;
     swap.commit().await?;
+    let locked = locked_at.elapsed();
     tracing::info!(%new_schema, events, "rebuild: swapped in the new model");
 
     tokio::time::sleep(config.drop_grace).await;
@@ -188,6 +193,7 @@ pub async fn rebuild<S: EventSource + Send>(
         events,
         dead: source.undecodable(),
         elapsed: started.elapsed(),
+        locked,
         old_schema: live,
         new_schema,
         comparison,

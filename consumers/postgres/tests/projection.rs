@@ -437,6 +437,7 @@ async fn a_replay_while_writes_go_on_compares_at_a_snapshot_then_what_changed_an
         .and_then(|head| head.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no recheck in {printed}"));
+    assert!(printed.contains("the swap lock was held "), "{printed}");
     assert!(
         rechecked_history > 0,
         "products written after the snapshot are compared again: {printed}"

@@ -144,6 +144,10 @@ async fn main() -> anyhow::Result<()> {
                 report.new_schema,
                 report.old_schema
             );
+            println!(
+                "the swap lock was held {:.2} s (the live projector's pause: the tail, the comparison's second step, the swap)",
+                report.locked.as_secs_f64()
+            );
             Ok(())
         }
         None => {
