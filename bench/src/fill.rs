@@ -24,6 +24,13 @@ pub struct Args {
     /// commit does (0: no transactions, as fast as the broker takes them).
     #[arg(long, default_value_t = 0)]
     transaction_events: usize,
+    /// Product ids are this and a number: a second fill with another prefix writes products
+    /// of its own next to the first's.
+    #[arg(long, default_value = "bench-")]
+    id_prefix: String,
+    /// Events per second, evenly spaced (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -59,13 +66,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut rng = StdRng::seed_from_u64(42);
     let ids: Vec<String> = (0..args.products)
-        .map(|i| format!("bench-{i:08}"))
+        .map(|i| format!("{}{i:08}", args.id_prefix))
         .collect();
     let mut state: Vec<(i64, i64)> = vec![(0, 0); args.products]; // (version, stock)
     let mut pending = FuturesUnordered::new();
     let mut next = Offsets::new();
     let started = Instant::now();
     for n in 0..args.events {
+        if args.rate > 0.0 {
+            // Wait for this event's turn, serving the deliveries of those sent meanwhile.
+            let due = tokio::time::Instant::from_std(started)
+                + Duration::from_secs_f64(n as f64 / args.rate);
+            loop {
+                tokio::select! {
+                    Some(done) = pending.next(), if !pending.is_empty() => note(Some(done), &mut next)?,
+                    _ = tokio::time::sleep_until(due) => break,
+                }
+            }
+        }
         let i = if n < args.products {
             n
         } else {
