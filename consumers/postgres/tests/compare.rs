@@ -65,6 +65,11 @@ impl Given {
         }
     }
 
+    /// Runs `sql` as written: the test's own change to one of the models.
+    async fn run(&self, sql: &str) {
+        sqlx::query(sql).execute(&self.model.pool).await.unwrap();
+    }
+
     async fn both(&self, id: &str, price: i64, offsets: &[i64]) {
         self.product(&self.live.clone(), id, price, offsets).await;
         self.product(&self.new.clone(), id, price, offsets).await;
@@ -147,20 +152,18 @@ async fn under_the_lock_only_the_products_to_recheck_are_compared_with_every_sel
     given.product(&given.live, "row", 101, &[2]).await;
     given.product(&given.new, "row", 100, &[2]).await;
     given.both("history", 100, &[3, 4]).await;
-    sqlx::query(&format!(
-        "UPDATE {}.product_events SET correlation_id = 'other' WHERE product_id = 'history'",
-        given.new
-    ))
-    .execute(&given.model.pool)
-    .await
-    .unwrap();
-    sqlx::query(&format!(
-        "INSERT INTO {}.seller_stats VALUES ('s1', 3, 30, 300, 0)",
-        given.live
-    ))
-    .execute(&given.model.pool)
-    .await
-    .unwrap();
+    given
+        .run(&format!(
+            "UPDATE {}.product_events SET correlation_id = 'other' WHERE product_id = 'history'",
+            given.new
+        ))
+        .await;
+    given
+        .run(&format!(
+            "INSERT INTO {}.seller_stats VALUES ('s1', 3, 30, 300, 0)",
+            given.live
+        ))
+        .await;
 
     // When nothing is to recheck: neither product is read, the seller only the live model has
     // is.
@@ -196,13 +199,12 @@ async fn under_the_lock_a_product_with_events_past_the_live_offsets_is_compared_
     assert_eq!((locked.ahead, locked.rechecked_history_events), (1, 1));
 
     // Its history before the cut still counts.
-    sqlx::query(&format!(
-        "DELETE FROM {}.product_events WHERE product_id = 'ahead' AND version = 1",
-        given.new
-    ))
-    .execute(&given.model.pool)
-    .await
-    .unwrap();
+    given
+        .run(&format!(
+            "DELETE FROM {}.product_events WHERE product_id = 'ahead' AND version = 1",
+            given.new
+        ))
+        .await;
     let locked = given.compare(Scope::Locked { recheck: &recheck }).await;
     assert_eq!(keys(&locked), vec!["product_events ahead v1"]);
 }
