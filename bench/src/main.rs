@@ -9,6 +9,7 @@
 mod bare_http;
 mod fill;
 mod hostile;
+mod idle;
 mod project;
 mod raw_produce;
 mod reads;
@@ -64,6 +65,8 @@ enum Command {
     ReadLatency(reads::Args),
     /// Hold connections, open SSE streams, send refused commands; print what is held and RSS.
     Hostile(hostile::Args),
+    /// CPU of the `scripts/up` stack with no writes, per process and in all.
+    Idle(idle::Args),
 }
 
 #[tokio::main]
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SseListen(args) => sse_listen::run(args).await,
         Command::SseFloor(args) => sse_floor::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
+        Command::Idle(args) => idle::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,

@@ -298,6 +298,11 @@ impl Feed {
                 .sum::<usize>()
     }
 
+    /// The cursor just after the last record the feed has read.
+    pub fn cursor(&self) -> Cursor {
+        self.broadcast.lock().expect("not poisoned").cursor.clone()
+    }
+
     /// The topic's partitions, as far as the feed has read it (its cursor names every one).
     pub fn partitions(&self) -> Vec<i32> {
         let broadcast = self.broadcast.lock().expect("not poisoned");

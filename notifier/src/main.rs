@@ -85,6 +85,17 @@ async fn main() -> anyhow::Result<()> {
     let ops = Ops::new("notifier", env!("CARGO_PKG_VERSION"), readiness);
     let clients = prometheus::IntGauge::new("sse_clients", "Connected SSE clients")?;
     ops.registry.register(Box::new(clients.clone()))?;
+    let log_ends: foldline_notifier::routes::LogEnds = {
+        let (brokers, topic) = (cli.log.brokers.clone(), cli.log.topic.clone());
+        Arc::new(move || {
+            let (brokers, topic) = (brokers.clone(), topic.clone());
+            Box::pin(async move {
+                foldline_service::kafka::committed_ends(&brokers, "foldline-notifier-ends", &topic)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+        })
+    };
     let backlog = Arc::new(Backlog {
         brokers: cli.log.brokers,
         topic: cli.log.topic,
@@ -123,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         streams: Arc::new(tokio::sync::Semaphore::new(cli.max_streams.max(1))),
         hub: hub.clone(),
         deliveries: deliveries.clone(),
+        log_ends,
     });
     {
         let state = state.clone();

@@ -8,6 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use foldline_service::problem::Problem;
+use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::cursor::Cursor;
@@ -26,7 +27,13 @@ pub struct AppState {
     pub hub: hub::BacklogHub,
     /// Frames sent, shared or made per client.
     pub deliveries: Arc<sse::Deliveries>,
+    /// Where each partition of the log ends for a read_committed reader, asked of the broker
+    /// only for a cursor past what the feed has read.
+    pub log_ends: LogEnds,
 }
+
+/// Asks the log where each partition ends (the next offset after its last committed record).
+pub type LogEnds = Arc<dyn Fn() -> BoxFuture<'static, Result<Cursor, String>> + Send + Sync>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +92,7 @@ pub async fn stream(
     }
     if let Some(cursor) = &resume {
         check_cursor(cursor, &state.feed.partitions())?;
+        check_not_past_the_end(cursor, &state).await?;
     }
     let Ok(stream_permit) = state.streams.clone().try_acquire_owned() else {
         return Ok(busy(
@@ -145,6 +153,43 @@ fn check_cursor(cursor: &Cursor, partitions: &[i32]) -> Result<(), Problem> {
                 format!(
                     "the cursor names {partition}:{offset}; the topic has partitions 0 to {}",
                     partitions.len().saturating_sub(1)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A cursor past a partition's end names events that do not exist: a stream opened there
+/// would wait for ever, then skip the events written below it. The feed may lag the log by
+/// the events in flight (another notifier instance may have sent them already), so the log
+/// itself is asked before a cursor past the feed is refused.
+async fn check_not_past_the_end(cursor: &Cursor, state: &AppState) -> Result<(), Problem> {
+    let read = state.feed.cursor();
+    let ahead: Vec<(i32, i64)> = cursor
+        .iter()
+        .filter(|&(partition, offset)| offset > read.get(partition).unwrap_or(0))
+        .collect();
+    if ahead.is_empty() {
+        return Ok(());
+    }
+    let ends = (state.log_ends)().await.map_err(|error| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "The log's end could not be read",
+            format!("the cursor is past what this notifier has read, and the broker did not answer: {error}"),
+        )
+    })?;
+    for (partition, offset) in ahead {
+        let end = ends.get(partition).unwrap_or(0);
+        if offset > end {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-last-event-id",
+                "Invalid Last-Event-ID",
+                format!(
+                    "the cursor names {partition}:{offset}, past the end of partition {partition} ({partition}:{end}): resume from a cursor the stream sent, or connect without one"
                 ),
             ));
         }

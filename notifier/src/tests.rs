@@ -41,13 +41,19 @@ fn given(history: usize, buffer: usize, max_streams: usize) -> Given {
         .collect();
     let from: Cursor = (0..PARTITIONS).map(|p| (p, 0)).collect();
     feed.begin(cursor, recent, from);
-    let state = state(feed, max_streams);
+    let log_ends: Cursor = (0..PARTITIONS)
+        .map(|p| (p, g.offsets[p as usize] + LOG_AHEAD))
+        .collect();
+    let state = state(feed, max_streams, log_ends);
     g.deliveries = state.deliveries.clone();
     g.app = app(state, None, page());
     g
 }
 
-fn state(feed: Feed, max_streams: usize) -> Arc<AppState> {
+/// How far the log's end is past the feed's cursor in these tests.
+const LOG_AHEAD: i64 = 2;
+
+fn state(feed: Feed, max_streams: usize, log_ends: Cursor) -> Arc<AppState> {
     let codec = foldline_schemas::wire::EventCodec::new("http://127.0.0.1:9", "t").unwrap();
     let backlog = Arc::new(Backlog {
         brokers: "127.0.0.1:9".into(),
@@ -60,6 +66,11 @@ fn state(feed: Feed, max_streams: usize) -> Arc<AppState> {
         streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
         hub: BacklogHub::start(backlog, 10),
         deliveries: Arc::default(),
+        // The log ends 2 offsets past what the feed read (commit markers, events in flight).
+        log_ends: Arc::new(move || {
+            let ends = log_ends.clone();
+            Box::pin(async move { Ok(ends) })
+        }),
     })
 }
 
@@ -172,7 +183,7 @@ async fn frames(response: axum::response::Response, count: usize) -> Vec<Frame> 
 #[tokio::test]
 async fn given_a_feed_not_caught_up_when_a_stream_opens_then_503_with_retry_after() {
     let feed = Feed::new(16, 16);
-    let app = app(state(feed, 10), None, page());
+    let app = app(state(feed, 10, Cursor::new()), None, page());
     let response = app
         .oneshot(Request::get("/events/stream").body(Body::empty()).unwrap())
         .await
@@ -366,6 +377,30 @@ async fn given_a_bad_cursor_then_400() {
         let response = g.get("/events/stream", Some(bad)).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn given_a_cursor_past_a_partitions_end_then_400_naming_the_end() {
+    let g = given(1, 64, 10);
+    let end = g.offsets[0] + LOG_AHEAD;
+    for past in [format!("0:{}", end + 1), format!("0:{}", i64::MAX)] {
+        let response = g.get("/events/stream", Some(&past)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{past}");
+        let body: serde_json::Value = serde_json::from_slice(
+            &axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("0:{end}")),
+            "names the end: {detail}"
+        );
+    }
+    // At the log's end, though past what the feed has read: the feed only lags.
+    let at_end = g.get("/events/stream", Some(&format!("0:{end}"))).await;
+    assert_eq!(at_end.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -396,6 +396,33 @@ async fn the_rate_limit_counts_a_batchs_commands_not_the_request() {
 }
 
 #[tokio::test]
+async fn the_largest_documented_batch_passes_the_default_rate_limit() {
+    // scripts/test raises the limits for load tests: this test uses the shipped defaults.
+    let mut config = config();
+    config.limits.rate_limit_per_sec = 200;
+    config.limits.rate_limit_burst = foldline_producer::http::gate::DEFAULT_BURST;
+    let producer = Producer::start(config).await;
+    let seller = token("dave", "seller", Some("s-e"), 600);
+    let commands: Vec<Value> = (0..foldline_producer::http::MAX_BATCH_COMMANDS)
+        .map(|_| {
+            let mut c = lamp("s-e");
+            c["op"] = "create".into();
+            c
+        })
+        .collect();
+    let (status, _, body) = send(
+        &producer,
+        reqwest::Method::POST,
+        "/commands",
+        Some(&seller),
+        json!({ "commands": commands }),
+    )
+    .await;
+    assert_eq!(status, 200, "a batch of the documented maximum: {body}");
+    producer.stop().await;
+}
+
+#[tokio::test]
 async fn idempotency_keys_belong_to_the_subject_that_sent_them() {
     let config = config();
     let (brokers, topic) = (config.log.brokers.clone(), config.log.topic.clone());

@@ -11,7 +11,10 @@ use rdkafka::Message;
 use crate::model::{LogRecord, Registry};
 
 pub struct SchemaLog {
-    producer: FutureProducer,
+    /// Made at the first write: an idle producer is not free (rust-rdkafka's polling thread
+    /// alone costs ~1 % of a core), and a registry mostly answers reads.
+    producer: tokio::sync::OnceCell<FutureProducer>,
+    brokers: String,
     topic: String,
 }
 
@@ -36,14 +39,10 @@ impl SchemaLog {
         })
         .await?;
         tracing::info!(records, topic, "registry state loaded");
-        let producer: FutureProducer = kafka::producer_config(brokers, "foldline-schema-registry")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "10000")
-            .create()?;
         Ok((
             SchemaLog {
-                producer,
+                producer: tokio::sync::OnceCell::new(),
+                brokers: brokers.to_owned(),
                 topic: topic.to_owned(),
             },
             registry,
@@ -54,7 +53,18 @@ impl SchemaLog {
     pub async fn append(&self, record: &LogRecord) -> Result<(), String> {
         let key = record.key();
         let value = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-        self.producer
+        let producer = self
+            .producer
+            .get_or_try_init(|| async {
+                kafka::producer_config(&self.brokers, "foldline-schema-registry")
+                    .set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    .set("message.timeout.ms", "10000")
+                    .create::<FutureProducer>()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        producer
             .send(
                 FutureRecord::to(&self.topic).key(&key).payload(&value),
                 Duration::from_secs(10),

@@ -63,11 +63,16 @@ set_tool_paths() {
   # cargo-installed servers live in a folder per version, so a changed pin builds anew.
   S3S_BIN="$TOOLS/s3s-fs-0.14.1/bin/s3s-fs"
   DYNAMODB_BIN="$TOOLS/dynoxide-rs-$DYNOXIDE_VERSION-wal-normal/bin/dynoxide"
-  BROKER_BIN="$TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
+  BROKER_BIN="$TOOLS/nisshi-$NISSHI_VERSION-$(broker_patch_id)/bin/nisshi"
 }
-# The local Kafka-API broker (see docs/benchmarks.md, "The local log"): nisshi, tansu's renamed upstream,
-# with its SQLite engine: transactions with zombie fencing, durable across SIGKILL.
+# The local Kafka-API broker (see docs/design.md, "The local log"): nisshi, tansu's renamed
+# upstream, with its SQLite engine and Foldline's patches: transactions with zombie fencing
+# and aborts kept from read_committed readers, long-poll fetch, durable across SIGKILL.
 NISSHI_VERSION=0.7.0
+# The patch set's hash: names the broker's build folder.
+broker_patch_id() {
+  cat "$REPO"/scripts/broker-patches/*.patch "$REPO/scripts/lib/build-broker" | sha256sum | cut -c1-12
+}
 # The local DynamoDB API (see docs/api.md, "Recent events and the archive"): dynoxide, a DynamoDB
 # emulator in Rust keeping its tables in SQLite; moto (Python) could not keep up with the
 # soak's rate on two shared cores.
@@ -118,10 +123,12 @@ install_s3s() {
   export S3S_BIN
 }
 
-# nisshi 0.7.0 from crates.io, pinned with its own lock file. Its dependencies (rama 0.4) need
-# rustc >= 1.96 while the machine's stable is 1.95, so it is built with the machine image's
-# nightly toolchain; nisshi 0.8 refuses transactional producers on its SQL engines. A cold
-# build takes 25-45 minutes on 2 cores, once per machine (cached under FOLDLINE_TOOLS).
+# The local broker: nisshi 0.7.0 from crates.io with Foldline's patches (scripts/broker-patches:
+# read_committed readers get the aborted transactions; fetch long-polls), built by
+# scripts/lib/build-broker with the machine image's nightly toolchain (nisshi 0.7's lock needs
+# rustc >= 1.96; nisshi 0.8 refuses transactional producers). A cold build takes 17-45 minutes
+# on 2 cores, once per machine and patch set (cached under FOLDLINE_TOOLS; the folder is named
+# after the patches' hash, so a changed patch builds anew, recompiling only what it touches).
 install_broker() {
   [ -x "$BROKER_BIN" ] && { export BROKER_BIN; return 0; }
   rustup toolchain list | grep -q '^nightly' \
@@ -131,9 +138,8 @@ install_broker() {
     flock 9
     [ -x "$BROKER_BIN" ] && exit 0
     local started; started=$(date +%s)
-    log "building the local broker: nisshi $NISSHI_VERSION (SQLite engine) from crates.io with nightly; 25-45 minutes, once"
-    cargo +nightly install -q nisshi --version "$NISSHI_VERSION" --no-default-features --features libsql \
-      --locked --root "$(dirname "$(dirname "$BROKER_BIN")")" || die "building nisshi failed"
+    log "building the local broker: nisshi $NISSHI_VERSION (SQLite engine) with Foldline's patches; 17-45 minutes, once"
+    "$REPO/scripts/lib/build-broker" "$BROKER_BIN" || die "building nisshi failed"
     log "nisshi built in $(( $(date +%s) - started )) s"
   ) 9>"$TOOLS/.broker.lock" || exit 1
   export BROKER_BIN

@@ -35,6 +35,15 @@ pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
     config
 }
 
+/// `fetch.wait.max.ms` of a consumer that follows the log for ever (the consumer runtime, the
+/// notifier's feed). Brokers long-poll (Kafka, Redpanda, and the local log with its patch:
+/// `fetch_long_polls_until_data_or_max_wait` in `foldline-conformance` checks it): a fetch is
+/// answered as soon as records are committed, so a long wait adds no latency, and an idle
+/// consumer costs the broker one request a second instead of fifty. Readers that read to the
+/// end once keep the short wait of [`assign_consumer_config`]: their last, empty fetch is what
+/// tells them they reached the end, and it lasts the whole wait.
+pub const FOLLOW_FETCH_WAIT_MS: &str = "1000";
+
 /// A consumer that reads partitions it `assign()`s itself (no group join), committed data
 /// only, and reports end-of-partition so callers know when they have caught up.
 pub fn assign_consumer_config(brokers: &str, client_id: &str) -> ClientConfig {
@@ -173,7 +182,10 @@ impl TopicReader {
         partitions: Option<&[i32]>,
         follow: bool,
     ) -> Result<TopicReader, SetupError> {
-        let config = assign_consumer_config(brokers, client_id);
+        let mut config = assign_consumer_config(brokers, client_id);
+        if follow {
+            config.set("fetch.wait.max.ms", FOLLOW_FETCH_WAIT_MS);
+        }
         Self::open_with(config, topic, start, partitions, follow)
     }
 

@@ -54,6 +54,10 @@ pub struct Audit {
     pub doubled: usize,
     /// Products whose versions are not exactly 1..n.
     pub broken_versions: usize,
+    /// Batches sent, and of those in the log only in part (some commands, not all).
+    pub batches: usize,
+    pub batches_in_log: usize,
+    pub split: usize,
     pub problems: Vec<String>,
 }
 
@@ -61,8 +65,9 @@ impl std::fmt::Display for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} events, {} products, {} acknowledged: {} lost, {} doubled, {} products with broken versions",
-            self.events, self.products, self.acknowledged, self.lost, self.doubled, self.broken_versions
+            "{} events, {} products, {} acknowledged: {} lost, {} doubled, {} products with broken versions; {} atomic batches sent, {} in the log, {} split",
+            self.events, self.products, self.acknowledged, self.lost, self.doubled, self.broken_versions,
+            self.batches, self.batches_in_log, self.split
         )
     }
 }
@@ -148,6 +153,36 @@ pub fn audit(events: &[LoggedEvent], acks: &[Ack]) -> Audit {
         }
     }
     audit
+}
+
+/// Each batch (Idempotency-Key, number of commands), acknowledged or not, is in the log whole
+/// (every command index once; doubles are the key check of [`audit`]) or not at all.
+pub fn audit_batches(audit: &mut Audit, events: &[LoggedEvent], batches: &[(String, usize)]) {
+    let mut indexes: HashMap<&str, HashSet<i64>> = HashMap::new();
+    for event in events {
+        if let Some(key) = &event.envelope.idempotency_key {
+            indexes
+                .entry(key.as_str())
+                .or_default()
+                .insert(event.envelope.command_index.unwrap_or(0));
+        }
+    }
+    audit.batches = batches.len();
+    for (key, commands) in batches {
+        let Some(found) = indexes.get(key.as_str()) else {
+            continue;
+        };
+        audit.batches_in_log += 1;
+        let whole = (0..*commands as i64).all(|i| found.contains(&i)) && found.len() == *commands;
+        if !whole {
+            audit.split += 1;
+            let mut found: Vec<&i64> = found.iter().collect();
+            found.sort();
+            audit.problems.push(format!(
+                "batch {key} of {commands} commands is in the log in part: command indexes {found:?}"
+            ));
+        }
+    }
 }
 
 fn position(text: &str) -> Option<(i32, i64)> {

@@ -57,22 +57,36 @@ pub struct OwnBroker(pub own_server::OwnServer);
 
 impl OwnBroker {
     pub fn start() -> OwnBroker {
-        OwnBroker(own_server::OwnServer::start("own-broker", |dir, port| {
-            std::fs::create_dir_all(dir.join("broker")).unwrap();
-            let url = format!("tcp://127.0.0.1:{port}");
-            // nisshi resolves the sqlite:// URL against its working directory.
-            let mut command = Command::new(own_server::binary("FOLDLINE_BROKER_BIN", "nisshi"));
-            command.current_dir(dir).args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://broker/log.db",
-            ]);
-            command
-        }))
+        Self::start_with(None)
+    }
+
+    /// A broker that tells clients to connect to `port` (a proxy in front of it) instead of
+    /// its own listener.
+    pub fn start_advertising(port: u16) -> OwnBroker {
+        Self::start_with(Some(port))
+    }
+
+    fn start_with(advertised: Option<u16>) -> OwnBroker {
+        OwnBroker(own_server::OwnServer::start(
+            "own-broker",
+            move |dir, port| {
+                std::fs::create_dir_all(dir.join("broker")).unwrap();
+                let url = format!("tcp://127.0.0.1:{port}");
+                let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+                // nisshi resolves the sqlite:// URL against its working directory.
+                let mut command = Command::new(own_server::binary("FOLDLINE_BROKER_BIN", "nisshi"));
+                command.current_dir(dir).args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &advertised,
+                    "--storage-engine",
+                    "sqlite://broker/log.db",
+                ]);
+                command
+            },
+        ))
     }
 
     pub fn brokers(&self) -> String {

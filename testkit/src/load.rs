@@ -31,6 +31,9 @@ pub struct WriterReport {
     pub retries: u64,
     /// Commands the producer refused for good (4xx: e.g. 409 for stock that would go negative).
     pub refused: u64,
+    /// Every batch sent (acknowledged or not): its Idempotency-Key and how many commands it
+    /// holds, so an audit can tell that each is in the log whole or not at all.
+    pub batches: Vec<(String, usize)>,
 }
 
 pub struct Writers {
@@ -50,6 +53,9 @@ pub struct LoadPlan {
     /// How long one command is retried before the writer gives up (and panics: an
     /// acknowledged-or-not answer is what the audit needs).
     pub give_up_after: Duration,
+    /// One request in this many is an atomic batch (`POST /commands`): new products and
+    /// stock changes on the shared ones, so it spans several partitions. 0: no batches.
+    pub batch_every: u32,
 }
 
 impl Default for LoadPlan {
@@ -59,6 +65,7 @@ impl Default for LoadPlan {
             shared_products: 4,
             pause: Duration::from_millis(20),
             give_up_after: Duration::from_secs(120),
+            batch_every: 5,
         }
     }
 }
@@ -80,9 +87,8 @@ impl Writers {
         let mut setup = WriterReport::default();
         let mut shared = Vec::new();
         for _ in 0..plan.shared_products {
-            let ack = send(&client, &url, create_body(), &plan, &mut setup)
-                .await
-                .expect("create a shared product");
+            let acks = send(&client, &url, create_body(), &plan, &mut setup).await;
+            let ack = acks.into_iter().next().expect("create a shared product");
             shared.push(ack.product_id.clone());
             setup.acks.push(ack);
         }
@@ -97,16 +103,18 @@ impl Writers {
             let mut report = setup.take().unwrap_or_default();
             tasks.push(tokio::spawn(async move {
                 while !*stopped.borrow() {
-                    let body = if rand::rng().random_ratio(1, 10) {
-                        create_body()
-                    } else {
-                        let id = &shared[rand::rng().random_range(0..shared.len())];
-                        let delta = if rand::rng().random_bool(0.5) { -1 } else { 2 };
-                        Body::Stock(id.clone(), json!({"delta": delta, "reason": "load"}))
-                    };
-                    if let Some(ack) = send(&client, &url, body, &plan, &mut report).await {
-                        report.acks.push(ack);
-                    }
+                    let body =
+                        if plan.batch_every > 0 && rand::rng().random_ratio(1, plan.batch_every) {
+                            batch_body(&shared)
+                        } else if rand::rng().random_ratio(1, 10) {
+                            create_body()
+                        } else {
+                            let id = &shared[rand::rng().random_range(0..shared.len())];
+                            let delta = if rand::rng().random_bool(0.5) { -1 } else { 2 };
+                            Body::Stock(id.clone(), json!({"delta": delta, "reason": "load"}))
+                        };
+                    let acks = send(&client, &url, body, &plan, &mut report).await;
+                    report.acks.extend(acks);
                     tokio::time::sleep(plan.pause).await;
                 }
                 report
@@ -125,6 +133,7 @@ impl Writers {
             all.acks.extend(report.acks);
             all.retries += report.retries;
             all.refused += report.refused;
+            all.batches.extend(report.batches);
         }
         all
     }
@@ -133,6 +142,27 @@ impl Writers {
 enum Body {
     Create(Value),
     Stock(String, Value),
+    /// `POST /commands`: its commands, applied all or none.
+    Batch(Value),
+}
+
+/// 2-5 commands: one or two new products and stock added to shared ones (added, so the batch
+/// is never refused for stock), products that hash to different partitions.
+fn batch_body(shared: &[String]) -> Body {
+    let mut rng = rand::rng();
+    let mut commands = Vec::new();
+    for _ in 0..rng.random_range(1..=2) {
+        let Body::Create(mut create) = create_body() else {
+            unreachable!("create_body makes a create")
+        };
+        create["op"] = "create".into();
+        commands.push(create);
+    }
+    for _ in 0..rng.random_range(1..=3) {
+        let id = &shared[rng.random_range(0..shared.len())];
+        commands.push(json!({"op": "adjust_stock", "id": id, "delta": 1, "reason": "batch"}));
+    }
+    Body::Batch(json!({ "commands": commands }))
 }
 
 fn create_body() -> Body {
@@ -144,19 +174,24 @@ fn create_body() -> Body {
     }))
 }
 
-/// Sends one command with a fresh Idempotency-Key, retrying with that key until a final
-/// answer. `None` when the producer refused it (4xx).
+/// Sends one request with a fresh Idempotency-Key, retrying with that key until a final
+/// answer: one [`Ack`] per command it acknowledged, none when the producer refused it (4xx).
 async fn send(
     client: &reqwest::Client,
     urls: &[String],
     body: Body,
     plan: &LoadPlan,
     report: &mut WriterReport,
-) -> Option<Ack> {
+) -> Vec<Ack> {
     let key = crate::unique("cmd");
     let (path, json) = match &body {
         Body::Create(json) => ("/products".to_owned(), json),
         Body::Stock(id, json) => (format!("/products/{id}/stock"), json),
+        Body::Batch(json) => {
+            let commands = json["commands"].as_array().map_or(0, Vec::len);
+            report.batches.push((key.clone(), commands));
+            ("/commands".to_owned(), json)
+        }
     };
     let deadline = tokio::time::Instant::now() + plan.give_up_after;
     let mut delays = Delays::new(retry::forever(
@@ -175,17 +210,26 @@ async fn send(
         match outcome {
             Ok(response) if response.status().is_success() => {
                 let answer: Value = response.json().await.expect("a JSON answer");
-                return Some(Ack {
-                    idempotency_key: key,
-                    product_id: answer["id"].as_str().expect("id").to_owned(),
-                    version: answer["version"].as_i64().expect("version"),
-                    position: answer["position"].as_str().expect("position").to_owned(),
-                    at: std::time::Instant::now(),
-                });
+                let at = std::time::Instant::now();
+                // A batch answers each command in `results`; a single command is its own.
+                let results = match answer["results"].as_array() {
+                    Some(results) => results.clone(),
+                    None => vec![answer],
+                };
+                return results
+                    .iter()
+                    .map(|result| Ack {
+                        idempotency_key: key.clone(),
+                        product_id: result["id"].as_str().expect("id").to_owned(),
+                        version: result["version"].as_i64().expect("version"),
+                        position: result["position"].as_str().expect("position").to_owned(),
+                        at,
+                    })
+                    .collect();
             }
             Ok(response) if response.status().is_client_error() && response.status() != 429 => {
                 report.refused += 1;
-                return None;
+                return Vec::new();
             }
             // 429, 503, other 5xx: same key again.
             Ok(_) => report.retries += 1,

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Builds the server's command line from its folder and port.
-pub type CommandLine = fn(dir: &Path, port: u16) -> Command;
+pub type CommandLine = Box<dyn Fn(&Path, u16) -> Command + Send + Sync>;
 
 pub struct OwnServer {
     pub port: u16,
@@ -20,7 +20,10 @@ pub struct OwnServer {
 
 impl OwnServer {
     /// Starts `name` in a fresh folder `<FOLDLINE_TEST_DATA>/<name>-<random>`.
-    pub fn start(name: &'static str, command: CommandLine) -> OwnServer {
+    pub fn start(
+        name: &'static str,
+        command: impl Fn(&Path, u16) -> Command + Send + Sync + 'static,
+    ) -> OwnServer {
         let base = std::env::var("FOLDLINE_TEST_DATA")
             .map(PathBuf::from)
             .unwrap_or_else(|_| std::env::temp_dir());
@@ -30,7 +33,7 @@ impl OwnServer {
             port: crate::process::free_port(),
             dir,
             name,
-            command,
+            command: Box::new(command),
             child: None,
         };
         server.resume();

@@ -28,7 +28,9 @@ pub struct DeadLetter {
 }
 
 pub struct DeadLetterQueue {
-    producer: FutureProducer,
+    /// Made at the first dead letter: an idle producer is not free (rust-rdkafka's polling
+    /// thread alone costs ~1 % of a core), and most consumers never dead-letter anything.
+    producer: tokio::sync::OnceCell<FutureProducer>,
     brokers: String,
     source_topic: String,
     topic: String,
@@ -72,12 +74,8 @@ impl DeadLetterQueue {
         topic: &str,
         group: &str,
     ) -> anyhow::Result<Self> {
-        let producer = kafka::producer_config(brokers, "foldline-dead-letters")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
         Ok(DeadLetterQueue {
-            producer,
+            producer: tokio::sync::OnceCell::new(),
             brokers: brokers.to_owned(),
             source_topic: source_topic.to_owned(),
             topic: topic.to_owned(),
@@ -86,11 +84,24 @@ impl DeadLetterQueue {
         })
     }
 
+    async fn producer(&self) -> anyhow::Result<&FutureProducer> {
+        self.producer
+            .get_or_try_init(|| async {
+                kafka::producer_config(&self.brokers, "foldline-dead-letters")
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .create()
+                    .map_err(anyhow::Error::from)
+            })
+            .await
+    }
+
     /// Appends every letter this group has not dead-lettered yet and waits until the broker
     /// acknowledged them all. Returns how many were skipped as already sent.
     pub async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
         let mut sent = self.sent.lock().await;
         self.read_back(&mut sent).await?;
+        let producer = self.producer().await?;
         let fresh: Vec<&DeadLetter> = letters.iter().filter(|l| !sent.already_sent(l)).collect();
         let sends = fresh.iter().map(|letter| {
             let partition = letter.partition.to_string();
@@ -124,7 +135,7 @@ impl DeadLetterQueue {
             if let Some(value) = &letter.value {
                 record = record.payload(value);
             }
-            self.producer.send(record, Duration::from_secs(30))
+            producer.send(record, Duration::from_secs(30))
         });
         let results = futures::future::join_all(sends).await;
         for (letter, result) in fresh.iter().zip(results) {

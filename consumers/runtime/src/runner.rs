@@ -92,7 +92,7 @@ pub async fn run<S: Sink>(
         // A sink outage stops polling; after this long the group moves our partitions away
         // (harmless: sinks check their stored offsets) and we join again once it is back.
         .set("max.poll.interval.ms", "300000")
-        .set("fetch.wait.max.ms", "20")
+        .set("fetch.wait.max.ms", kafka::FOLLOW_FETCH_WAIT_MS)
         .create_with_context(RuntimeContext {
             topic: config.log.topic.clone(),
             metrics: metrics.clone(),

@@ -20,13 +20,18 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::http::problem::Problem;
 use foldline_service::auth::{refusal, Authenticator};
 
+/// The default burst: the largest batch, so the documented maximum passes a full bucket.
+pub const DEFAULT_BURST: u32 = crate::http::MAX_BATCH_COMMANDS as u32;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RateLimitConfig {
     /// Writes per second allowed per token subject (and per client address without a token).
     #[arg(long, env = "FOLDLINE_RATE_LIMIT_PER_SEC", default_value_t = 200)]
     pub rate_limit_per_sec: u32,
-    /// Writes allowed at once above the rate (the bucket's size).
-    #[arg(long, env = "FOLDLINE_RATE_LIMIT_BURST", default_value_t = 400)]
+    /// Writes allowed at once above the rate (the bucket's size). The default takes the
+    /// largest batch the API accepts (`MAX_BATCH_COMMANDS`) in one go; a smaller burst
+    /// refuses such a batch with 429 ("split it").
+    #[arg(long, env = "FOLDLINE_RATE_LIMIT_BURST", default_value_t = DEFAULT_BURST)]
     pub rate_limit_burst: u32,
 }
 

@@ -164,11 +164,14 @@ fn abort(producer: &FutureProducer, config: &WriterConfig, reason: String) -> Ap
         }
     }
     match producer.abort_transaction(config.commit_timeout) {
-        // An abort is only as good as the broker's memory of the transaction: nisshi forgets
-        // open transactions when it restarts, and what they had written stays visible (the
-        // chaos run doubled commands that way). So an aborted transaction still counts as an
-        // unknown outcome: the log is re-read before writes go on.
-        Ok(()) => AppendError::OutcomeUnknown(format!("{reason}; aborted")),
+        // The broker acknowledged the abort: a read_committed reader never sees the batch, so
+        // nothing was appended and the state needs no re-read. That holds only on a broker
+        // that keeps aborts (Kafka, Redpanda, the local log with its patch): the conformance
+        // suite (`foldline-conformance`, read_committed_hides_aborted_transactions) proves it
+        // of each.
+        Ok(()) => AppendError::Unavailable(format!(
+            "{reason}; the transaction was aborted, nothing was appended"
+        )),
         Err(error) if is_fenced(&error) => AppendError::Fenced,
         Err(error) => AppendError::OutcomeUnknown(format!("{reason}; abort failed: {error}")),
     }

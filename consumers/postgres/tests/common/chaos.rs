@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Stack;
-use foldline_testkit::audit::{audit, read_events};
+use foldline_testkit::audit::{audit, audit_batches, read_events};
 use foldline_testkit::dynamodb::own_dynamodb;
 use foldline_testkit::load::{LoadPlan, Writers};
 use foldline_testkit::process::Restartable;
@@ -97,7 +97,13 @@ pub async fn run(fleet_size: usize) {
         sse_stopped,
     ));
     let urls: Vec<String> = producers.iter().map(|p| p.service.url.clone()).collect();
-    let writers = Writers::start(&urls, LoadPlan::default()).await;
+    // Atomic batches span partitions, which in a fleet belong to different producers (a batch
+    // must stay with one owner): only the single producer gets them.
+    let load = LoadPlan {
+        batch_every: if fleet_size == 1 { 5 } else { 0 },
+        ..LoadPlan::default()
+    };
+    let writers = Writers::start(&urls, load).await;
 
     // (what, seconds until ready again, instant of the kill, the partitions a killed
     // producer of a fleet served)
@@ -204,7 +210,8 @@ pub async fn run(fleet_size: usize) {
         &stack.topic,
     )
     .await;
-    let audit = audit(&events, &report.acks);
+    let mut audit = audit(&events, &report.acks);
+    audit_batches(&mut audit, &events, &report.batches);
     let envelopes: Vec<_> = events.iter().map(|e| e.envelope.clone()).collect();
     stack.wait_caught_up(envelopes.len()).await;
     stack.assert_model_equals_fold(&envelopes).await;
@@ -304,6 +311,10 @@ pub async fn run(fleet_size: usize) {
         report.acks.len() >= 100,
         "too little load: {}",
         report.acks.len()
+    );
+    assert!(
+        fleet_size > 1 || audit.batches_in_log >= 10,
+        "too few atomic batches reached the log: {audit}"
     );
 }
 
