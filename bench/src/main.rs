@@ -7,12 +7,14 @@
 //! - `raw-put`, `raw-batch-write`: the S3 and DynamoDB limits for the sinks' own bytes/items.
 
 mod bare_http;
+mod docs;
 mod fill;
 mod hostile;
 mod idle;
 mod project;
 mod raw_produce;
 mod reads;
+mod record;
 mod sinks;
 mod soak;
 mod sse;
@@ -65,8 +67,12 @@ enum Command {
     ReadLatency(reads::Args),
     /// Hold connections, open SSE streams, send refused commands; print what is held and RSS.
     Hostile(hostile::Args),
-    /// CPU of the `scripts/up` stack with no writes, per process and in all.
+    /// CPU of the `scripts/up` stack with no writes, per process and in all; then write →
+    /// visible at a trickle on it.
     Idle(idle::Args),
+    /// Rewrite the generated tables of docs/benchmarks.md from bench/results/ (`--check`:
+    /// fail when they differ).
+    Docs(docs::Args),
 }
 
 #[tokio::main]
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SseFloor(args) => sse_floor::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
         Command::Idle(args) => idle::run(args).await,
+        Command::Docs(args) => docs::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,

@@ -1,35 +1,76 @@
 //! The soak's load and its per-minute report: writes at a fixed rate through the producer
 //! while one SSE client follows the notifier; for every write, the time from sending it until
 //! the query API shows it (`?after=` its position) and until the SSE client receives it. Once
-//! a minute it prints one JSON line with those percentiles and every consumer's lag.
+//! a minute it reports those percentiles and every consumer's lag ([`MinuteReport`]; the
+//! `soak-load` command prints each as a JSON line).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     #[arg(long)]
-    producer_url: String,
+    pub producer_url: String,
     #[arg(long)]
-    query_url: String,
+    pub query_url: String,
     #[arg(long)]
-    notifier_url: String,
+    pub notifier_url: String,
     /// Consumers whose `consumer_lag_records` is reported: `name=http://host:port`, repeated.
     #[arg(long = "consumer")]
-    consumers: Vec<String>,
+    pub consumers: Vec<String>,
     /// Writes per second.
     #[arg(long, default_value_t = 100)]
-    rate: u64,
+    pub rate: u64,
     #[arg(long, default_value_t = 10)]
-    minutes: u64,
+    pub minutes: u64,
     /// Bearer token for the producer (`foldline token mint`).
     #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true)]
-    token: String,
+    pub token: String,
+}
+
+/// Percentiles of one measure over one minute, in milliseconds (all 0 when `n` is 0).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Quantiles {
+    pub n: u64,
+    #[serde(default)]
+    pub p50_ms: f64,
+    #[serde(default)]
+    pub p99_ms: f64,
+    #[serde(default)]
+    pub max_ms: f64,
+}
+
+/// What one minute of the load measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MinuteReport {
+    pub minute: usize,
+    /// Time from sending a write until its 201.
+    pub write: Quantiles,
+    /// From sending a write until the query API shows it (`?after=` its position).
+    pub query_visible: Quantiles,
+    /// From sending a write until the SSE client receives its event.
+    pub sse_received: Quantiles,
+    pub failed_writes: u64,
+    pub not_visible_in_10s: u64,
+    /// Each consumer's `consumer_lag_records` summed over partitions (-1: unreadable).
+    pub lag_records: BTreeMap<String, i64>,
+    /// Each service's own stage histograms over the minute (see `stages`).
+    pub stages: serde_json::Value,
+}
+
+/// What the whole load saw at its end.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoadEnd {
+    /// Writes whose event the SSE client never received.
+    pub sse_never_received: usize,
+    /// How many times the SSE client connected (1 when it never had to reconnect).
+    pub sse_connections: u64,
 }
 
 /// What one minute measured.
@@ -47,15 +88,15 @@ fn record(histogram: &mut Option<Histogram<u64>>, elapsed: Duration) {
     let _ = h.record(elapsed.as_micros() as u64);
 }
 
-fn quantiles(histogram: &Option<Histogram<u64>>) -> serde_json::Value {
+fn quantiles(histogram: &Option<Histogram<u64>>) -> Quantiles {
     match histogram {
-        Some(h) => serde_json::json!({
-            "n": h.len(),
-            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max_ms": h.max() as f64 / 1000.0,
-        }),
-        None => serde_json::json!({"n": 0}),
+        Some(h) => Quantiles {
+            n: h.len(),
+            p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            max_ms: h.max() as f64 / 1000.0,
+        },
+        None => Quantiles::default(),
     }
 }
 
@@ -67,7 +108,22 @@ struct SseBook {
     arrived: HashMap<String, Instant>,
 }
 
+/// `soak-load`: the load, each minute printed as a JSON line as it ends, then the end.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (_, end) = load(&args, |minute| {
+        println!("{}", serde_json::to_string(minute).expect("serializable"))
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&end)?);
+    Ok(())
+}
+
+/// Writes at `args.rate` for `args.minutes`; `on_minute` sees each minute's report as it ends.
+pub async fn load(
+    args: &Args,
+    mut on_minute: impl FnMut(&MinuteReport),
+) -> anyhow::Result<(Vec<MinuteReport>, LoadEnd)> {
+    let mut reports = Vec::new();
     let client = crate::with_token(
         reqwest::Client::builder().timeout(Duration::from_secs(30)),
         &args.token,
@@ -110,7 +166,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let now = crate::stages::scrape(&client, &services).await;
             let budget = crate::stages::budget(&scraped, &now);
             scraped = now;
-            report(&minutes, next_report - 1, &args.consumers, &client, budget).await;
+            let minute = report(&minutes, next_report - 1, &args.consumers, &client, budget).await;
+            on_minute(&minute);
+            reports.push(minute);
             next_report += 1;
         }
         let (client, producer, query) = (
@@ -176,7 +234,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The last writes' reads may take up to their timeout.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let now = crate::stages::scrape(&client, &services).await;
-    report(
+    let minute = report(
         &minutes,
         args.minutes as usize - 1,
         &args.consumers,
@@ -184,15 +242,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::stages::budget(&scraped, &now),
     )
     .await;
-    let unseen = book.lock().expect("not poisoned").sent.len();
-    println!(
-        "{}",
-        serde_json::json!({
-            "sse_never_received": unseen,
-            "sse_connections": connections.load(Ordering::Relaxed),
-        })
-    );
-    Ok(())
+    on_minute(&minute);
+    reports.push(minute);
+    let end = LoadEnd {
+        sse_never_received: book.lock().expect("not poisoned").sent.len(),
+        sse_connections: connections.load(Ordering::Relaxed),
+    };
+    Ok((reports, end))
 }
 
 async fn report(
@@ -201,29 +257,26 @@ async fn report(
     consumers: &[String],
     client: &reqwest::Client,
     stages: serde_json::Value,
-) {
-    let mut lag = serde_json::Map::new();
+) -> MinuteReport {
+    let mut lag_records = BTreeMap::new();
     for consumer in consumers {
         let Some((name, url)) = consumer.split_once('=') else {
             continue;
         };
-        lag.insert(name.to_owned(), consumer_lag(client, url).await.into());
+        lag_records.insert(name.to_owned(), consumer_lag(client, url).await);
     }
     let minutes = minutes.lock().expect("not poisoned");
     let m = &minutes[index];
-    println!(
-        "{}",
-        serde_json::json!({
-            "minute": index + 1,
-            "write": quantiles(&m.write),
-            "query_visible": quantiles(&m.query),
-            "sse_received": quantiles(&m.sse),
-            "failed_writes": m.failed,
-            "not_visible_in_10s": m.not_visible,
-            "lag_records": lag,
-            "stages": stages,
-        })
-    );
+    MinuteReport {
+        minute: index + 1,
+        write: quantiles(&m.write),
+        query_visible: quantiles(&m.query),
+        sse_received: quantiles(&m.sse),
+        failed_writes: m.failed,
+        not_visible_in_10s: m.not_visible,
+        lag_records,
+        stages,
+    }
 }
 
 /// Sum of `consumer_lag_records` over the partitions; -1 when unreadable: no answer, an error

@@ -14,6 +14,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+pub use foldline_service::kafka::ReaderContext;
+
 /// How long any single client call may take before the check fails.
 pub const CALL: Duration = Duration::from_secs(20);
 
@@ -163,7 +165,7 @@ pub struct Seen {
 }
 
 /// A consumer that `assign()`s (no group), at `isolation`, reporting partition ends.
-pub fn reader(brokers: &str, isolation: Isolation) -> anyhow::Result<BaseConsumer> {
+pub fn reader(brokers: &str, isolation: Isolation) -> anyhow::Result<BaseConsumer<ReaderContext>> {
     Ok(config(brokers)
         .set("group.id", foldline_testkit::unique("conformance-reader"))
         .set("enable.auto.commit", "false")
@@ -171,7 +173,7 @@ pub fn reader(brokers: &str, isolation: Isolation) -> anyhow::Result<BaseConsume
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", isolation.name())
         .set("fetch.wait.max.ms", "100")
-        .create()?)
+        .create_with_context(ReaderContext)?)
 }
 
 /// Every record of `topic`'s partitions `0..partitions` from the beginning to the end of

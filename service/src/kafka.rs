@@ -9,8 +9,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -43,6 +43,35 @@ pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
 /// end once keep the short wait of [`assign_consumer_config`]: their last, empty fetch is what
 /// tells them they reached the end, and it lasts the whole wait.
 pub const FOLLOW_FETCH_WAIT_MS: &str = "1000";
+
+/// The client context of readers that ask for end-of-partition events
+/// (`enable.partition.eof`). librdkafka hands each such event to the context's error callback
+/// before delivering it, and rdkafka's default context logs every error at ERROR: a green test
+/// run printed thousands of `PartitionEOF (Broker: No more messages)` lines. Reaching the end
+/// of a partition is what these readers wait for, so it is logged at TRACE, and every other
+/// error still at ERROR.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_end_of_partition(&error) {
+            tracing::trace!(reason, "end of partition");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// Whether `error` is the end-of-partition event, as a message error or a client error.
+pub fn is_end_of_partition(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
 
 /// A consumer that reads partitions it `assign()`s itself (no group join), committed data
 /// only, and reports end-of-partition so callers know when they have caught up.
@@ -99,7 +128,7 @@ pub async fn ensure_topic(
 }
 
 /// Number of partitions of `topic`, waiting up to `timeout` for it to appear in metadata.
-pub fn partition_count<C: Consumer>(
+pub fn partition_count<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
     topic: &str,
     timeout: Duration,
@@ -163,7 +192,7 @@ where
 /// Reads chosen partitions of a topic from chosen offsets, committed records only, either up
 /// to the end of every partition (`follow = false`) or for ever.
 pub struct TopicReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<ReaderContext>,
     topic: String,
     follow: bool,
     remaining: std::collections::HashSet<i32>,
@@ -196,7 +225,7 @@ impl TopicReader {
         partitions: Option<&[i32]>,
         follow: bool,
     ) -> Result<TopicReader, SetupError> {
-        let consumer: StreamConsumer = config.create()?;
+        let consumer: StreamConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
         let count = partition_count(&consumer, topic, Duration::from_secs(30))?;
         let chosen: Vec<i32> = match partitions {
             Some(list) => {
@@ -310,7 +339,8 @@ pub async fn committed_ends(
 ) -> Result<Offsets, SetupError> {
     let (brokers, client_id, topic) = (brokers.to_owned(), client_id.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let consumer: StreamConsumer = assign_consumer_config(&brokers, &client_id).create()?;
+        let consumer: StreamConsumer<ReaderContext> =
+            assign_consumer_config(&brokers, &client_id).create_with_context(ReaderContext)?;
         let timeout = Duration::from_secs(10);
         let count = partition_count(&consumer, &topic, Duration::from_secs(30))?;
         let mut ends = Offsets::new();

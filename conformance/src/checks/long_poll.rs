@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::client::{config, TxProducer};
+use crate::client::{config, ReaderContext, TxProducer};
 use crate::Target;
 
 const MAX_WAIT_MS: u64 = 2000;
@@ -35,6 +36,11 @@ impl ClientContext for FetchRequests {
             .filter_map(|broker| broker.req.get("Fetch"))
             .sum();
         self.0.store(sent, Ordering::SeqCst);
+    }
+
+    // end-of-partition events are what this reader waits for, not errors
+    fn error(&self, error: KafkaError, reason: &str) {
+        ReaderContext.error(error, reason);
     }
 }
 

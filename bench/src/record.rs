@@ -1,0 +1,69 @@
+//! Where a result of record came from: when, on what machine, at which commit. Every result
+//! file under `bench/results/` starts with one, and the tables generated from it say it.
+
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Provenance {
+    /// RFC 3339, UTC.
+    pub date: String,
+    /// `<cores> cores, <GiB> GiB, Linux <kernel>`.
+    pub machine: String,
+    /// `git describe --always --dirty` of the checkout the bench ran from.
+    pub commit: String,
+}
+
+impl Provenance {
+    pub fn now() -> Provenance {
+        Provenance {
+            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            machine: machine(),
+            commit: commit(),
+        }
+    }
+
+    /// The day and minute, for prose: `2026-12-07 08:27 UTC`.
+    pub fn when(&self) -> String {
+        match chrono::DateTime::parse_from_rfc3339(&self.date) {
+            Ok(at) => at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            Err(_) => self.date.clone(),
+        }
+    }
+}
+
+/// `<cores> cores, <GiB> GiB, Linux <kernel>`: what the figure was measured on.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores, {} GiB, Linux {}",
+        mem_kib / 1024 / 1024,
+        kernel.trim()
+    )
+}
+
+/// The commit the bench was built from (`-dirty` when the checkout had changes), or
+/// `unknown` outside a git checkout.
+fn commit() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
