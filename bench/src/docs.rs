@@ -42,8 +42,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// `doc` with every generated section rendered again from the results under `repo`.
 fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
-    let idle: IdleResult =
-        serde_json::from_str(&std::fs::read_to_string(repo.join("bench/results/idle.json"))?)?;
+    let idle: IdleResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/idle.json"),
+    )?)?;
     replace_section(doc, "idle", &render_idle(&idle))
 }
 
@@ -95,7 +96,10 @@ fn render_idle(r: &IdleResult) -> String {
         r.total_percent,
         r.goal_percent,
         verdict(r.met),
-        trickle.map_or("–".into(), |t| format!("{:.2}", t.processes.values().sum::<f64>()))
+        trickle.map_or("–".into(), |t| format!(
+            "{:.2}",
+            t.processes.values().sum::<f64>()
+        ))
     );
     let Some(t) = trickle else {
         return out;

@@ -47,7 +47,12 @@ pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:9101")]
     projector_url: String,
     /// Bearer token for the producer's writes (`.foldline/admin.token` of `scripts/up`).
-    #[arg(long, env = "FOLDLINE_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "FOLDLINE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token: String,
     /// Also write the result as JSON to this file.
     #[arg(long)]
@@ -265,8 +270,10 @@ async fn trickle(args: &Args, started: &BTreeMap<String, u32>) -> anyhow::Result
     )
     .await;
     let (minutes, end) = outcome?;
-    println!("during the trickle: {total:.2} % of a core in all (broker {:.2})",
-        processes.get("broker").copied().unwrap_or_default());
+    println!(
+        "during the trickle: {total:.2} % of a core in all (broker {:.2})",
+        processes.get("broker").copied().unwrap_or_default()
+    );
     let met = end.sse_never_received == 0
         && minutes.iter().all(|m| {
             m.failed_writes == 0

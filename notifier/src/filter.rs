@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::feed::LiveEvent;
+use crate::live_event::LiveEvent;
 
 /// A filter, comparable and hashable so that equal filters share a channel.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]

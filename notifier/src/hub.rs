@@ -12,7 +12,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::cursor::Cursor;
-use crate::feed::{decode, open_reader, LiveEvent};
+use crate::follow::open_reader;
+use crate::live_event::{decode, LiveEvent};
 use foldline_schemas::wire::EventCodec;
 
 /// How long a pass waits after its first client for others to join it.

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`feed`]: the live feed — what has been read (cursor, recent events) and the broadcast
-//!   to clients; [`feed::follow`] feeds it from the log, a test feeds it by hand.
+//!   to clients; [`follow`] feeds it from the log, a test feeds it by hand.
+//! - [`live_event`]: one event as clients get it (decoded, as JSON, framed once).
 //! - [`sse`]: one client's stream, phase by phase (missed events from memory or the hub,
 //!   then live), with its cursor and filter.
 //! - [`hub`]: the one shared reader for clients resuming from beyond memory.
@@ -16,7 +17,9 @@
 pub mod cursor;
 pub mod feed;
 pub mod filter;
+pub mod follow;
 pub mod hub;
+pub mod live_event;
 pub mod routes;
 pub mod sse;
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use foldline_notifier::feed::{self, Feed};
+use foldline_notifier::feed::Feed;
+use foldline_notifier::follow;
 use foldline_notifier::hub::{Backlog, BacklogHub};
 use foldline_notifier::{AppState, PageConfig};
 use foldline_schemas::wire::EventCodec;
@@ -63,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let readers = cli.reads.authenticator()?;
     let codec = Arc::new(EventCodec::new(&cli.log.registry_url, &cli.log.topic)?);
     let feed = Feed::new(cli.buffer, cli.history);
-    tokio::spawn(feed::follow(
+    tokio::spawn(follow::follow(
         feed.clone(),
         cli.log.brokers.clone(),
         cli.log.topic.clone(),

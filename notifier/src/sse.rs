@@ -8,7 +8,7 @@
 //!
 //! Fan-out costs little per client: once a client is in step with the live feed it is sent the
 //! feed's own frame of each event (the same bytes for every client, see
-//! [`crate::feed::SharedFrame`]), clients with a filter read their filter's channel (filtered
+//! [`crate::live_event::SharedFrame`]), clients with a filter read their filter's channel (filtered
 //! once per event), and a client that is behind gets what the feed holds for it in one write.
 
 use std::collections::VecDeque;
@@ -23,9 +23,9 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cursor::Cursor;
-use crate::feed::{sse_frame, LiveEvent};
 pub use crate::filter::Filter;
 use crate::hub::Membership;
+use crate::live_event::{sse_frame, LiveEvent};
 
 /// Streams cut off so far because their client fell behind (told to reconnect): the process's
 /// `sse_clients_cut_off_total`.

@@ -13,8 +13,9 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::cursor::Cursor;
-use crate::feed::{Feed, LiveEvent};
+use crate::feed::Feed;
 use crate::hub::{Backlog, BacklogHub};
+use crate::live_event::LiveEvent;
 
 const PARTITIONS: i32 = 2;
 

@@ -9,6 +9,9 @@ use foldline_consumer_runtime::Record;
 
 pub type Item = HashMap<String, AttributeValue>;
 
+/// DynamoDB's most items per BatchWriteItem.
+pub const ITEMS_PER_REQUEST: usize = 25;
+
 /// The event's two items: under `product#<id>` and under `day#<YYYY-MM-DD>` (UTC). The sort
 /// key is `<time>#<version>#<event id>`: the event time (ISO 8601, milliseconds, UTC: sorts as
 /// text), then the product version (zero-padded; events of one command share their

@@ -89,7 +89,7 @@ pub async fn delete_parked(
     table: &str,
     entries: &[Parked],
 ) -> Result<(), CallError> {
-    for chunk in entries.chunks(crate::sink::ITEMS_PER_REQUEST) {
+    for chunk in entries.chunks(crate::items::ITEMS_PER_REQUEST) {
         let deletes: Vec<WriteRequest> = chunk
             .iter()
             .map(|p| {

@@ -14,11 +14,9 @@ use foldline_service::retry::{self, Delays};
 use futures::{StreamExt, TryStreamExt};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
-use crate::items::{items_for, Item};
+use crate::items::{items_for, Item, ITEMS_PER_REQUEST};
 use crate::parked::{delete_parked, parked_item, read_parked};
 
-/// DynamoDB's most items per BatchWriteItem.
-pub const ITEMS_PER_REQUEST: usize = 25;
 /// Rounds of retrying unprocessed items before the batch is handed back as a transient error
 /// (the runtime then pauses and retries the whole batch, which is harmless).
 const UNPROCESSED_ROUNDS: u32 = 8;
