@@ -39,6 +39,14 @@ pub fn sigkill_keeps_transactions_whole(target: &Target) -> anyhow::Result<()> {
         }
         producer.delivered()
     };
+    // After a restart: a new instance (which fences the old one and ends its open
+    // transaction) writes and commits transaction `n`.
+    let commit_after_restart = |n: usize| -> anyhow::Result<TxProducer> {
+        let producer = TxProducer::start(&brokers, &id).context("init after the restart")?;
+        write(&producer, n)?;
+        producer.commit().context("commit after the restart")?;
+        Ok(producer)
+    };
 
     // A committed transaction, then one left open across the kill.
     write(&producer, next)?;
@@ -51,10 +59,7 @@ pub fn sigkill_keeps_transactions_whole(target: &Target) -> anyhow::Result<()> {
     target.kill_broker()?;
     target.restart_broker()?;
     drop(producer);
-    // A new instance fences the old one and ends its open transaction.
-    producer = TxProducer::start(&brokers, &id).context("init after the restart")?;
-    write(&producer, next)?;
-    producer.commit().context("commit after the restart")?;
+    producer = commit_after_restart(next)?;
     known.insert(next, Known::Committed);
     next += 1;
 
@@ -81,9 +86,7 @@ pub fn sigkill_keeps_transactions_whole(target: &Target) -> anyhow::Result<()> {
         );
         next += 1;
         drop(producer);
-        producer = TxProducer::start(&brokers, &id).context("init after the restart")?;
-        write(&producer, next)?;
-        producer.commit().context("commit after the restart")?;
+        producer = commit_after_restart(next)?;
         known.insert(next, Known::Committed);
         next += 1;
     }
