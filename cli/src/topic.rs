@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use foldline_schemas::wire::EventCodec;
+use foldline_schemas::wire::{CodecError, EventCodec};
 use foldline_service::kafka::{self, TopicReader};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
@@ -248,6 +248,11 @@ pub async fn record_json(topic: &str, message: &OwnedMessage, codec: &EventCodec
         None => line["value"] = Value::Null,
         Some(bytes) => match codec.decode(bytes).await {
             Ok(event) => line["value"] = serde_json::to_value(&event).unwrap_or(Value::Null),
+            // Shown as written, with a note that this build cannot interpret all of it.
+            Err(CodecError::NewerSchema(newer)) => {
+                line["value_note"] = json!(newer.to_string());
+                line["value"] = newer.json;
+            }
             Err(error) => {
                 line["value"] = json!(String::from_utf8_lossy(bytes));
                 line["value_error"] = json!(error.to_string());

@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use foldline_schemas::wire::EventCodec;
+use foldline_schemas::read::NewerEvent;
+use foldline_schemas::wire::{CodecError, EventCodec};
 use foldline_schemas::Envelope;
 use foldline_service::position::Position;
 use rdkafka::message::OwnedMessage;
@@ -62,25 +63,45 @@ pub async fn decode(codec: &EventCodec, message: &OwnedMessage) -> Option<LiveEv
         partition: message.partition(),
         offset: message.offset(),
     };
+    let timestamp_ms = message.timestamp().to_millis().unwrap_or_default();
     let event = match codec.decode_waiting(message.payload()?).await {
         Ok(event) => event,
+        // Streamed as written (clients expect types they do not know): a live view loses
+        // nothing by showing what it cannot interpret.
+        Err(CodecError::NewerSchema(newer)) => {
+            let NewerEvent {
+                product_id,
+                event_type,
+                json,
+                ..
+            } = *newer;
+            return LiveEvent::from_json(json, event_type, product_id, position, timestamp_ms);
+        }
         Err(error) => {
             tracing::warn!(%position, %error, "undecodable record left out of the live feed");
             return None;
         }
     };
-    LiveEvent::new(
-        event,
-        position,
-        message.timestamp().to_millis().unwrap_or_default(),
-    )
+    LiveEvent::new(event, position, timestamp_ms)
 }
 
 impl LiveEvent {
     /// The event `event` read at `position`, as clients get it; `None` if it cannot be
     /// written as JSON.
     pub fn new(event: Envelope, position: Position, timestamp_ms: i64) -> Option<LiveEvent> {
-        let mut json = serde_json::to_value(&event).ok()?;
+        let json = serde_json::to_value(&event).ok()?;
+        let event_type = event.event_type().to_string();
+        LiveEvent::from_json(json, event_type, event.product_id, position, timestamp_ms)
+    }
+
+    /// The event whose JSON form (the envelope's shape) is `json`.
+    pub fn from_json(
+        mut json: serde_json::Value,
+        event_type: String,
+        product_id: String,
+        position: Position,
+        timestamp_ms: i64,
+    ) -> Option<LiveEvent> {
         json["position"] = position.to_string().into();
         // Streams are public: an idempotency key is the writer's, and a key seen is a key
         // another writer could try.
@@ -90,8 +111,8 @@ impl LiveEvent {
         Some(LiveEvent {
             partition: position.partition,
             offset: position.offset,
-            event_type: event.event_type().to_string(),
-            product_id: event.product_id,
+            event_type,
+            product_id,
             timestamp_ms,
             data: json.to_string(),
             shared: OnceLock::new(),

@@ -60,6 +60,10 @@ pub enum WriteError {
         partition: i32,
         owner: Option<String>,
     },
+    /// The log holds an event of the product that this build cannot read (written by a
+    /// newer schema): its state here is incomplete.
+    #[error("product {product} has an event written by a newer schema: {reason}")]
+    NewerSchema { product: String, reason: String },
     /// The batch names products of partitions that no single transaction covers.
     #[error("the commands touch products of partitions {0:?}, which are written separately")]
     SpansPartitions(Vec<i32>),
@@ -260,6 +264,14 @@ impl CommandHandler {
             .filter_map(|c| c.product_id.clone())
             .collect();
         let mut guards: HashMap<String, OwnedMutexGuard<Option<Product>>> = HashMap::new();
+        for id in &ids {
+            if let Some(reason) = self.store.unreadable(id) {
+                return Err(WriteError::NewerSchema {
+                    product: id.clone(),
+                    reason,
+                });
+            }
+        }
         for id in ids {
             let creates = commands.iter().any(|c| {
                 c.product_id.as_deref() == Some(&id) && matches!(c.command, Command::Create { .. })

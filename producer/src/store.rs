@@ -32,6 +32,9 @@ pub struct Store {
     answer_ages: Mutex<VecDeque<(i64, String)>>,
     idempotency_ttl_ms: i64,
     covered: Mutex<Covered>,
+    /// Products with an event in the log this build cannot read (written by a newer schema),
+    /// and why: their state here is incomplete, so they take no commands.
+    unreadable: Mutex<HashMap<String, String>>,
 }
 
 /// How far into the log the state goes: the next offset of every partition, and one event
@@ -66,7 +69,25 @@ impl Store {
             answer_ages: Mutex::default(),
             idempotency_ttl_ms,
             covered: Mutex::default(),
+            unreadable: Mutex::default(),
         }
+    }
+
+    /// Notes that the log holds an event of `product` this build cannot read.
+    pub fn mark_unreadable(&self, product: &str, reason: &str) {
+        self.unreadable
+            .lock()
+            .expect("not poisoned")
+            .insert(product.to_owned(), reason.to_owned());
+    }
+
+    /// Why `product` takes no commands here, if it has an event this build cannot read.
+    pub fn unreadable(&self, product: &str) -> Option<String> {
+        self.unreadable
+            .lock()
+            .expect("not poisoned")
+            .get(product)
+            .cloned()
     }
 
     pub fn product(&self, id: &str) -> Option<ProductSlot> {

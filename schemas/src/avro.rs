@@ -6,7 +6,6 @@
 //! `ProductDeleted` record with any other branch. Here the branch is chosen by *name*, taken
 //! from the writer's schema, so old and new schema versions decode correctly.
 
-use apache_avro::schema::Schema;
 use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -91,26 +90,6 @@ pub fn envelope_to_value(envelope: &Envelope) -> Value {
     ])
 }
 
-/// The event type of each branch of the writer schema's `payload` union, by record name.
-pub fn payload_branches(writer: &Schema) -> Result<Vec<Option<EventType>>, AvroMappingError> {
-    let Schema::Record(record) = writer else {
-        return Err(AvroMappingError::NoPayloadUnion);
-    };
-    let field = record
-        .fields
-        .iter()
-        .find(|f| f.name == "payload")
-        .ok_or(AvroMappingError::NoPayloadUnion)?;
-    let Schema::Union(union) = &field.schema else {
-        return Err(AvroMappingError::NoPayloadUnion);
-    };
-    Ok(union
-        .variants()
-        .iter()
-        .map(|variant| variant.name().and_then(|n| EventType::parse(n.name())))
-        .collect())
-}
-
 struct Fields<'a>(&'a [(String, Value)]);
 
 impl<'a> Fields<'a> {
@@ -183,9 +162,10 @@ fn records(value: &Value) -> Result<&[(String, Value)], AvroMappingError> {
     }
 }
 
-/// Reads an envelope decoded with the writer schema whose payload branches are `branches`
-/// (from [`payload_branches`]).
-pub fn envelope_from_value(
+/// Reads an envelope decoded with the writer schema whose payload branches are `branches`.
+/// Only through [`crate::read::read_envelope`], which checks first that nothing of the value
+/// is unknown to this build.
+pub(crate) fn envelope_from_value(
     value: &Value,
     branches: &[Option<EventType>],
 ) -> Result<Envelope, AvroMappingError> {
@@ -249,6 +229,7 @@ pub fn envelope_from_value(
 #[allow(deprecated)]
 mod tests {
     use super::*;
+    use apache_avro::schema::Schema;
     // The one-shot datum helpers are deprecated in favour of reader/writer builders; they are
     // the plainest way to get raw Avro bytes in a test.
     use apache_avro::{from_avro_datum, to_avro_datum};
@@ -270,7 +251,9 @@ mod tests {
     #[test]
     fn the_event_types_are_the_schemas_union_in_order() {
         let schema = Schema::parse_str(crate::PRODUCTS_VALUE_SCHEMA).unwrap();
-        let branches = payload_branches(&schema).unwrap();
+        let branches = crate::read::WriterSchema::of(&schema)
+            .unwrap()
+            .event_types();
         let listed: Vec<Option<EventType>> = EventType::ALL.iter().copied().map(Some).collect();
         assert_eq!(
             branches, listed,
@@ -290,7 +273,9 @@ mod tests {
     #[test]
     fn every_payload_round_trips_through_avro_binary() {
         let schema = Schema::parse_str(crate::PRODUCTS_VALUE_SCHEMA).unwrap();
-        let branches = payload_branches(&schema).unwrap();
+        let branches = crate::read::WriterSchema::of(&schema)
+            .unwrap()
+            .event_types();
         let payloads = vec![
             Payload::ProductCreated(ProductCreated {
                 name: "Desk".into(),
@@ -331,7 +316,9 @@ mod tests {
         let deleted = union.pop().unwrap();
         union.insert(0, deleted);
         let writer = Schema::parse_str(&json.to_string()).unwrap();
-        let branches = payload_branches(&writer).unwrap();
+        let branches = crate::read::WriterSchema::of(&writer)
+            .unwrap()
+            .event_types();
         let envelope = sample(Payload::ProductDeleted(ProductDeleted {}));
         let mut value = envelope_to_value(&envelope);
         if let Value::Record(fields) = &mut value {

@@ -13,8 +13,9 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
-use crate::avro::{envelope_from_value, envelope_to_value, payload_branches, AvroMappingError};
-use crate::event::{Envelope, EventType};
+use crate::avro::{envelope_to_value, AvroMappingError};
+use crate::event::Envelope;
+use crate::read::{read_envelope, NewerEvent, ReadError, WriterSchema};
 use crate::PRODUCTS_VALUE_SCHEMA;
 
 /// Why a record could not be encoded or decoded, split by what the caller should do.
@@ -27,6 +28,10 @@ pub enum CodecError {
     /// wrong shape): dead-letter the record.
     #[error("undecodable record: {0}")]
     Undecodable(String),
+    /// Written by a newer schema than this build knows (an event type or a field with a
+    /// value): not to be dead-lettered or dropped but parked until this reader is upgraded.
+    #[error("{0}")]
+    NewerSchema(Box<NewerEvent>),
     #[error("cannot encode event: {0}")]
     Encode(String),
 }
@@ -48,6 +53,15 @@ fn classify(error: SRCError) -> CodecError {
 impl From<AvroMappingError> for CodecError {
     fn from(e: AvroMappingError) -> Self {
         CodecError::Undecodable(e.to_string())
+    }
+}
+
+impl From<ReadError> for CodecError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Newer(event) => CodecError::NewerSchema(event),
+            ReadError::Bad(e) => e.into(),
+        }
     }
 }
 
@@ -96,7 +110,7 @@ pub struct EventCodec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     strategy: SubjectNameStrategy,
-    branches_by_schema_id: Mutex<HashMap<u32, Arc<Vec<Option<EventType>>>>>,
+    writers_by_schema_id: Mutex<HashMap<u32, Arc<WriterSchema>>>,
 }
 
 impl EventCodec {
@@ -128,7 +142,7 @@ impl EventCodec {
                 false,
                 schema,
             ),
-            branches_by_schema_id: Mutex::new(HashMap::new()),
+            writers_by_schema_id: Mutex::new(HashMap::new()),
         })
     }
 
@@ -200,22 +214,23 @@ impl EventCodec {
                 return Err(classify(error));
             }
         };
-        let branches = self.branches(decoded.schema.id, &decoded.schema.parsed)?;
-        Ok(envelope_from_value(&decoded.value, &branches)?)
+        let id = decoded.schema.id;
+        let writer = self.writer(id, &decoded.schema.parsed)?;
+        Ok(read_envelope(&decoded.value, &writer, Some(id))?)
     }
 
-    fn branches(
+    fn writer(
         &self,
         schema_id: u32,
         schema: &apache_avro::Schema,
-    ) -> Result<Arc<Vec<Option<EventType>>>, CodecError> {
-        let mut cache = self.branches_by_schema_id.lock().expect("not poisoned");
+    ) -> Result<Arc<WriterSchema>, CodecError> {
+        let mut cache = self.writers_by_schema_id.lock().expect("not poisoned");
         if let Some(found) = cache.get(&schema_id) {
             return Ok(found.clone());
         }
-        let branches = Arc::new(payload_branches(schema)?);
-        cache.insert(schema_id, branches.clone());
-        Ok(branches)
+        let writer = Arc::new(WriterSchema::of(schema)?);
+        cache.insert(schema_id, writer.clone());
+        Ok(writer)
     }
 }
 

@@ -4,7 +4,8 @@
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use foldline_schemas::avro::{envelope_from_value, envelope_to_value, payload_branches};
+use foldline_schemas::avro::envelope_to_value;
+use foldline_schemas::read::{read_envelope, WriterSchema};
 use foldline_schemas::{
     Envelope, LowStockWarning, Payload, ProductCreated, ProductDeleted, ProductUpdated,
     StockAdjusted, PRODUCTS_VALUE_SCHEMA,
@@ -93,21 +94,21 @@ proptest! {
     #[test]
     fn arbitrary_bytes_are_refused_or_decoded_never_a_crash(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let schema = schema();
-        let branches = payload_branches(&schema).unwrap();
+        let writer = WriterSchema::of(&schema).unwrap();
         let reader = GenericDatumReader::builder(&schema).build().unwrap();
         if let Ok(value) = reader.read_value(&mut bytes.as_slice()) {
-            let _ = envelope_from_value(&value, &branches);
+            let _ = read_envelope(&value, &writer, None);
         }
     }
 
     #[test]
     fn every_envelope_survives_an_avro_round_trip(event in envelope()) {
         let schema = schema();
-        let branches = payload_branches(&schema).unwrap();
+        let writer = WriterSchema::of(&schema).unwrap();
         let bytes = GenericDatumWriter::builder(&schema).build().unwrap()
             .write_value_to_vec(envelope_to_value(&event)).unwrap();
         let value = GenericDatumReader::builder(&schema).build().unwrap()
             .read_value(&mut bytes.as_slice()).unwrap();
-        prop_assert_eq!(envelope_from_value(&value, &branches).unwrap(), event);
+        prop_assert_eq!(read_envelope(&value, &writer, None).unwrap(), event);
     }
 }

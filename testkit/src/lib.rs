@@ -8,6 +8,7 @@ use std::process::Command;
 pub mod audit;
 pub mod auth;
 pub mod dynamodb;
+pub mod future_schema;
 pub mod load;
 pub mod own_server;
 pub mod postgres;

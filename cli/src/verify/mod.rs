@@ -250,16 +250,28 @@ async fn read_log(
     };
     let (sender, mut batches) = tokio::sync::mpsc::channel(4);
     let reading = async move { source.read(&Offsets::new(), sender).await };
+    let mut newer = Vec::new();
     let folding = async {
         while let Some(batch) = batches.recv().await {
             for record in &batch.records {
                 each(record);
             }
+            newer.extend(batch.parked);
             bar.inc(batch.records.len() as u64);
         }
     };
     let (read, ()) = tokio::join!(reading, folding);
     read.context("reading the topic")?;
     bar.finish_and_clear();
+    if let Some(first) = newer.first() {
+        anyhow::bail!(
+            "{} events are written by a newer schema than this build reads (first: {}:{}, {}): \
+             upgrade foldline, then verify again",
+            newer.len(),
+            first.partition,
+            first.offset,
+            first.reason
+        );
+    }
     Ok(())
 }

@@ -8,7 +8,8 @@ use apache_avro::schema::Schema;
 use apache_avro::types::Value;
 use apache_avro::{Codec, Reader, Writer};
 use foldline_consumer_runtime::Record;
-use foldline_schemas::avro::{envelope_from_value, envelope_to_value, payload_branches};
+use foldline_schemas::avro::envelope_to_value;
+use foldline_schemas::read::{read_envelope, WriterSchema};
 use foldline_schemas::PRODUCTS_VALUE_SCHEMA;
 
 /// The schema written into every file: the envelope plus its place in the log.
@@ -107,8 +108,9 @@ pub enum ReadError {
     Record { index: usize, detail: String },
 }
 
-/// Reads every record of an archive file, with the schema embedded in it (files written by
-/// older versions decode too: the payload branches are matched by name).
+/// Reads every record of an archive file, with the schema embedded in it, through the one
+/// reader of every version ([`read_envelope`]): files written under older schemas read as
+/// the current shape.
 pub fn read_file(bytes: &[u8]) -> Result<Vec<Record>, ReadError> {
     let reader = Reader::new(bytes)?;
     let Schema::Record(archived) = reader.writer_schema() else {
@@ -119,7 +121,7 @@ pub fn read_file(bytes: &[u8]) -> Result<Vec<Record>, ReadError> {
         .iter()
         .find(|f| f.name == "event")
         .ok_or(ReadError::NotAnArchive)?;
-    let branches = payload_branches(&event_schema.schema).map_err(|_| ReadError::NotAnArchive)?;
+    let writer = WriterSchema::of(&event_schema.schema).map_err(|_| ReadError::NotAnArchive)?;
     let mut records = Vec::new();
     for (index, value) in reader.enumerate() {
         let bad = |detail: String| ReadError::Record { index, detail };
@@ -150,7 +152,7 @@ pub fn read_file(bytes: &[u8]) -> Result<Vec<Record>, ReadError> {
             _ => None,
         };
         let event =
-            envelope_from_value(field("event")?, &branches).map_err(|e| bad(e.to_string()))?;
+            read_envelope(field("event")?, &writer, None).map_err(|e| bad(e.to_string()))?;
         records.push(Record {
             partition,
             offset,

@@ -133,6 +133,18 @@ impl Batch {
                 pieces.push(piece(*p, next[p], *last, &read_from));
             }
         }
+        // Records parked as they were read (written by a newer schema) go with the piece that
+        // covers their offset, so they are kept exactly when that offset is.
+        for entry in &self.parked {
+            let covers = |b: &&mut Batch| {
+                b.ranges
+                    .get(&entry.partition)
+                    .is_some_and(|(first, last)| (*first..=*last).contains(&entry.offset))
+            };
+            if let Some(piece) = pieces.iter_mut().find(covers) {
+                piece.parked.push(entry.clone());
+            }
+        }
         pieces
     }
 }
@@ -187,6 +199,15 @@ mod tests {
                 });
             }
         }
+        // Offset 11 parked as it was read (written by a newer schema), not dead-lettered.
+        batch.parked.push(Parked {
+            partition: 0,
+            offset: 11,
+            product_id: "y".into(),
+            version: 1,
+            event_type: "FutureEvent".into(),
+            reason: "written by a newer schema".into(),
+        });
         let pieces = batch.split();
         let ranges: Vec<_> = pieces.iter().map(|b| b.ranges.clone()).collect();
         assert_eq!(
@@ -204,6 +225,12 @@ mod tests {
         assert!(pieces[2].continues_from(0, 11));
         assert_eq!(pieces[3].read_from.get(0), Some(13));
         assert_eq!(pieces.iter().map(|b| b.records.len()).sum::<usize>(), 3);
+        let parked: Vec<usize> = pieces.iter().map(|b| b.parked.len()).collect();
+        assert_eq!(
+            parked,
+            [0, 0, 1, 0],
+            "kept with the piece that covers its offset"
+        );
     }
 
     #[test]

@@ -5,13 +5,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use foldline_schemas::wire::EventCodec;
+use foldline_schemas::wire::{CodecError, EventCodec};
 use foldline_service::kafka::TopicReader;
 use foldline_service::position::Offsets;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::mpsc;
 
+use crate::parking::Parked;
 use crate::{Batch, Record};
 
 /// Where a rebuild reads its events: every record from `from` to the current end, in batches
@@ -93,6 +94,12 @@ async fn decode_into(codec: &EventCodec, message: &OwnedMessage, batch: &mut Bat
     match codec.decode_waiting(bytes).await {
         Ok(event) => {
             batch.records.push(Record::from_message(message, event));
+            true
+        }
+        // Parked as the live consumer parks it: never skipped.
+        Err(CodecError::NewerSchema(newer)) => {
+            let parked = Parked::newer(message.partition(), message.offset(), &newer);
+            batch.parked.push(parked);
             true
         }
         Err(error) => {

@@ -10,7 +10,7 @@
 //! (`drop`), through the consumer's ops routes (`foldline parked …`). Those requests reach
 //! the consume loop through a channel and run between batches, so they never race a batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -37,6 +37,23 @@ pub struct Parked {
 pub const BEHIND_A_PARKED_EVENT: &str = "an earlier event of this product is parked";
 
 impl Parked {
+    /// The entry of a record written by a newer schema than this build reads, parked as it
+    /// is read (it cannot be decoded into a [`Record`]).
+    pub fn newer(
+        partition: i32,
+        offset: i64,
+        event: &foldline_schemas::read::NewerEvent,
+    ) -> Parked {
+        Parked {
+            partition,
+            offset,
+            product_id: event.product_id.clone(),
+            version: event.version,
+            event_type: event.event_type.clone(),
+            reason: event.to_string(),
+        }
+    }
+
     pub fn of(record: &Record, reason: impl Into<String>) -> Parked {
         Parked {
             partition: record.partition,
@@ -82,14 +99,21 @@ impl ParkedSet {
 }
 
 /// A copy of `batch` with the records of parked products moved to its parked entries, in
-/// order; `None` when it holds none.
+/// order; `None` when it holds none. A product is parked when `parked` holds it, or from the
+/// first of its records the batch parked as it was read (written by a newer schema) on.
 pub fn set_aside(batch: &crate::Batch, parked: &ParkedSet) -> Option<crate::Batch> {
-    if parked.is_empty()
-        || !batch
-            .records
-            .iter()
-            .any(|r| parked.contains(&r.event.product_id))
-    {
+    let mut parked_from: HashMap<&str, i64> = HashMap::new();
+    for entry in &batch.parked {
+        let first = parked_from.entry(&entry.product_id).or_insert(entry.offset);
+        *first = (*first).min(entry.offset);
+    }
+    let behind = |record: &crate::Record| {
+        parked.contains(&record.event.product_id)
+            || parked_from
+                .get(record.event.product_id.as_str())
+                .is_some_and(|first| record.offset > *first)
+    };
+    if (parked.is_empty() && parked_from.is_empty()) || !batch.records.iter().any(behind) {
         return None;
     }
     let mut prepared = crate::Batch {
@@ -97,7 +121,7 @@ pub fn set_aside(batch: &crate::Batch, parked: &ParkedSet) -> Option<crate::Batc
         ..batch.clone()
     };
     for record in &batch.records {
-        if parked.contains(&record.event.product_id) {
+        if behind(record) {
             prepared
                 .parked
                 .push(Parked::of(record, BEHIND_A_PARKED_EVENT));
@@ -105,6 +129,7 @@ pub fn set_aside(batch: &crate::Batch, parked: &ParkedSet) -> Option<crate::Batc
             prepared.records.push(record.clone());
         }
     }
+    prepared.parked.sort_by_key(|p| (p.partition, p.offset));
     Some(prepared)
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use foldline_schemas::wire::CodecError;
 use foldline_service::position::Offsets;
 use foldline_service::retry::{self, Delays};
 use rdkafka::consumer::CommitMode;
@@ -221,6 +222,11 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             .observe(decoding.elapsed().as_secs_f64());
         match decoded {
             Ok(event) => batch.records.push(Record::from_message(message, event)),
+            Err(CodecError::NewerSchema(newer)) => {
+                tracing::warn!(partition, offset, product = %newer.product_id, %newer,
+                    "record written by a newer schema: its product is parked");
+                batch.parked.push(Parked::newer(partition, offset, &newer));
+            }
             Err(error) => {
                 tracing::warn!(partition, offset, %error, "undecodable record sent to the dead-letter topic");
                 letters.push(letter(error.to_string()));

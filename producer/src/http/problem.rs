@@ -92,6 +92,12 @@ impl From<WriteError> for Problem {
                 format!("the commands name products of partitions {partitions:?}; with FOLDLINE_PRODUCER_OWNERSHIP=partitions a batch is one transaction of one partition, so send these commands as separate requests (a batch's new products are always created in its partition)"),
             )
             .with("partitions", partitions),
+            WriteError::NewerSchema { product, reason } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "newer-schema",
+                "This producer is older than an event of the product",
+                format!("nothing was appended; product {product:?}: {reason}. Retry once this producer is upgraded (or with an upgraded instance)"),
+            ),
             WriteError::Codec(error) => {
                 tracing::warn!(%error, "encoding failed");
                 Problem::new(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use foldline_schemas::wire::EventCodec;
+use foldline_schemas::wire::{CodecError, EventCodec};
 use foldline_service::kafka::{self, SetupError, TopicReader};
 use rdkafka::Message;
 
@@ -107,6 +107,14 @@ async fn fold_committed(
             Ok(envelope) => {
                 store.apply_logged(&envelope, position).await;
                 metrics.replayed_events.inc();
+            }
+            // Its product's state here would be wrong from this event on: commands on it are
+            // refused (503) until a build that reads it takes over.
+            Err(CodecError::NewerSchema(newer)) => {
+                tracing::error!(%newer, %position, product = %newer.product_id,
+                    "event written by a newer schema: the product takes no commands here");
+                store.mark_unreadable(&newer.product_id, &newer.to_string());
+                store.note_positions(&[position]);
             }
             Err(error) => {
                 tracing::warn!(%error, %position, "skipping undecodable record");

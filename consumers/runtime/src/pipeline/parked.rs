@@ -13,6 +13,9 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         batch: &Batch,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
+        if !sink.parks() && !batch.parked.is_empty() {
+            return self.wait_for_upgrade(&batch.parked, stop).await;
+        }
         if sink.parks() && !self.load_parked(sink, stop).await? {
             return Ok(false);
         }
@@ -34,6 +37,32 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                     "the sink refused a record of the batch; writing it record by record"
                 );
                 self.write_one_by_one(sink, batch, stop).await
+            }
+        }
+    }
+
+    /// A sink that cannot park (the archive keeps every offset, in order) met a record written
+    /// by a newer schema: it neither drops it nor stops, but waits, not ready, its partitions
+    /// paused and nothing of the batch committed, until it is stopped for its upgrade; the
+    /// upgraded build reads the batch again from the group's offsets. Returns false (stopped).
+    async fn wait_for_upgrade(
+        &self,
+        newer: &[Parked],
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        self.healthy.store(false, Ordering::Release);
+        self.source.pause()?;
+        let mut delays = Delays::new(retry::forever(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ));
+        loop {
+            let first = &newer[0];
+            tracing::error!(records = newer.len(), partition = first.partition,
+                offset = first.offset, reason = %first.reason,
+                "this consumer cannot park and cannot read a record: waiting for its upgrade");
+            if delays.sleep_or_stop(stop).await {
+                return Ok(false);
             }
         }
     }

@@ -97,16 +97,37 @@ impl Source for FakeSource {
     }
 }
 
-/// Decodes any value into a deletion of the product named by the value; `bad…` is undecodable.
+/// Products whose `newer:<product>` records this "build" reads (it was upgraded).
+static UPGRADED: StdMutex<Vec<String>> = StdMutex::new(Vec::new());
+
+/// Decodes any value into a deletion of the product named by the value; `bad…` is undecodable;
+/// `newer:<product>` is written by a newer schema until the product is in [`UPGRADED`].
 struct FakeDecoder;
 
 impl Decoder for FakeDecoder {
     async fn decode(&self, bytes: &[u8]) -> Result<Envelope, foldline_schemas::wire::CodecError> {
-        let text = String::from_utf8_lossy(bytes).into_owned();
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
         if text.starts_with("bad") {
             return Err(foldline_schemas::wire::CodecError::Undecodable(format!(
                 "not an event: {text}"
             )));
+        }
+        if let Some(product) = text.strip_prefix("newer:").map(str::to_owned) {
+            if !UPGRADED.lock().unwrap().contains(&product) {
+                let newer = foldline_schemas::read::NewerEvent {
+                    event_id: Default::default(),
+                    product_id: product,
+                    version: 1,
+                    event_type: "FutureEvent".into(),
+                    unknown: "event type `FutureEvent`".into(),
+                    schema_id: Some(9),
+                    json: serde_json::Value::Null,
+                };
+                return Err(foldline_schemas::wire::CodecError::NewerSchema(Box::new(
+                    newer,
+                )));
+            }
+            text = product;
         }
         Ok(Envelope {
             event_id: Default::default(),
@@ -717,4 +738,75 @@ async fn given_a_sink_that_does_not_park_when_it_refuses_data_then_the_consumer_
     source.push(0, 0, Some("a"));
     let error = pipeline.run(Refusing, stop_rx).await.unwrap_err();
     assert!(format!("{error:#}").contains("does not park"));
+}
+
+#[tokio::test]
+async fn given_a_record_of_a_newer_schema_then_its_product_is_parked_until_an_upgraded_retry() {
+    let sink = ParkingSink::default();
+    let (run, requests) = start_parking(sink.clone());
+    run.source.push(0, 0, Some("a"));
+    run.source.push(0, 1, Some("newer:n1"));
+    run.source.push(0, 2, Some("n1"));
+    run.source.push(0, 3, Some("b"));
+    run.source.push(1, 0, Some("n2"));
+    until(|| {
+        run.source
+            .commits()
+            .iter()
+            .any(|(o, _)| o.get(0) == Some(4) && o.get(1) == Some(1))
+    })
+    .await;
+    assert_eq!(
+        sink.applied(),
+        [("a".into(), 0), ("b".into(), 3), ("n2".into(), 0)],
+        "every other product applied; nothing of n1 after its newer event"
+    );
+    assert_eq!(
+        sink.parked_offsets(),
+        [1, 2],
+        "parked in order, not dropped"
+    );
+    let parked = sink.parked.lock().unwrap().clone();
+    assert!(parked[0]
+        .reason
+        .contains("written by a newer schema (id 9)"));
+    assert_eq!(parked[0].event_type, "FutureEvent");
+    assert_eq!(parked[1].reason, BEHIND_A_PARKED_EVENT);
+    assert!(
+        run.dead_letters.sent.lock().unwrap().is_empty(),
+        "not a dead letter"
+    );
+
+    // Before the upgrade a retry cannot read it: it stays parked.
+    let early = request(&requests, |r| ParkingRequest::Retry("n1".into(), r)).await;
+    assert!(early.unwrap_err().contains("newer schema"));
+    assert_eq!(sink.parked_offsets(), [1, 2]);
+
+    // After the upgrade the retry applies both, in order.
+    UPGRADED.lock().unwrap().push("n1".into());
+    let resolved = request(&requests, |r| ParkingRequest::Retry("n1".into(), r)).await;
+    assert_eq!(resolved.unwrap().records, 2);
+    assert_eq!(sink.applied()[3..], [("n1".into(), 1), ("n1".into(), 2)]);
+    assert!(sink.parked_offsets().is_empty());
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn given_a_sink_that_cannot_park_when_a_newer_record_comes_then_it_waits_without_committing()
+{
+    let sink = FakeSink::default();
+    let run = start_with(&sink);
+    run.source.push(0, 0, Some("newer:n3"));
+    until(|| !run.healthy.load(Ordering::SeqCst)).await;
+    assert!(
+        run.source.0.pauses.load(Ordering::SeqCst) > 0,
+        "partitions paused"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        run.source.commits().iter().all(|(o, _)| o.get(0).is_none()),
+        "nothing past the newer record committed: the upgraded build reads it again"
+    );
+    assert!(run.dead_letters.sent.lock().unwrap().is_empty());
+    run.stop().await.expect("stops cleanly while waiting");
 }
