@@ -37,12 +37,15 @@ pub fn routes(state: Shared, auth: Arc<Authenticator>) -> Router {
     let admin = axum::middleware::from_fn_with_state(auth, require_admin);
     Router::new()
         .route("/subjects", get(list_subjects))
-        .route("/subjects/{subject}", post(lookup))
+        .route("/subjects/{subject}", post(lookup).delete(never_delete))
         .route(
             "/subjects/{subject}/versions",
             get(list_versions).merge(post(register).route_layer(admin.clone())),
         )
-        .route("/subjects/{subject}/versions/{version}", get(get_version))
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(never_delete),
+        )
         .route(
             "/subjects/{subject}/versions/{version}/schema",
             get(get_version_schema),
@@ -69,6 +72,20 @@ pub fn routes(state: Shared, auth: Arc<Authenticator>) -> Router {
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Confluent's soft and hard deletes of a subject or a version: refused, whoever asks. Events
+/// are kept for ever and name their schema by id (records in the topic, files in the
+/// archive), so a deleted schema would make them unreadable; a schema no longer wanted is
+/// simply no longer used.
+async fn never_delete() -> errors::ApiError {
+    errors::ApiError {
+        status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        code: 42205,
+        message: "Operation not permitted: schemas are never deleted, because events in the \
+                  log and the archive refer to them by id for ever"
+            .into(),
+    }
 }
 
 /// A request body: a schema at its limit, escaped as JSON text, fits with room.

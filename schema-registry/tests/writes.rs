@@ -114,3 +114,42 @@ async fn writes_need_an_admin_token_and_inputs_are_bounded() {
         );
     }
 }
+
+#[tokio::test]
+async fn no_schema_is_ever_deleted_soft_or_hard_even_by_an_admin() {
+    let url = registry().await;
+    let schema =
+        json!({"type": "record", "name": "Kept", "fields": [{"name": "a", "type": "long"}]});
+    let admin = foldline_testkit::auth::admin_token();
+    let (status, registered) = post(
+        &format!("{url}/subjects/kept-value/versions"),
+        Some(&admin),
+        json!({"schema": schema.to_string()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{registered}");
+    for path in [
+        "/subjects/kept-value",
+        "/subjects/kept-value?permanent=true",
+        "/subjects/kept-value/versions/1",
+        "/subjects/kept-value/versions/1?permanent=true",
+        "/subjects/kept-value/versions/latest",
+    ] {
+        let answer = reqwest::Client::new()
+            .delete(format!("{url}{path}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 422, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error_code"], 42205, "{path}: {body}");
+    }
+    let by_id: Value = reqwest::get(format!("{url}/schemas/ids/{}", registered["id"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(by_id["schema"].is_string(), "still there: {by_id}");
+}

@@ -12,7 +12,14 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub const META_SCHEMA: &str = "foldline_meta";
 static META_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/meta");
-static MODEL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/model");
+/// `ignore_missing`: during an upgrade an older projector or query API runs beside a newer
+/// one that has already added its migrations to the live model (new columns, new tables);
+/// the older build must start on it, not refuse the migrations it does not know. Its own
+/// statements name their columns, so columns added after it are left at their defaults.
+static MODEL_MIGRATIONS: Migrator = Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations/model")
+};
 
 /// The channel every batch and every swap notifies, so query APIs waiting on `?after=` wake
 /// at the commit instead of polling.
