@@ -98,6 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 price_cents: rng.random_range(100..10_000),
                 stock: *stock,
                 seller_id: format!("seller-{}", i % 500),
+                low_stock_threshold: None,
             })
         } else if rng.random_range(0..10) == 0 {
             Payload::ProductUpdated(ProductUpdated {
@@ -115,6 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 delta,
                 new_stock: *stock,
                 reason: None,
+                previous_stock: *stock - delta,
             })
         };
         let event = Envelope {

@@ -140,6 +140,7 @@ async fn dlq_replay_moves_a_fixed_record_back_once_and_keeps_garbage() {
             price_cents: 1,
             stock: 1,
             seller_id: "s".into(),
+            low_stock_threshold: None,
         }),
     };
     let fixed = codec.encode(&event).await.unwrap();

@@ -94,12 +94,14 @@ impl Given {
                 price_cents: 1,
                 stock: 10,
                 seller_id: "s".into(),
+                low_stock_threshold: None,
             })
         } else {
             Payload::StockAdjusted(StockAdjusted {
                 delta: 1,
                 new_stock: 11,
                 reason: None,
+                previous_stock: 10,
             })
         };
         let envelope = foldline_schemas::Envelope {

@@ -5,8 +5,8 @@
 //! and every projection agree because they fold the same events.
 
 use foldline_schemas::{
-    limits, Envelope, LowStockWarning, Payload, ProductCreated, ProductDeleted, ProductUpdated,
-    StockAdjusted,
+    limits, Envelope, LowStockThresholdSet, LowStockWarning, Payload, ProductCreated,
+    ProductDeleted, ProductUpdated, StockAdjusted,
 };
 
 pub const MAX_NAME_CHARS: usize = limits::NAME_MAX_CHARS;
@@ -20,6 +20,17 @@ pub struct Product {
     pub seller_id: String,
     pub version: i64,
     pub deleted: bool,
+    /// Its own low-stock threshold (`None`: the producer's default). Snapshots written before
+    /// it existed read as `None`.
+    #[serde(default)]
+    pub low_stock_threshold: Option<i64>,
+}
+
+impl Product {
+    /// The threshold below which the product is low on stock.
+    pub fn threshold(&self, default: i64) -> i64 {
+        self.low_stock_threshold.unwrap_or(default)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +40,10 @@ pub enum Command {
         price_cents: i64,
         stock: i64,
         seller_id: String,
+        low_stock_threshold: Option<i64>,
+    },
+    SetLowStockThreshold {
+        threshold: i64,
     },
     Update {
         name: Option<String>,
@@ -108,11 +123,18 @@ pub fn check_limits(command: &Command) -> Result<(), DomainError> {
             price_cents,
             stock,
             seller_id,
+            low_stock_threshold,
         } => {
             limits::check_name(name)?;
             limits::check_price_cents(*price_cents)?;
             limits::check_stock(*stock)?;
             limits::check_seller_id(seller_id)?;
+            if let Some(threshold) = low_stock_threshold {
+                limits::check_low_stock_threshold(*threshold)?;
+            }
+        }
+        Command::SetLowStockThreshold { threshold } => {
+            limits::check_low_stock_threshold(*threshold)?;
         }
         Command::Update { name, price_cents } => {
             if let Some(name) = name {
@@ -159,6 +181,7 @@ fn rules(
         price_cents,
         stock,
         seller_id,
+        low_stock_threshold,
     } = command
     {
         check_limits(command)?;
@@ -167,6 +190,7 @@ fn rules(
             price_cents: *price_cents,
             stock: *stock,
             seller_id: seller_id.clone(),
+            low_stock_threshold: *low_stock_threshold,
         })]);
     }
     let product = match current {
@@ -217,11 +241,28 @@ fn rules(
                 delta: *delta,
                 new_stock,
                 reason: reason.clone(),
+                previous_stock: product.stock,
             })];
-            if product.stock >= low_stock_threshold && new_stock < low_stock_threshold {
+            let threshold = product.threshold(low_stock_threshold);
+            if product.stock >= threshold && new_stock < threshold {
                 events.push(Payload::LowStockWarning(LowStockWarning {
                     stock: new_stock,
-                    threshold: low_stock_threshold,
+                    threshold,
+                }));
+            }
+            Ok(events)
+        }
+        Command::SetLowStockThreshold { threshold } => {
+            check_limits(command)?;
+            let mut events = vec![Payload::LowStockThresholdSet(LowStockThresholdSet {
+                threshold: *threshold,
+            })];
+            // Raising the threshold past the stock makes the product low, as a sale would.
+            if product.stock >= product.threshold(low_stock_threshold) && product.stock < *threshold
+            {
+                events.push(Payload::LowStockWarning(LowStockWarning {
+                    stock: product.stock,
+                    threshold: *threshold,
                 }));
             }
             Ok(events)
@@ -241,6 +282,7 @@ pub fn evolve(current: Option<Product>, event: &Envelope) -> Option<Product> {
             seller_id: c.seller_id.clone(),
             version: event.version,
             deleted: false,
+            low_stock_threshold: c.low_stock_threshold,
         },
         (_, None) => return None,
         (_, Some(p)) => p,
@@ -258,6 +300,7 @@ pub fn evolve(current: Option<Product>, event: &Envelope) -> Option<Product> {
         }
         Payload::StockAdjusted(s) => product.stock = s.new_stock,
         Payload::ProductDeleted(_) => product.deleted = true,
+        Payload::LowStockThresholdSet(t) => product.low_stock_threshold = Some(t.threshold),
     }
     Some(product)
 }
@@ -291,6 +334,7 @@ mod tests {
             price_cents: 1999,
             stock,
             seller_id: "s1".into(),
+            low_stock_threshold: None,
         })
     }
 
@@ -320,6 +364,7 @@ mod tests {
             delta,
             new_stock,
             reason: None,
+            previous_stock: new_stock - delta,
         })
     }
 
@@ -350,6 +395,7 @@ mod tests {
             price_cents: 1,
             stock: 1,
             seller_id: seller_id.into(),
+            low_stock_threshold: None,
         }
     }
 
@@ -420,6 +466,7 @@ mod tests {
             price_cents: 0,
             stock: 0,
             seller_id: "s1".into(),
+            low_stock_threshold: None,
         };
         assert_eq!(
             when(&None, command),
@@ -428,6 +475,7 @@ mod tests {
                 price_cents: 0,
                 stock: 0,
                 seller_id: "s1".into(),
+                low_stock_threshold: None,
             })])
         );
     }
@@ -439,6 +487,7 @@ mod tests {
             price_cents: price,
             stock,
             seller_id: seller.into(),
+            low_stock_threshold: None,
         };
         let long_name = "x".repeat(MAX_NAME_CHARS + 1);
         for (command, field) in [
@@ -489,6 +538,96 @@ mod tests {
         assert_eq!(when(&state, adjust(-2)), Ok(vec![adjusted(-2, 5)]));
     }
 
+    fn threshold_set(threshold: i64) -> Payload {
+        Payload::LowStockThresholdSet(LowStockThresholdSet { threshold })
+    }
+
+    fn set_threshold(threshold: i64) -> Command {
+        Command::SetLowStockThreshold { threshold }
+    }
+
+    #[test]
+    fn given_an_own_threshold_when_stock_falls_below_it_then_the_warning_names_it() {
+        let mut own = created(12);
+        if let Payload::ProductCreated(c) = &mut own {
+            c.low_stock_threshold = Some(10);
+        }
+        let state = given(vec![own]);
+        assert_eq!(
+            when(&state, adjust(-3)),
+            Ok(vec![
+                adjusted(-3, 9),
+                Payload::LowStockWarning(LowStockWarning {
+                    stock: 9,
+                    threshold: 10
+                })
+            ])
+        );
+    }
+
+    #[test]
+    fn given_stock_8_when_the_threshold_is_raised_past_it_then_set_and_warning() {
+        let state = given(vec![created(8)]);
+        assert_eq!(
+            when(&state, set_threshold(10)),
+            Ok(vec![
+                threshold_set(10),
+                Payload::LowStockWarning(LowStockWarning {
+                    stock: 8,
+                    threshold: 10
+                })
+            ])
+        );
+        // Lowered, or raised while already low: no new warning.
+        assert_eq!(when(&state, set_threshold(3)), Ok(vec![threshold_set(3)]));
+        let low = given(vec![created(2)]);
+        assert_eq!(when(&low, set_threshold(9)), Ok(vec![threshold_set(9)]));
+    }
+
+    #[test]
+    fn given_a_threshold_set_then_later_changes_use_it() {
+        let state = given(vec![created(30), threshold_set(20)]);
+        assert_eq!(state.as_ref().unwrap().low_stock_threshold, Some(20));
+        assert_eq!(
+            when(&state, adjust(-11)),
+            Ok(vec![
+                adjusted(-11, 19),
+                Payload::LowStockWarning(LowStockWarning {
+                    stock: 19,
+                    threshold: 20
+                })
+            ])
+        );
+    }
+
+    #[test]
+    fn thresholds_at_their_limits_pass_and_past_them_are_refused_naming_the_field() {
+        let state = given(vec![created(8)]);
+        for ok in [0, limits::STOCK_MAX] {
+            assert!(when(&state, set_threshold(ok)).is_ok(), "{ok}");
+        }
+        for bad in [-1, limits::STOCK_MAX + 1, i64::MIN, i64::MAX] {
+            let Err(DomainError::Invalid { field, .. }) = when(&state, set_threshold(bad)) else {
+                panic!("{bad} accepted")
+            };
+            assert_eq!(field, "low_stock_threshold");
+        }
+        let create = Command::Create {
+            name: "n".into(),
+            price_cents: 1,
+            stock: 1,
+            seller_id: "s".into(),
+            low_stock_threshold: Some(-1),
+        };
+        assert!(matches!(
+            when(&None, create),
+            Err(DomainError::Invalid {
+                field: "low_stock_threshold",
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn given_stock_2_when_minus_3_then_insufficient_stock() {
         let state = given(vec![created(2)]);
@@ -525,6 +664,7 @@ mod tests {
             price_cents: price,
             stock,
             seller_id: seller.into(),
+            low_stock_threshold: None,
         };
         assert_eq!(field(when(&None, create("lamp\0", 1, 1, "s1"))), "name");
         assert_eq!(
@@ -584,6 +724,7 @@ mod tests {
                 delta: 1,
                 new_stock: 10,
                 reason: None,
+                previous_stock: 9,
             }),
         ]);
         let result = decide(

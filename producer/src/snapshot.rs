@@ -110,6 +110,7 @@ mod tests {
                 price_cents: 100,
                 stock: 3,
                 seller_id: "s".into(),
+                low_stock_threshold: None,
             }),
             actor: None,
         };

@@ -450,12 +450,14 @@ mod tests {
                 price_cents: 10,
                 stock: 10,
                 seller_id: "s".into(),
+                low_stock_threshold: None,
             })
         } else {
             Payload::StockAdjusted(StockAdjusted {
                 delta: 1,
                 new_stock: 10 + version - 1,
                 reason: None,
+                previous_stock: 9,
             })
         };
         Envelope {

@@ -48,6 +48,7 @@ mod tests {
             delta: -1,
             new_stock: 4,
             reason: None,
+            previous_stock: 5,
         });
         let warning = Payload::LowStockWarning(LowStockWarning {
             stock: 4,

@@ -17,6 +17,8 @@ pub struct ProductChange {
     pub version: i64,
     pub updated_at: DateTime<Utc>,
     pub deleted: bool,
+    /// The product's own low-stock threshold, once one was given.
+    pub low_stock_threshold: Option<i64>,
 }
 
 impl ProductChange {
@@ -30,6 +32,7 @@ impl ProductChange {
             version: event.version,
             updated_at: event.occurred_at,
             deleted: false,
+            low_stock_threshold: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl ProductChange {
                 self.stock = Some(created.stock);
                 self.seller_id = Some(created.seller_id.clone());
                 self.deleted = false;
+                self.low_stock_threshold = created.low_stock_threshold;
             }
             Payload::ProductUpdated(updated) => {
                 if let Some(name) = &updated.name {
@@ -61,6 +65,7 @@ impl ProductChange {
             // The warning is derived from stock, which the row already has.
             Payload::LowStockWarning(_) => {}
             Payload::ProductDeleted(_) => self.deleted = true,
+            Payload::LowStockThresholdSet(set) => self.low_stock_threshold = Some(set.threshold),
         }
     }
 }
@@ -95,6 +100,7 @@ mod tests {
                     price_cents: 100,
                     stock: 10,
                     seller_id: "s1".into(),
+                    low_stock_threshold: None,
                 }),
             ),
             event(
@@ -112,6 +118,7 @@ mod tests {
                     delta: -7,
                     new_stock: 3,
                     reason: None,
+                    previous_stock: 10,
                 }),
             ),
         ])
@@ -154,6 +161,7 @@ mod tests {
                     delta: 1,
                     new_stock: 2,
                     reason: None,
+                    previous_stock: 1,
                 }),
             ),
             event("p1", 6, Payload::ProductDeleted(ProductDeleted {})),
@@ -173,6 +181,7 @@ mod tests {
                     delta: -1,
                     new_stock: 4,
                     reason: None,
+                    previous_stock: 5,
                 }),
             ),
             event(
@@ -182,6 +191,7 @@ mod tests {
                     delta: -1,
                     new_stock: 5,
                     reason: None,
+                    previous_stock: 6,
                 }),
             ),
         ])
@@ -200,6 +210,7 @@ mod tests {
                     delta: 1,
                     new_stock: 1,
                     reason: None,
+                    previous_stock: 0,
                 }),
             )
         };

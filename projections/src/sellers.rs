@@ -13,6 +13,8 @@ pub struct ProductRow {
     pub stock: Option<i64>,
     pub price_cents: Option<i64>,
     pub deleted: bool,
+    /// The product's own low-stock threshold (`None`: the default one).
+    pub low_stock_threshold: Option<i64>,
 }
 
 /// What to add to one seller's stats (negative: take away).
@@ -52,6 +54,7 @@ impl SellerDelta {
         self.stock_value_cents = self
             .stock_value_cents
             .checked_add(value.checked_mul(sign)?)?;
+        let threshold = row.low_stock_threshold.unwrap_or(threshold);
         self.low_stock_products += sign * i64::from(row.stock.is_some_and(|s| s < threshold));
         Some(())
     }
@@ -64,7 +67,7 @@ impl SellerDelta {
 /// The change to each seller's stats when the rows `before` (as they were; a product missing
 /// there did not exist) became the rows `after` (only the rows that changed). A live product
 /// counts once for its seller, with its stock, stock × price, and whether its stock is below
-/// `threshold`; a deleted product or one without a seller counts nowhere. Sellers in order
+/// its own threshold, else `threshold`; a deleted product or one without a seller counts nowhere. Sellers in order
 /// (the writer updates their rows in this order: no deadlock between instances); sellers
 /// whose stats do not change are left out.
 pub fn seller_deltas(
@@ -112,6 +115,7 @@ mod tests {
             stock: Some(stock),
             price_cents: Some(price),
             deleted,
+            low_stock_threshold: None,
         }
     }
 

@@ -43,6 +43,10 @@ pub fn envelope_to_value(envelope: &Envelope) -> Value {
             ("price_cents", Value::Long(p.price_cents)),
             ("stock", Value::Long(p.stock)),
             ("seller_id", Value::String(p.seller_id.clone())),
+            (
+                "low_stock_threshold",
+                optional(p.low_stock_threshold, Value::Long),
+            ),
         ]),
         Payload::ProductUpdated(p) => record(vec![
             ("name", optional(p.name.clone(), Value::String)),
@@ -52,12 +56,17 @@ pub fn envelope_to_value(envelope: &Envelope) -> Value {
             ("delta", Value::Long(p.delta)),
             ("new_stock", Value::Long(p.new_stock)),
             ("reason", optional(p.reason.clone(), Value::String)),
+            (
+                "previous_stock",
+                optional(Some(p.previous_stock), Value::Long),
+            ),
         ]),
         Payload::LowStockWarning(p) => record(vec![
             ("stock", Value::Long(p.stock)),
             ("threshold", Value::Long(p.threshold)),
         ]),
         Payload::ProductDeleted(_) => record(vec![]),
+        Payload::LowStockThresholdSet(p) => record(vec![("threshold", Value::Long(p.threshold))]),
     };
     record(vec![
         ("event_id", Value::Uuid(envelope.event_id)),
@@ -195,21 +204,34 @@ pub(crate) fn envelope_from_value(
             price_cents: p.long("price_cents")?,
             stock: p.long("stock")?,
             seller_id: p.string("seller_id")?,
+            // Absent from writer schemas before 2026-12-07: the default threshold.
+            low_stock_threshold: p.opt_long("low_stock_threshold")?,
         }),
         EventType::ProductUpdated => Payload::ProductUpdated(ProductUpdated {
             name: p.opt_string("name")?,
             price_cents: p.opt_long("price_cents")?,
         }),
-        EventType::StockAdjusted => Payload::StockAdjusted(StockAdjusted {
-            delta: p.long("delta")?,
-            new_stock: p.long("new_stock")?,
-            reason: p.opt_string("reason")?,
-        }),
+        EventType::StockAdjusted => {
+            let (delta, new_stock) = (p.long("delta")?, p.long("new_stock")?);
+            let previous_stock = match p.opt_long("previous_stock")? {
+                Some(previous) => previous,
+                None => crate::read::upcast::previous_stock(delta, new_stock)?,
+            };
+            Payload::StockAdjusted(StockAdjusted {
+                delta,
+                new_stock,
+                reason: p.opt_string("reason")?,
+                previous_stock,
+            })
+        }
         EventType::LowStockWarning => Payload::LowStockWarning(LowStockWarning {
             stock: p.long("stock")?,
             threshold: p.long("threshold")?,
         }),
         EventType::ProductDeleted => Payload::ProductDeleted(ProductDeleted {}),
+        EventType::LowStockThresholdSet => Payload::LowStockThresholdSet(LowStockThresholdSet {
+            threshold: p.long("threshold")?,
+        }),
     };
     Ok(Envelope {
         event_id,
@@ -282,6 +304,7 @@ mod tests {
                 price_cents: 12_500,
                 stock: 7,
                 seller_id: "s-1".into(),
+                low_stock_threshold: None,
             }),
             Payload::ProductUpdated(ProductUpdated {
                 name: None,
@@ -291,12 +314,14 @@ mod tests {
                 delta: -3,
                 new_stock: 4,
                 reason: None,
+                previous_stock: 7,
             }),
             Payload::LowStockWarning(LowStockWarning {
                 stock: 4,
                 threshold: 5,
             }),
             Payload::ProductDeleted(ProductDeleted {}),
+            Payload::LowStockThresholdSet(LowStockThresholdSet { threshold: 12 }),
         ];
         for payload in payloads {
             let envelope = sample(payload);
@@ -313,7 +338,11 @@ mod tests {
         let mut json: serde_json::Value =
             serde_json::from_str(crate::PRODUCTS_VALUE_SCHEMA).unwrap();
         let union = json["fields"][7]["type"].as_array_mut().unwrap();
-        let deleted = union.pop().unwrap();
+        let at = union
+            .iter()
+            .position(|b| b["name"] == "ProductDeleted")
+            .unwrap();
+        let deleted = union.remove(at);
         union.insert(0, deleted);
         let writer = Schema::parse_str(&json.to_string()).unwrap();
         let branches = crate::read::WriterSchema::of(&writer)

@@ -53,6 +53,7 @@ pub enum Payload {
     StockAdjusted(StockAdjusted),
     LowStockWarning(LowStockWarning),
     ProductDeleted(ProductDeleted),
+    LowStockThresholdSet(LowStockThresholdSet),
 }
 
 impl Payload {
@@ -70,6 +71,7 @@ impl Payload {
             Payload::StockAdjusted(fields) => serde_json::to_string(fields),
             Payload::LowStockWarning(fields) => serde_json::to_string(fields),
             Payload::ProductDeleted(fields) => serde_json::to_string(fields),
+            Payload::LowStockThresholdSet(fields) => serde_json::to_string(fields),
         };
         json.expect("structs of strings and numbers always serialize")
     }
@@ -108,6 +110,10 @@ pub struct ProductCreated {
     pub price_cents: i64,
     pub stock: i64,
     pub seller_id: String,
+    /// The product's own low-stock threshold (`None`: the producer's default). Added with
+    /// the schema of 2026-12-07; older events have none.
+    #[serde(default)]
+    pub low_stock_threshold: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +127,9 @@ pub struct StockAdjusted {
     pub delta: i64,
     pub new_stock: i64,
     pub reason: Option<String>,
+    /// The stock before the change. Events written before the schema of 2026-12-07 do not
+    /// hold it: every reader upcasts them to `new_stock - delta` (`crate::read`).
+    pub previous_stock: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +140,12 @@ pub struct LowStockWarning {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ProductDeleted {}
+
+/// The product's own low-stock threshold changed (schema of 2026-12-07).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LowStockThresholdSet {
+    pub threshold: i64,
+}
 
 #[cfg(test)]
 mod tests {
@@ -144,6 +159,7 @@ mod tests {
                 price_cents: 2599,
                 stock: 12,
                 seller_id: "s-1".into(),
+                low_stock_threshold: Some(3),
             }),
             Payload::ProductUpdated(ProductUpdated {
                 name: None,
@@ -153,12 +169,14 @@ mod tests {
                 delta: -3,
                 new_stock: 9,
                 reason: Some("sold".into()),
+                previous_stock: 12,
             }),
             Payload::LowStockWarning(LowStockWarning {
                 stock: 1,
                 threshold: 5,
             }),
             Payload::ProductDeleted(ProductDeleted {}),
+            Payload::LowStockThresholdSet(LowStockThresholdSet { threshold: 8 }),
         ];
         assert_eq!(payloads.len(), EventType::ALL.len());
         for payload in payloads {

@@ -18,8 +18,8 @@ pub mod read;
 pub mod wire;
 
 pub use event::{
-    Envelope, EventType, LowStockWarning, Payload, ProductCreated, ProductDeleted, ProductUpdated,
-    StockAdjusted,
+    Envelope, EventType, LowStockThresholdSet, LowStockWarning, Payload, ProductCreated,
+    ProductDeleted, ProductUpdated, StockAdjusted,
 };
 
 /// The envelope schema as committed in `schemas/avro/`.

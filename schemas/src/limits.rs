@@ -153,6 +153,11 @@ pub fn check_stock(value: i64) -> Result<(), Violation> {
     range("stock", value, 0, STOCK_MAX)
 }
 
+/// A product's own low-stock threshold: a stock level, 0 (never low) to [`STOCK_MAX`].
+pub fn check_low_stock_threshold(value: i64) -> Result<(), Violation> {
+    range("low_stock_threshold", value, 0, STOCK_MAX)
+}
+
 /// A stock change: not zero, at most [`STOCK_MAX`] either way.
 pub fn check_delta(value: i64) -> Result<(), Violation> {
     if value == 0 {
@@ -199,7 +204,9 @@ pub fn check_envelope(event: &Envelope) -> Result<(), Violation> {
             check_name(&p.name)?;
             check_price_cents(p.price_cents)?;
             check_stock(p.stock)?;
-            check_seller_id(&p.seller_id)
+            check_seller_id(&p.seller_id)?;
+            p.low_stock_threshold
+                .map_or(Ok(()), check_low_stock_threshold)
         }
         Payload::ProductUpdated(p) => {
             if let Some(name) = &p.name {
@@ -210,10 +217,12 @@ pub fn check_envelope(event: &Envelope) -> Result<(), Violation> {
         Payload::StockAdjusted(p) => {
             check_delta(p.delta)?;
             check_stock(p.new_stock)?;
+            check_stock(p.previous_stock)?;
             p.reason.as_deref().map_or(Ok(()), check_reason)
         }
         Payload::LowStockWarning(p) => check_stock(p.stock),
         Payload::ProductDeleted(_) => Ok(()),
+        Payload::LowStockThresholdSet(p) => check_low_stock_threshold(p.threshold),
     }
 }
 

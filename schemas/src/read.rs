@@ -26,6 +26,57 @@ use crate::avro::{envelope_from_value, AvroMappingError};
 use crate::event::{Envelope, EventType};
 use crate::PRODUCTS_VALUE_SCHEMA;
 
+/// The upcasts: how an event written under an older schema gets a value the current shape
+/// has and it did not, derived from what it held. Called by the Avro mapping (`crate::avro`)
+/// where the field is read, so every read path applies them.
+pub(crate) mod upcast {
+    use crate::avro::AvroMappingError;
+
+    /// `StockAdjusted.previous_stock` (schema of 2026-12-07): the stock before the change,
+    /// which the event always implied as `new_stock - delta`.
+    pub fn previous_stock(delta: i64, new_stock: i64) -> Result<i64, AvroMappingError> {
+        new_stock
+            .checked_sub(delta)
+            .ok_or(AvroMappingError::WrongType {
+                field: "previous_stock",
+                found: format!("new_stock {new_stock} - delta {delta} overflows"),
+            })
+    }
+}
+
+/// A payload stored as JSON by any earlier version (the history's `payload`, the recent
+/// events' `data`) in the current shape: the upcasts the Avro path applies, applied to the
+/// JSON form. A type this build does not know is returned as stored.
+pub fn current_payload_json(event_type: &str, stored: &serde_json::Value) -> serde_json::Value {
+    let mut payload = stored.clone();
+    if EventType::parse(event_type) == Some(EventType::StockAdjusted) {
+        if let Some(fields) = payload.as_object_mut() {
+            let missing = fields.get("previous_stock").is_none_or(|v| v.is_null());
+            let long = |name: &str| fields.get(name).and_then(serde_json::Value::as_i64);
+            if let (true, Some(delta), Some(new_stock)) =
+                (missing, long("delta"), long("new_stock"))
+            {
+                if let Ok(previous) = upcast::previous_stock(delta, new_stock) {
+                    fields.insert("previous_stock".into(), previous.into());
+                }
+            }
+        }
+    }
+    payload
+}
+
+/// The payload of type `event_type` stored as JSON by any earlier version, read as the
+/// current [`Payload`](crate::Payload) (upcast by [`current_payload_json`]).
+pub fn payload_from_json(
+    event_type: &str,
+    stored: &serde_json::Value,
+) -> Result<crate::Payload, serde_json::Error> {
+    serde_json::from_value(serde_json::json!({
+        "event_type": event_type,
+        "payload": current_payload_json(event_type, stored),
+    }))
+}
+
 /// One branch of a writer schema's `payload` union.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Branch {
@@ -350,7 +401,80 @@ mod tests {
             price_cents: 100,
             stock: 3,
             seller_id: "s".into(),
+            low_stock_threshold: None,
         })
+    }
+
+    #[test]
+    fn given_a_payload_stored_as_json_before_previous_stock_then_it_reads_upcast() {
+        let stored = serde_json::json!({"delta": -3, "new_stock": 9, "reason": null});
+        let current = current_payload_json("StockAdjusted", &stored);
+        assert_eq!(current["previous_stock"], 12);
+        let payload = payload_from_json("StockAdjusted", &stored).unwrap();
+        assert_eq!(
+            payload,
+            Payload::StockAdjusted(crate::StockAdjusted {
+                delta: -3,
+                new_stock: 9,
+                reason: None,
+                previous_stock: 12,
+            })
+        );
+        // Written by the current version: kept as it is.
+        let written =
+            serde_json::json!({"delta": 1, "new_stock": 5, "reason": null, "previous_stock": 4});
+        assert_eq!(current_payload_json("StockAdjusted", &written), written);
+        // Unknown to this build: as stored.
+        let future = serde_json::json!({"note": "x"});
+        assert_eq!(current_payload_json("FutureEvent", &future), future);
+    }
+
+    #[test]
+    fn given_a_stock_adjusted_of_the_first_schema_then_previous_stock_is_upcast() {
+        let old = Schema::parse_str(&git_free_first_schema()).unwrap();
+        let writer = WriterSchema::of(&old).unwrap();
+        let index = writer
+            .branches
+            .iter()
+            .position(|b| b.name == "StockAdjusted")
+            .unwrap();
+        let mut value = envelope_to_value(&sample(created()));
+        if let Value::Record(fields) = &mut value {
+            fields.retain(|(name, _)| name != "actor");
+            let adjusted = Value::Record(vec![
+                ("delta".into(), Value::Long(-2)),
+                ("new_stock".into(), Value::Long(5)),
+                ("reason".into(), Value::Union(0, Box::new(Value::Null))),
+            ]);
+            let payload = fields.iter_mut().find(|(n, _)| n == "payload").unwrap();
+            payload.1 = Value::Union(index as u32, Box::new(adjusted));
+        }
+        let bytes = to_avro_datum(&old, value).unwrap();
+        let value = from_avro_datum(&old, &mut bytes.as_slice(), None).unwrap();
+        let event = read_envelope(&value, &writer, Some(1)).unwrap();
+        let Payload::StockAdjusted(adjusted) = event.payload else {
+            panic!("{event:?}")
+        };
+        assert_eq!(adjusted.previous_stock, 7, "new_stock - delta");
+    }
+
+    /// The envelope as it was before 2026-12-07 and before `actor`: no threshold, no
+    /// `previous_stock`, five event types.
+    fn git_free_first_schema() -> String {
+        let mut json: serde_json::Value = serde_json::from_str(PRODUCTS_VALUE_SCHEMA).unwrap();
+        let fields = json["fields"].as_array_mut().unwrap();
+        fields.retain(|f| f["name"] != "actor");
+        let payload = fields.iter_mut().find(|f| f["name"] == "payload").unwrap();
+        let union = payload["type"].as_array_mut().unwrap();
+        union.retain(|b| b["name"] != "LowStockThresholdSet");
+        for branch in union.iter_mut() {
+            let drop = ["low_stock_threshold", "previous_stock"];
+            branch["fields"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|f| !drop.contains(&f["name"].as_str().unwrap()));
+        }
+        json.to_string()
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn payload() -> impl Strategy<Value = Payload> {
                     price_cents,
                     stock,
                     seller_id,
+                    low_stock_threshold: None,
                 })
             }
         ),
@@ -37,13 +38,22 @@ fn payload() -> impl Strategy<Value = Payload> {
             .prop_map(
                 |(name, price_cents)| Payload::ProductUpdated(ProductUpdated { name, price_cents })
             ),
-        (any::<i64>(), any::<i64>(), proptest::option::of(".{0,30}")).prop_map(
-            |(delta, new_stock, reason)| Payload::StockAdjusted(StockAdjusted {
-                delta,
-                new_stock,
-                reason
-            })
-        ),
+        (
+            any::<i64>(),
+            any::<i64>(),
+            proptest::option::of(".{0,30}"),
+            any::<i64>()
+        )
+            .prop_map(
+                |(delta, new_stock, reason, previous_stock)| Payload::StockAdjusted(
+                    StockAdjusted {
+                        delta,
+                        new_stock,
+                        reason,
+                        previous_stock,
+                    }
+                )
+            ),
         (any::<i64>(), any::<i64>()).prop_map(|(stock, threshold)| Payload::LowStockWarning(
             LowStockWarning { stock, threshold }
         )),

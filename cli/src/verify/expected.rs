@@ -40,7 +40,8 @@ impl Expected {
         history.1 = history.1.max(event.version);
     }
 
-    /// Per seller: products, total stock, stock value, products below `threshold` — over
+    /// Per seller: products, total stock, stock value, products below their own threshold,
+    /// else `threshold` — over
     /// the products not deleted; a seller whose products are all deleted has zeros.
     pub fn sellers(&self, threshold: i64) -> BTreeMap<String, [i64; 4]> {
         let mut sellers: BTreeMap<String, [i64; 4]> = BTreeMap::new();
@@ -50,7 +51,7 @@ impl Expected {
                 entry[0] += 1;
                 entry[1] += product.stock;
                 entry[2] += product.stock * product.price_cents;
-                entry[3] += i64::from(product.stock < threshold);
+                entry[3] += i64::from(product.stock < product.threshold(threshold));
             }
         }
         sellers

@@ -33,8 +33,10 @@ type ProductRowWithId = (
     Option<String>,
     i64,
     bool,
+    Option<i64>,
 );
 
+/// name, price, stock, seller, version, deleted, own low-stock threshold.
 type ProductRow = (
     Option<String>,
     Option<i64>,
@@ -42,6 +44,7 @@ type ProductRow = (
     Option<String>,
     i64,
     bool,
+    Option<i64>,
 );
 
 /// Reads the live model of `topic` as the projector `group` left it, in one REPEATABLE READ
@@ -80,7 +83,8 @@ pub async fn read(database_url: &str, topic: &str, group: &str) -> anyhow::Resul
     .fetch_all(&mut *tx)
     .await?;
     let products: Vec<ProductRowWithId> = sqlx::query_as(&format!(
-        "SELECT id, name, price_cents, stock, seller_id, version, deleted FROM {schema}.products"
+        "SELECT id, name, price_cents, stock, seller_id, version, deleted, low_stock_threshold
+         FROM {schema}.products"
     ))
     .fetch_all(&mut *tx)
     .await?;
@@ -111,9 +115,14 @@ pub async fn read(database_url: &str, topic: &str, group: &str) -> anyhow::Resul
             .collect(),
         products: products
             .into_iter()
-            .map(|(id, name, price, stock, seller, version, deleted)| {
-                (id, (name, price, stock, seller, version, deleted))
-            })
+            .map(
+                |(id, name, price, stock, seller, version, deleted, threshold)| {
+                    (
+                        id,
+                        (name, price, stock, seller, version, deleted, threshold),
+                    )
+                },
+            )
             .collect(),
         sellers: sellers
             .into_iter()
@@ -162,6 +171,7 @@ pub fn compare(model: &Model, expected: &Expected, threshold: i64) -> Report {
                 Some(p.seller_id.clone()),
                 p.version,
                 p.deleted,
+                p.low_stock_threshold,
             )
         });
         if row != want.as_ref() {

@@ -208,6 +208,7 @@ mod tests {
                     price_cents: 2599,
                     stock: 3,
                     seller_id: "s-1".into(),
+                    low_stock_threshold: None,
                 }),
             ),
             record(
@@ -216,6 +217,7 @@ mod tests {
                     delta: -1,
                     new_stock: 2,
                     reason: Some("sold".into()),
+                    previous_stock: 3,
                 }),
             ),
         ];
@@ -236,6 +238,69 @@ mod tests {
                 assert_eq!(a.event, b.event);
             }
         }
+    }
+
+    /// A file the archiver wrote before the schema of 2026-12-07: its embedded envelope has
+    /// no `previous_stock` and no `LowStockThresholdSet`; restore and rebuild read it through
+    /// the one reader of every version, as the current shape.
+    #[test]
+    fn a_file_written_under_the_previous_schema_reads_upcast() {
+        let mut envelope: serde_json::Value = serde_json::from_str(PRODUCTS_VALUE_SCHEMA).unwrap();
+        let fields = envelope["fields"].as_array_mut().unwrap();
+        let payload = fields.iter_mut().find(|f| f["name"] == "payload").unwrap();
+        let union = payload["type"].as_array_mut().unwrap();
+        union.retain(|b| b["name"] != "LowStockThresholdSet");
+        for branch in union.iter_mut() {
+            let new = ["previous_stock", "low_stock_threshold"];
+            branch["fields"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|f| !new.contains(&f["name"].as_str().unwrap()));
+        }
+        let archived = format!(
+            r#"{{"type": "record", "name": "ArchivedEvent", "namespace": "io.foldline.archive",
+                "fields": [{{"name": "partition", "type": "int"}}, {{"name": "offset", "type": "long"}},
+                  {{"name": "timestamp", "type": ["null", "long"], "default": null}},
+                  {{"name": "key", "type": ["null", "string"], "default": null}},
+                  {{"name": "event", "type": {envelope}}}]}}"#
+        );
+        let old = Schema::parse_str(&archived).unwrap();
+        let mut event = envelope_to_value(
+            &record(
+                4,
+                Payload::StockAdjusted(StockAdjusted {
+                    delta: 5,
+                    new_stock: 12,
+                    reason: None,
+                    previous_stock: 7,
+                }),
+            )
+            .event,
+        );
+        if let Value::Record(fields) = &mut event {
+            if let Some((_, Value::Union(_, adjusted))) =
+                fields.iter_mut().find(|(n, _)| n == "payload")
+            {
+                if let Value::Record(adjusted) = adjusted.as_mut() {
+                    adjusted.retain(|(name, _)| name != "previous_stock");
+                }
+            }
+        }
+        let mut writer = Writer::new(&old, Vec::new()).unwrap();
+        writer
+            .append_value(Value::Record(vec![
+                ("partition".into(), Value::Int(1)),
+                ("offset".into(), Value::Long(4)),
+                ("timestamp".into(), Value::Union(0, Box::new(Value::Null))),
+                ("key".into(), Value::Union(0, Box::new(Value::Null))),
+                ("event".into(), event),
+            ]))
+            .unwrap();
+        let read = read_file(&writer.into_inner().unwrap()).unwrap();
+        let Payload::StockAdjusted(adjusted) = &read[0].event.payload else {
+            panic!("{read:?}")
+        };
+        assert_eq!(adjusted.previous_stock, 7, "new_stock - delta");
     }
 
     #[test]

@@ -199,7 +199,7 @@ async fn lock_products(
     }
     let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
     let rows: Vec<RowTuple> = sqlx::query_as(&format!(
-        "SELECT id, seller_id, stock, price_cents, deleted FROM {s}.products
+        "SELECT id, seller_id, stock, price_cents, deleted, low_stock_threshold FROM {s}.products
          WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     ))
     .bind(&ids)
@@ -208,15 +208,25 @@ async fn lock_products(
     Ok(rows.into_iter().map(product_row).collect())
 }
 
-type RowTuple = (String, Option<String>, Option<i64>, Option<i64>, bool);
+type RowTuple = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    Option<i64>,
+);
 
-fn product_row((id, seller_id, stock, price_cents, deleted): RowTuple) -> ProductRow {
+fn product_row(
+    (id, seller_id, stock, price_cents, deleted, low_stock_threshold): RowTuple,
+) -> ProductRow {
     ProductRow {
         id,
         seller_id,
         stock,
         price_cents,
         deleted,
+        low_stock_threshold,
     }
 }
 
@@ -238,12 +248,14 @@ async fn upsert_products(
     let versions: Vec<i64> = changes.iter().map(|c| c.version).collect();
     let updated: Vec<DateTime<Utc>> = changes.iter().map(|c| c.updated_at).collect();
     let deleted: Vec<bool> = changes.iter().map(|c| c.deleted).collect();
+    let thresholds: Vec<Option<i64>> = changes.iter().map(|c| c.low_stock_threshold).collect();
     // The version guard makes a stale change (already applied) a no-op.
     let changed: Vec<RowTuple> = sqlx::query_as(&format!(
         "INSERT INTO {s}.products AS p
-             (id, name, price_cents, stock, seller_id, version, updated_at, deleted)
+             (id, name, price_cents, stock, seller_id, version, updated_at, deleted,
+              low_stock_threshold)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[],
-                              $6::int8[], $7::timestamptz[], $8::bool[])
+                              $6::int8[], $7::timestamptz[], $8::bool[], $9::int8[])
          ON CONFLICT (id) DO UPDATE SET
              name = COALESCE(EXCLUDED.name, p.name),
              price_cents = COALESCE(EXCLUDED.price_cents, p.price_cents),
@@ -251,9 +263,10 @@ async fn upsert_products(
              seller_id = COALESCE(EXCLUDED.seller_id, p.seller_id),
              version = EXCLUDED.version,
              updated_at = EXCLUDED.updated_at,
-             deleted = EXCLUDED.deleted
+             deleted = EXCLUDED.deleted,
+             low_stock_threshold = COALESCE(EXCLUDED.low_stock_threshold, p.low_stock_threshold)
          WHERE p.version < EXCLUDED.version
-         RETURNING p.id, p.seller_id, p.stock, p.price_cents, p.deleted"
+         RETURNING p.id, p.seller_id, p.stock, p.price_cents, p.deleted, p.low_stock_threshold"
     ))
     .bind(&ids)
     .bind(&names)
@@ -263,6 +276,7 @@ async fn upsert_products(
     .bind(&versions)
     .bind(&updated)
     .bind(&deleted)
+    .bind(&thresholds)
     .fetch_all(&mut *tx)
     .await?;
     Ok(changed.into_iter().map(product_row).collect())

@@ -39,6 +39,7 @@ fn created(name: &str) -> Payload {
         price_cents: 100,
         stock: 10,
         seller_id: "seller-n".into(),
+        low_stock_threshold: None,
     })
 }
 
@@ -84,6 +85,7 @@ async fn events_of_a_newer_schema_park_their_product_and_are_never_dropped() {
         delta: -1,
         new_stock: 9,
         reason: None,
+        previous_stock: 10,
     });
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
     for (event, future) in [

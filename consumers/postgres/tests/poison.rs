@@ -40,6 +40,7 @@ fn created(name: &str, price_cents: i64, stock: i64, seller_id: &str) -> Payload
         price_cents,
         stock,
         seller_id: seller_id.into(),
+        low_stock_threshold: None,
     })
 }
 
@@ -156,6 +157,7 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
                     delta: -1,
                     new_stock: 19,
                     reason: Some("r".repeat(500_000)),
+                    previous_stock: 20,
                 }),
             ),
             event(&blocked, 1, created("blocked", 300, 30, "seller-2")),
@@ -167,6 +169,7 @@ async fn poison_records_park_their_product_and_everything_else_flows() {
                     delta: -1,
                     new_stock: 9,
                     reason: None,
+                    previous_stock: 10,
                 }),
             ),
             event(

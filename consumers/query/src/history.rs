@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use foldline_projections::fold_products;
+use foldline_schemas::read::{current_payload_json, payload_from_json};
 use foldline_schemas::{Envelope, Payload};
 use foldline_service::problem::Problem;
 use serde::Deserialize;
@@ -49,7 +50,9 @@ fn event_json(row: &EventRow) -> Value {
         "version": version, "type": event_type,
         "occurred_at": occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "position": Position { partition: *partition, offset: *offset }.to_string(),
-        "actor": actor, "correlation_id": correlation_id, "payload": payload,
+        "actor": actor, "correlation_id": correlation_id,
+        // Stored by whichever version projected it; served in the current shape.
+        "payload": current_payload_json(event_type, payload),
     })
 }
 
@@ -172,6 +175,7 @@ pub async fn product_as_of(state: &QueryState, schema: &str, id: &str, as_of: As
             "id": p.id, "name": p.name, "price_cents": p.price_cents, "stock": p.stock,
             "seller_id": p.seller_id, "version": p.version,
             "updated_at": p.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "low_stock_threshold": p.low_stock_threshold,
             "position": Position { partition: last.3, offset: last.4 }.to_string(),
         }))),
         _ => Err(Problem::new(
@@ -186,8 +190,7 @@ pub async fn product_as_of(state: &QueryState, schema: &str, id: &str, as_of: As
 /// The event of a history row, for the fold (its id and idempotency key are not kept).
 fn envelope(id: &str, row: &EventRow) -> Option<Envelope> {
     let (version, event_type, occurred_at, _, _, actor, correlation_id, payload) = row;
-    let payload: Payload =
-        serde_json::from_value(json!({ "event_type": event_type, "payload": payload })).ok()?;
+    let payload: Payload = payload_from_json(event_type, payload).ok()?;
     Some(Envelope {
         event_id: uuid::Uuid::nil(),
         product_id: id.to_owned(),

@@ -133,18 +133,31 @@ fn bad_param(detail: impl Into<String>) -> Problem {
     )
 }
 
-type ProductRow = (String, String, i64, i64, String, i64, DateTime<Utc>);
+type ProductRow = (
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    i64,
+    DateTime<Utc>,
+    Option<i64>,
+);
 
+/// A product as the contract gives it, plus `low_stock_threshold` (its own; `null`: the
+/// default), added with the schema of 2026-12-07.
 fn product_json(row: ProductRow) -> Value {
-    let (id, name, price_cents, stock, seller_id, version, updated_at) = row;
+    let (id, name, price_cents, stock, seller_id, version, updated_at, threshold) = row;
     json!({
         "id": id, "name": name, "price_cents": price_cents, "stock": stock,
         "seller_id": seller_id, "version": version,
         "updated_at": updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "low_stock_threshold": threshold,
     })
 }
 
-const PRODUCT_COLUMNS: &str = "id, name, price_cents, stock, seller_id, version, updated_at";
+const PRODUCT_COLUMNS: &str =
+    "id, name, price_cents, stock, seller_id, version, updated_at, low_stock_threshold";
 
 async fn list_products(
     State(state): State<Arc<QueryState>>,

@@ -85,6 +85,7 @@ mod tests {
                     delta: -2,
                     new_stock: 3,
                     reason: Some("sold".into()),
+                    previous_stock: 5,
                 }),
             },
         }
@@ -115,7 +116,7 @@ mod tests {
             let data: serde_json::Value = serde_json::from_str(&text(item, "data")).unwrap();
             assert_eq!(
                 data,
-                serde_json::json!({"delta": -2, "new_stock": 3, "reason": "sold"})
+                serde_json::json!({"delta": -2, "new_stock": 3, "reason": "sold", "previous_stock": 5})
             );
         }
     }

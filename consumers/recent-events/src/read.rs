@@ -57,12 +57,20 @@ fn event_json(item: &Item) -> Value {
     let occurred_at = text("occurred_at")
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.timestamp_millis());
+    let event_type = text("event_type");
+    // Stored by whichever version wrote the item; served in the current shape.
     let payload = text("data")
         .and_then(|d| serde_json::from_str::<Value>(&d).ok())
+        .map(|stored| {
+            foldline_schemas::read::current_payload_json(
+                event_type.as_deref().unwrap_or(""),
+                &stored,
+            )
+        })
         .unwrap_or(Value::Null);
     json!({
         "event_id": text("event_id"),
-        "event_type": text("event_type"),
+        "event_type": event_type,
         "product_id": text("product_id"),
         "version": version,
         "occurred_at": occurred_at,

@@ -108,6 +108,7 @@ fn create(name: &str) -> PlannedCommand {
             price_cents: 100,
             stock: 50,
             seller_id: "s1".into(),
+            low_stock_threshold: None,
         },
         expected_version: None,
     }

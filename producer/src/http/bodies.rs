@@ -14,6 +14,16 @@ pub struct CreateBody {
     pub(crate) price_cents: i64,
     pub(crate) stock: i64,
     pub(crate) seller_id: String,
+    /// The product's own low-stock threshold, 0 to 10,000,000 (default: the producer's).
+    #[serde(default)]
+    pub(crate) low_stock_threshold: Option<i64>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdBody {
+    /// 0 (never low) to 10,000,000.
+    pub(crate) threshold: i64,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -59,6 +69,14 @@ pub enum BatchCommand {
         price_cents: i64,
         stock: i64,
         seller_id: String,
+        #[serde(default)]
+        low_stock_threshold: Option<i64>,
+    },
+    SetLowStockThreshold {
+        id: String,
+        threshold: i64,
+        #[serde(default)]
+        if_match: Option<i64>,
     },
     Update {
         id: String,
@@ -92,6 +110,7 @@ impl BatchCommand {
                 price_cents,
                 stock,
                 seller_id,
+                low_stock_threshold,
             } => (
                 None,
                 Command::Create {
@@ -99,8 +118,18 @@ impl BatchCommand {
                     price_cents,
                     stock,
                     seller_id,
+                    low_stock_threshold,
                 },
                 None,
+            ),
+            BatchCommand::SetLowStockThreshold {
+                id,
+                threshold,
+                if_match,
+            } => (
+                Some(id),
+                Command::SetLowStockThreshold { threshold },
+                if_match,
             ),
             BatchCommand::Update {
                 id,
@@ -204,6 +233,7 @@ mod tests {
                 batch.commands.into_iter().map(BatchCommand::plan).collect();
             prop_assert_eq!(&planned[0].command, &Command::Create {
                 name, price_cents: price, stock, seller_id: seller,
+                low_stock_threshold: None,
             });
             prop_assert_eq!(planned[0].product_id.as_ref(), None);
             prop_assert_eq!(&planned[1].command, &Command::AdjustStock { delta, reason });

@@ -14,7 +14,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
 
@@ -23,7 +23,7 @@ use crate::domain::{Actor, Command};
 use crate::handler::{CommandHandler, PlannedCommand};
 use crate::http::forward::Forwarder;
 use crate::http::gate::{CommandCharge, Gate};
-use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
+use bodies::{BatchBody, BatchCommand, CreateBody, StockBody, ThresholdBody, UpdateBody};
 use openapi::{BatchAnswerDoc, ProblemDoc, WriteErrors};
 use problem::Problem;
 
@@ -41,6 +41,7 @@ pub fn routes(
         .route("/products", post(create))
         .route("/products/{id}", patch(update).delete(remove))
         .route("/products/{id}/stock", post(adjust_stock))
+        .route("/products/{id}/low-stock-threshold", put(set_threshold))
         .route("/commands", post(batch));
     if let Some(forwarder) = forwarder {
         writes = writes.route_layer(middleware::from_fn_with_state(
@@ -115,6 +116,7 @@ async fn create(
         price_cents: body.price_cents,
         stock: body.stock,
         seller_id: body.seller_id,
+        low_stock_threshold: body.low_stock_threshold,
     };
     let answer = run_single(&service, (actor, &headers), None, command, "create").await?;
     Ok(answer_response(StatusCode::CREATED, &answer, true))
@@ -179,6 +181,41 @@ async fn adjust_stock(
         Some(id),
         command,
         "adjust_stock",
+    )
+    .await?;
+    Ok(answer_response(StatusCode::OK, &answer, false))
+}
+
+/// Set a product's own low-stock threshold (a `LowStockWarning` follows when its stock is
+/// now below it and was not before).
+#[utoipa::path(put, path = "/products/{id}/low-stock-threshold", request_body = ThresholdBody,
+    params(("id" = String, Path, description = "Product id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key again returns the first answer and appends nothing"),
+        ("X-Correlation-ID" = Option<String>, Header, description = "Carried into the events' headers"),
+        ("If-Match" = Option<String>, Header, description = "Quoted version; a mismatch is 412")),
+    responses(
+        (status = 200, description = "Set", body = Answer),
+        (status = 404, description = "Unknown or deleted product", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = ProblemDoc, content_type = "application/problem+json"),
+        WriteErrors
+    ))]
+async fn set_threshold(
+    State(service): State<Arc<CommandHandler>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<ThresholdBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(body) = body?;
+    let command = Command::SetLowStockThreshold {
+        threshold: body.threshold,
+    };
+    let answer = run_single(
+        &service,
+        (actor, &headers),
+        Some(id),
+        command,
+        "set_low_stock_threshold",
     )
     .await?;
     Ok(answer_response(StatusCode::OK, &answer, false))

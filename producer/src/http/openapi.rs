@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::bodies::{BatchBody, BatchCommand, CreateBody, StockBody, UpdateBody};
+use super::bodies::{BatchBody, BatchCommand, CreateBody, StockBody, ThresholdBody, UpdateBody};
 use crate::answer::Answer;
 
 /// An error answer (RFC 9457, `application/problem+json`).
@@ -94,6 +94,7 @@ pub struct BatchAnswerDoc {
         super::create,
         super::update,
         super::adjust_stock,
+        super::set_threshold,
         super::remove,
         super::batch
     ),
@@ -101,6 +102,7 @@ pub struct BatchAnswerDoc {
         CreateBody,
         UpdateBody,
         StockBody,
+        ThresholdBody,
         BatchBody,
         BatchCommand,
         Answer,

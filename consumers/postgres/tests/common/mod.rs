@@ -278,14 +278,16 @@ impl Stack {
                     got["price_cents"].as_i64().unwrap(),
                     got["stock"].as_i64().unwrap(),
                     got["seller_id"].as_str().unwrap(),
-                    got["version"].as_i64().unwrap()
+                    got["version"].as_i64().unwrap(),
+                    got["low_stock_threshold"].as_i64()
                 ),
                 (
                     expected.name.as_str(),
                     expected.price_cents,
                     expected.stock,
                     expected.seller_id.as_str(),
-                    expected.version
+                    expected.version,
+                    expected.low_stock_threshold
                 ),
                 "product {id}"
             );
@@ -298,7 +300,7 @@ impl Stack {
                 entry[0] += 1;
                 entry[1] += p.stock;
                 entry[2] += p.stock * p.price_cents;
-                entry[3] += i64::from(p.stock < THRESHOLD);
+                entry[3] += i64::from(p.stock < p.threshold(THRESHOLD));
             }
         }
         for (seller, [count, stock, value, low]) in sellers {
