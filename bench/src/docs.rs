@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::idle::IdleResult;
+use crate::upgrade_drill::DrillResult;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,7 +46,11 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let idle: IdleResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/idle.json"),
     )?)?;
-    replace_section(doc, "idle", &render_idle(&idle))
+    let doc = replace_section(doc, "idle", &render_idle(&idle))?;
+    let drill: DrillResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/upgrade-drill.json"),
+    )?)?;
+    replace_section(&doc, "upgrade-drill", &render_drill(&drill))
 }
 
 /// `doc` with the body of section `name` replaced by `body`.
@@ -63,6 +68,83 @@ fn replace_section(doc: &str, name: &str, body: &str) -> anyhow::Result<String> 
         .ok_or_else(|| anyhow::anyhow!("no `{close}` after `{}`", open.trim_end()))?
         + start;
     Ok(format!("{}{body}{}", &doc[..start], &doc[end..]))
+}
+
+fn render_drill(r: &DrillResult) -> String {
+    let mut out = String::new();
+    let verdict = |met: bool| if met { "met" } else { "**not met**" };
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    let _ = writeln!(
+        out,
+        "Measured {} on {} (from `{}` to commit `{}`), by `scripts/upgrade-drill` \
+         (bench/results/upgrade-drill.json). Targets: {}.\n",
+        r.provenance.when(),
+        r.provenance.machine,
+        r.old_commit,
+        r.provenance.commit,
+        verdict(r.met)
+    );
+    out.push_str(
+        "| step | seconds | longest time without an acknowledged write, ms | probe writes | write → visible (query) p50 / p99 / max, ms |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---|\n");
+    for step in &r.steps {
+        let q = &step.visible_ms;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {} | {} | {} / {} / {} |",
+            step.name, step.seconds, step.write_gap_ms, q.n, q.p50_ms, q.p99_ms, q.max_ms
+        );
+    }
+    let w = &r.wrong_order;
+    let rows = [
+        (
+            "writes acknowledged (retries; refused for good, 4xx)",
+            format!("{} ({}; {})", r.writes_acknowledged, r.retries, r.refused),
+        ),
+        (
+            "longest time without an acknowledged write (target ≤ 2,000 ms)",
+            format!("{} ms", r.longest_write_gap_ms),
+        ),
+        (
+            "events in the log; lost / doubled / broken versions (target 0)",
+            format!(
+                "{}; {} / {} / {}",
+                r.events_in_log, r.lost, r.doubled, r.broken_versions
+            ),
+        ),
+        (
+            "consumers found stopped after a step (target 0)",
+            r.consumers_stopped.to_string(),
+        ),
+        (
+            "wrong order: products / events parked as written by a newer schema",
+            format!("{} / {}", w.parked_products, w.parked_events),
+        ),
+        (
+            "wrong order: products retried after the upgrade; still parked; verify",
+            format!(
+                "{}; {}; {}",
+                w.retried_products,
+                w.still_parked,
+                yes(w.verify_passed)
+            ),
+        ),
+        ("`foldline verify` passes", yes(r.verify_passed).to_owned()),
+        (
+            "a rebuild across the mixed history compares equal",
+            yes(r.rebuild_equal).to_owned(),
+        ),
+        (
+            "archive restored (files of both builds): events; equal to the topic",
+            format!("{}; {}", r.restored_events, yes(r.restore_equal)),
+        ),
+    ];
+    out.push_str("\n| check | result |\n|---|---|\n");
+    for (check, result) in rows {
+        let _ = writeln!(out, "| {check} | {result} |");
+    }
+    out
 }
 
 fn render_idle(r: &IdleResult) -> String {

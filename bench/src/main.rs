@@ -21,6 +21,7 @@ mod sse;
 mod sse_floor;
 mod sse_listen;
 mod stages;
+mod upgrade_drill;
 
 use clap::{Parser, Subcommand};
 
@@ -70,6 +71,9 @@ enum Command {
     /// CPU of the `scripts/up` stack with no writes, per process and in all; then write →
     /// visible at a trickle on it.
     Idle(idle::Args),
+    /// A schema change shipped under load: the previous release's binaries replaced by the
+    /// current ones one process at a time, then checked (`scripts/upgrade-drill`).
+    UpgradeDrill(upgrade_drill::Args),
     /// Rewrite the generated tables of docs/benchmarks.md from bench/results/ (`--check`:
     /// fail when they differ).
     Docs(docs::Args),
@@ -92,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SseFloor(args) => sse_floor::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
         Command::Idle(args) => idle::run(args).await,
+        Command::UpgradeDrill(args) => upgrade_drill::run(args).await,
         Command::Docs(args) => docs::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,

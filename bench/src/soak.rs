@@ -46,6 +46,24 @@ pub struct Quantiles {
     pub max_ms: f64,
 }
 
+impl Quantiles {
+    /// Of the samples `ms` (sorted in place); nearest-rank percentiles.
+    pub fn of(ms: &mut [f64]) -> Quantiles {
+        if ms.is_empty() {
+            return Quantiles::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+        let round = |x: f64| (x * 10.0).round() / 10.0;
+        Quantiles {
+            n: ms.len() as u64,
+            p50_ms: round(rank(0.50)),
+            p99_ms: round(rank(0.99)),
+            max_ms: round(ms[ms.len() - 1]),
+        }
+    }
+}
+
 /// What one minute of the load measured.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MinuteReport {

@@ -44,10 +44,8 @@ pub(crate) mod upcast {
     }
 }
 
-/// A payload stored as JSON by any earlier version (the history's `payload`, the recent
-/// events' `data`) in the current shape: the upcasts the Avro path applies, applied to the
-/// JSON form. A type this build does not know is returned as stored.
-pub fn current_payload_json(event_type: &str, stored: &serde_json::Value) -> serde_json::Value {
+/// The upcasts of the Avro path, applied to a payload stored as JSON.
+fn upcast_json(event_type: &str, stored: &serde_json::Value) -> serde_json::Value {
     let mut payload = stored.clone();
     if EventType::parse(event_type) == Some(EventType::StockAdjusted) {
         if let Some(fields) = payload.as_object_mut() {
@@ -65,16 +63,29 @@ pub fn current_payload_json(event_type: &str, stored: &serde_json::Value) -> ser
     payload
 }
 
-/// The payload of type `event_type` stored as JSON by any earlier version, read as the
-/// current [`Payload`](crate::Payload) (upcast by [`current_payload_json`]).
+/// The payload of type `event_type` stored as JSON by any earlier version (the history's
+/// `payload`, the recent events' `data`), read as the current [`Payload`](crate::Payload):
+/// the same upcasts as the Avro path, and optional fields added since at their defaults.
 pub fn payload_from_json(
     event_type: &str,
     stored: &serde_json::Value,
 ) -> Result<crate::Payload, serde_json::Error> {
     serde_json::from_value(serde_json::json!({
         "event_type": event_type,
-        "payload": current_payload_json(event_type, stored),
+        "payload": upcast_json(event_type, stored),
     }))
+}
+
+/// A payload stored as JSON by any earlier version, as the current version writes it (so
+/// payloads stored by different versions compare equal when they hold the same event). A
+/// type this build does not know is returned as stored.
+pub fn current_payload_json(event_type: &str, stored: &serde_json::Value) -> serde_json::Value {
+    match payload_from_json(event_type, stored) {
+        Ok(payload) => {
+            serde_json::from_str(&payload.fields_json()).unwrap_or_else(|_| stored.clone())
+        }
+        Err(_) => stored.clone(),
+    }
 }
 
 /// One branch of a writer schema's `payload` union.
@@ -424,6 +435,17 @@ mod tests {
         let written =
             serde_json::json!({"delta": 1, "new_stock": 5, "reason": null, "previous_stock": 4});
         assert_eq!(current_payload_json("StockAdjusted", &written), written);
+        // An optional field added since: at its default, so shapes of two versions compare.
+        let created =
+            serde_json::json!({"name": "n", "price_cents": 1, "stock": 2, "seller_id": "s"});
+        assert_eq!(
+            current_payload_json("ProductCreated", &created)["low_stock_threshold"],
+            serde_json::Value::Null
+        );
+        assert!(current_payload_json("ProductCreated", &created)
+            .as_object()
+            .unwrap()
+            .contains_key("low_stock_threshold"));
         // Unknown to this build: as stored.
         let future = serde_json::json!({"note": "x"});
         assert_eq!(current_payload_json("FutureEvent", &future), future);

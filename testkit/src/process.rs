@@ -15,6 +15,10 @@ pub fn free_port() -> u16 {
 /// The path of a workspace binary: `$FOLDLINE_<NAME>_BIN` (scripts/test exports them), else
 /// `target/debug/<name>` next to the test executable.
 pub fn binary(name: &str) -> String {
+    // A path names its binary itself (the upgrade drill runs two builds side by side).
+    if name.contains('/') {
+        return name.to_owned();
+    }
     let var = format!(
         "FOLDLINE_{}_BIN",
         name.trim_start_matches("foldline-")
@@ -184,6 +188,13 @@ impl Spawned {
         std::fs::read_dir(format!("/proc/{}/fd", child.id()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// Whether the process is still running (false once it exited, or was killed here).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// SIGKILL, like a crash.

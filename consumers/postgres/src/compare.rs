@@ -24,6 +24,7 @@
 //!
 //! Rows are compared as JSON (`to_jsonb`), so every column counts.
 
+use foldline_schemas::read::current_payload_json;
 use sqlx::{PgConnection, Row};
 
 /// How many differences are kept to print.
@@ -424,6 +425,10 @@ pub async fn compare(
         checks.push(("event_counts", event_counts));
     }
     for (table, sql) in checks {
+        if table == "product_events" {
+            history_differences(conn, &sql, &mut comparison).await?;
+            continue;
+        }
         let rows = sqlx::query(&format!(
             "SELECT key, live, new, count(*) OVER () AS total FROM ({sql}) d
              ORDER BY key LIMIT {FIRST}"
@@ -451,4 +456,76 @@ pub async fn compare(
         comparison.snapshot_seconds = seconds;
     }
     Ok(comparison)
+}
+
+/// The history rows that differ: SQL finds the rows whose stored JSON differs; a row differs
+/// only if it still does once both payloads are read in the current shape — the live model
+/// keeps payloads as the version that projected them wrote them (before 2026-12-07 without
+/// `previous_stock`), a rebuilt one as the current version writes them, and both hold the same
+/// event ([`current_payload_json`], the readers' own upcast).
+async fn history_differences(
+    conn: &mut PgConnection,
+    sql: &str,
+    comparison: &mut Comparison,
+) -> Result<(), sqlx::Error> {
+    use futures::TryStreamExt;
+    let query = format!("SELECT key, live, new FROM ({sql}) d ORDER BY key");
+    let mut rows = sqlx::query(&query).fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        let live: Option<String> = row.try_get("live")?;
+        let new: Option<String> = row.try_get("new")?;
+        if same_event(live.as_deref(), new.as_deref()) {
+            continue;
+        }
+        comparison.differences += 1;
+        if comparison.first.len() < FIRST as usize {
+            comparison.first.push(Difference {
+                table: "product_events",
+                key: row.try_get("key")?,
+                live,
+                new,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether two history rows (as JSON) are the same event, their payloads read in the
+/// current shape.
+fn same_event(live: Option<&str>, new: Option<&str>) -> bool {
+    let current = |row: &str| -> Option<serde_json::Value> {
+        let mut row: serde_json::Value = serde_json::from_str(row).ok()?;
+        let event_type = row["event_type"].as_str()?.to_owned();
+        row["payload"] = current_payload_json(&event_type, &row["payload"]);
+        Some(row)
+    };
+    match (live.and_then(current), new.and_then(current)) {
+        (Some(live), Some(new)) => live == new,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_event;
+
+    #[test]
+    fn history_rows_of_two_versions_are_the_same_event_when_their_current_shapes_agree() {
+        let row = |payload: &str| {
+            format!(
+                r#"{{"product_id": "p", "version": 2, "event_type": "StockAdjusted", "payload": {payload}}}"#
+            )
+        };
+        // Projected before 2026-12-07 (no previous_stock) and after: the same event.
+        let old = row(r#"{"delta": -1, "new_stock": 4, "reason": null}"#);
+        let new = row(r#"{"delta": -1, "new_stock": 4, "reason": null, "previous_stock": 5}"#);
+        assert!(same_event(Some(&old), Some(&new)));
+        // A real difference stays one.
+        let other = row(r#"{"delta": -1, "new_stock": 3, "reason": null, "previous_stock": 4}"#);
+        assert!(!same_event(Some(&old), Some(&other)));
+        let wrong_previous =
+            row(r#"{"delta": -1, "new_stock": 4, "reason": null, "previous_stock": 9}"#);
+        assert!(!same_event(Some(&old), Some(&wrong_previous)));
+        assert!(!same_event(Some(&old), None), "a missing row differs");
+    }
 }

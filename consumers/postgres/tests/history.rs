@@ -79,7 +79,7 @@ async fn a_products_history_and_its_state_as_of_any_write() {
     assert_eq!(versions, [1, 2, 3, 4, 5]);
     assert_eq!(
         events[2]["payload"],
-        json!({"delta": -7, "new_stock": 3, "reason": "order 7"})
+        json!({"delta": -7, "new_stock": 3, "reason": "order 7", "previous_stock": 10})
     );
     assert_eq!(events[0]["position"], answers[0]["position"]);
     assert!(events
