@@ -107,18 +107,9 @@ impl Service {
         bins: &Path,
         bin: &'static str,
         listen_var: &'static str,
-        env: Vec<(&'static str, String)>,
-    ) -> Service {
-        Service::start_on(bins, bin, listen_var, env, free_port()).await
-    }
-
-    async fn start_on(
-        bins: &Path,
-        bin: &'static str,
-        listen_var: &'static str,
         mut env: Vec<(&'static str, String)>,
-        port: u16,
     ) -> Service {
+        let port = free_port();
         env.push((listen_var, format!("127.0.0.1:{port}")));
         let running = spawn(bins, bin, &env, port).await;
         Service {
@@ -330,12 +321,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let archive_env = vec![("FOLDLINE_ARCHIVE_BUCKET", bucket.clone())];
 
     // The previous release, everything.
-    let producer_env = vec![
-        ("FOLDLINE_TOPIC", topic.clone()),
-        ("FOLDLINE_TRANSACTIONAL_ID", fleet.clone()),
-        ("FOLDLINE_PRODUCER_OWNERSHIP", "partitions".into()),
-        ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "5".into()),
-    ];
     let mut producers = Vec::new();
     for _ in 0..2 {
         producers.push(
@@ -343,15 +328,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 old,
                 "foldline-producer",
                 "FOLDLINE_PRODUCER_LISTEN",
-                producer_env.clone(),
+                vec![
+                    ("FOLDLINE_TOPIC", topic.clone()),
+                    ("FOLDLINE_TRANSACTIONAL_ID", fleet.clone()),
+                    ("FOLDLINE_PRODUCER_OWNERSHIP", "partitions".into()),
+                    ("FOLDLINE_SNAPSHOT_INTERVAL_SECS", "5".into()),
+                ],
             )
             .await,
         );
     }
-    // A rolling upgrade with a surge, as behind a load balancer: each new producer starts on
-    // a port of its own, joins the fleet and is ready before the old one it replaces stops.
-    // The clients know all four addresses and move on from one that does not answer.
-    let surge: Vec<u16> = (0..producers.len()).map(|_| free_port()).collect();
     let mut consumers = vec![
         Service::start(
             old,
@@ -413,11 +399,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await,
     ];
-    let producer_urls: Vec<String> = producers
-        .iter()
-        .map(Service::url)
-        .chain(surge.iter().map(|port| format!("http://127.0.0.1:{port}")))
-        .collect();
+    let producer_urls: Vec<String> = producers.iter().map(Service::url).collect();
     let query_url = consumers[4].url();
     let writers = Writers::start(
         &producer_urls,
@@ -464,19 +446,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let name = format!("upgrade foldline-producer {}", index + 1);
         probe.enter(&name);
         let started = Instant::now();
-        let fresh = Service::start_on(
-            new,
-            "foldline-producer",
-            "FOLDLINE_PRODUCER_LISTEN",
-            producer_env.clone(),
-            surge[index],
-        )
-        .await;
-        assert!(
-            producer.running.terminate(),
-            "the previous producer did not exit cleanly on SIGTERM"
-        );
-        *producer = fresh;
+        producer.upgrade(new).await;
         tokio::time::sleep(step).await;
         measure(&name, started, &probe, &mut consumers);
     }
