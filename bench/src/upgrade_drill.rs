@@ -504,18 +504,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .count();
     late.upgrade(new).await;
-    let mut retried = 0;
-    for product in &parked_products {
-        let url = format!("{}/parked/{product}/retry", late.url());
-        if reqwest::Client::new()
-            .post(url)
-            .send()
+    // As an operator would: list what is parked, retry each product, until nothing is (it
+    // may have parked more between the first listing and its upgrade).
+    let mut retried = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let products: std::collections::BTreeSet<String> = parked(&late.url())
             .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            retried += 1;
+            .iter()
+            .filter_map(|e| e["product_id"].as_str().map(str::to_owned))
+            .collect();
+        if products.is_empty() {
+            break;
+        }
+        for product in products {
+            let url = format!("{}/parked/{product}/retry", late.url());
+            let answer = reqwest::Client::new().post(url).send().await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                retried.insert(product);
+            }
         }
     }
+    let retried = retried.len();
     let still_parked = parked(&late.url()).await.len();
 
     // Writes stop; every consumer drains; the checks.
