@@ -364,6 +364,7 @@ async fn operational_routes_answer() {
             "/commands",
             "/products",
             "/products/{id}",
+            "/products/{id}/low-stock-threshold",
             "/products/{id}/stock"
         ]
     );
