@@ -171,12 +171,12 @@ fn records(value: &Value) -> Result<&[(String, Value)], AvroMappingError> {
     }
 }
 
-/// Reads an envelope decoded with the writer schema whose payload branches are `branches`.
-/// Only through [`crate::read::read_envelope`], which checks first that nothing of the value
-/// is unknown to this build.
+/// Reads an envelope decoded with a writer schema whose payload branch, by name, is
+/// `event_type`. Only through [`crate::read::read_envelope`], which resolves the branch and
+/// checks first that nothing of the value is unknown to this build.
 pub(crate) fn envelope_from_value(
     value: &Value,
-    branches: &[Option<EventType>],
+    event_type: EventType,
 ) -> Result<Envelope, AvroMappingError> {
     let fields = Fields(records(value)?);
     let event_id = match fields.get("event_id")? {
@@ -187,16 +187,11 @@ pub(crate) fn envelope_from_value(
     let millis = fields.long("occurred_at")?;
     let occurred_at: DateTime<Utc> = DateTime::from_timestamp_millis(millis)
         .ok_or_else(|| wrong("occurred_at", &Value::Long(millis)))?;
-    let (index, inner) = match fields.0.iter().find(|(n, _)| n == "payload") {
-        Some((_, Value::Union(index, inner))) => (*index, inner.as_ref()),
+    let inner = match fields.0.iter().find(|(n, _)| n == "payload") {
+        Some((_, Value::Union(_, inner))) => inner.as_ref(),
         Some((_, other)) => return Err(wrong("payload", other)),
         None => return Err(AvroMappingError::MissingField("payload")),
     };
-    let event_type = branches
-        .get(index as usize)
-        .copied()
-        .flatten()
-        .ok_or_else(|| AvroMappingError::UnknownBranch(index.to_string()))?;
     let p = Fields(records(inner)?);
     let payload = match event_type {
         EventType::ProductCreated => Payload::ProductCreated(ProductCreated {
@@ -295,9 +290,7 @@ mod tests {
     #[test]
     fn every_payload_round_trips_through_avro_binary() {
         let schema = Schema::parse_str(crate::PRODUCTS_VALUE_SCHEMA).unwrap();
-        let branches = crate::read::WriterSchema::of(&schema)
-            .unwrap()
-            .event_types();
+        let writer = crate::read::WriterSchema::of(&schema).unwrap();
         let payloads = vec![
             Payload::ProductCreated(ProductCreated {
                 name: "Desk".into(),
@@ -327,7 +320,10 @@ mod tests {
             let envelope = sample(payload);
             let bytes = to_avro_datum(&schema, envelope_to_value(&envelope)).unwrap();
             let value = from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
-            assert_eq!(envelope_from_value(&value, &branches).unwrap(), envelope);
+            assert_eq!(
+                crate::read::read_envelope(&value, &writer, None).unwrap(),
+                envelope
+            );
         }
     }
 
@@ -345,9 +341,7 @@ mod tests {
         let deleted = union.remove(at);
         union.insert(0, deleted);
         let writer = Schema::parse_str(&json.to_string()).unwrap();
-        let branches = crate::read::WriterSchema::of(&writer)
-            .unwrap()
-            .event_types();
+        let branches = crate::read::WriterSchema::of(&writer).unwrap();
         let envelope = sample(Payload::ProductDeleted(ProductDeleted {}));
         let mut value = envelope_to_value(&envelope);
         if let Value::Record(fields) = &mut value {
@@ -355,7 +349,10 @@ mod tests {
         }
         let bytes = to_avro_datum(&writer, value).unwrap();
         let decoded = from_avro_datum(&writer, &mut bytes.as_slice(), None).unwrap();
-        assert_eq!(envelope_from_value(&decoded, &branches).unwrap(), envelope);
+        assert_eq!(
+            crate::read::read_envelope(&decoded, &branches, None).unwrap(),
+            envelope
+        );
     }
 
     #[test]

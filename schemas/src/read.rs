@@ -270,11 +270,13 @@ pub fn read_envelope(
             })
         }
     };
-    match unknown {
-        None => Ok(envelope_from_value(value, &writer.event_types())?),
-        Some(unknown) => Err(ReadError::Newer(Box::new(newer(
-            fields, payload, branch, unknown, schema_id,
-        )?))),
+    match (unknown, branch.event_type) {
+        (None, Some(event_type)) => Ok(envelope_from_value(value, event_type)?),
+        (unknown, _) => {
+            let unknown = unknown.unwrap_or_else(|| format!("event type `{}`", branch.name));
+            let event = newer(fields, payload, branch, unknown, schema_id)?;
+            Err(ReadError::Newer(Box::new(event)))
+        }
     }
 }
 

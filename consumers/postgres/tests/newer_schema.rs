@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::Utc;
 use common::Stack;
 use foldline_schemas::wire::EventCodec;
 use foldline_schemas::{Envelope, Payload, ProductCreated, StockAdjusted};
@@ -20,17 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
 fn event(id: &str, version: i64, payload: Payload) -> Envelope {
-    Envelope {
-        event_id: uuid::Uuid::new_v4(),
-        product_id: id.to_owned(),
-        version,
-        occurred_at: Utc::now(),
-        correlation_id: "newer-schema-test".into(),
-        idempotency_key: None,
-        command_index: None,
-        payload,
-        actor: Some("future-writer".into()),
-    }
+    common::raw_event("future-writer", id, version, payload)
 }
 
 fn created(name: &str) -> Payload {

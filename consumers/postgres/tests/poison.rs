@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::Utc;
 use common::Stack;
 use foldline_schemas::wire::EventCodec;
 use foldline_schemas::{Envelope, Payload, ProductCreated, ProductUpdated, StockAdjusted};
@@ -21,17 +20,7 @@ use serde_json::Value;
 use sqlx::Connection;
 
 fn event(id: &str, version: i64, payload: Payload) -> Envelope {
-    Envelope {
-        event_id: uuid::Uuid::new_v4(),
-        product_id: id.to_owned(),
-        version,
-        occurred_at: Utc::now(),
-        correlation_id: "poison-test".into(),
-        idempotency_key: None,
-        command_index: None,
-        payload,
-        actor: Some("raw-producer".into()),
-    }
+    common::raw_event("raw-producer", id, version, payload)
 }
 
 fn created(name: &str, price_cents: i64, stock: i64, seller_id: &str) -> Payload {

@@ -8,7 +8,6 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use common::Stack;
 use foldline_schemas::{Envelope, Payload, ProductCreated, StockAdjusted};
 use foldline_testkit::future_schema;
@@ -18,17 +17,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 fn event(id: &str, version: i64, payload: Payload) -> Envelope {
-    Envelope {
-        event_id: uuid::Uuid::new_v4(),
-        product_id: id.to_owned(),
-        version,
-        occurred_at: Utc::now(),
-        correlation_id: "old-writer".into(),
-        idempotency_key: None,
-        command_index: None,
-        payload,
-        actor: Some("old-writer".into()),
-    }
+    common::raw_event("old-writer", id, version, payload)
 }
 
 #[tokio::test]

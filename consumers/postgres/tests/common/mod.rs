@@ -396,3 +396,24 @@ impl Stack {
         events
     }
 }
+
+/// An event as a writer other than the producer appends it (tests that write raw records):
+/// `writer` is its correlation id and actor.
+pub fn raw_event(
+    writer: &str,
+    id: &str,
+    version: i64,
+    payload: foldline_schemas::Payload,
+) -> Envelope {
+    Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        product_id: id.to_owned(),
+        version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: writer.to_owned(),
+        idempotency_key: None,
+        command_index: None,
+        payload,
+        actor: Some(writer.to_owned()),
+    }
+}
