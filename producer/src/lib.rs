@@ -265,6 +265,7 @@ pub async fn run(
             config.max_body_bytes,
             Duration::from_millis(config.request_timeout_ms),
             metrics.clone(),
+            lanes.directory.clone(),
         )
     });
     let app = http::routes(service, gate, forwarder)
@@ -278,18 +279,23 @@ pub async fn run(
         // Outermost: preflight requests are answered before the gate asks for a token.
         .layer(cors);
     let app = ops.instrument(app);
-    foldline_service::serve::serve(listener, app, shutdown).await?;
-    // In-flight requests are done: give the partitions up (their snapshots make the next
-    // owner read almost nothing).
-    match membership {
-        Some(thread) => {
+    // In `partitions` mode the partitions are given up *before* the listener closes: while
+    // the others take them over, requests that reach this instance still wait for the next
+    // owner and are forwarded there, instead of finding a closed port.
+    let leave_first = async move {
+        shutdown.await;
+        if let Some(thread) = membership {
+            tracing::info!("stopping: giving the partitions up before the listener closes");
             stop_membership.cancel();
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        None => {
-            for lane in lanes.lanes() {
-                lanes.save_snapshot(&lane).await;
-            }
+    };
+    foldline_service::serve::serve(listener, app, leave_first).await?;
+    // In-flight requests are done. In `single` mode store the snapshots, so the next
+    // instance reads almost nothing.
+    if config.ownership == Mode::Single {
+        for lane in lanes.lanes() {
+            lanes.save_snapshot(&lane).await;
         }
     }
     Ok(())

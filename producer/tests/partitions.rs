@@ -16,27 +16,30 @@ use serde_json::{json, Value};
 
 const INSTANCES: usize = 3;
 
-/// Three producers of one fleet (one transactional id prefix) on `topic`, each serving one of
-/// its three partitions.
-async fn fleet(topic: &str) -> Vec<Spawned> {
+/// One producer of the fleet `fleet_id` on `topic`.
+async fn instance(topic: &str, fleet_id: &str) -> Spawned {
+    Spawned::start(
+        "foldline-producer",
+        "FOLDLINE_PRODUCER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.to_owned()),
+            ("FOLDLINE_TRANSACTIONAL_ID", fleet_id.to_owned()),
+            ("FOLDLINE_PRODUCER_OWNERSHIP", "partitions".to_owned()),
+        ],
+    )
+    .await
+}
+
+/// Three producers of one fleet (one transactional id prefix, returned) on `topic`, each
+/// serving one of its three partitions.
+async fn fleet(topic: &str) -> (String, Vec<Spawned>) {
     let fleet_id = foldline_testkit::unique("fleet");
     let mut producers = Vec::new();
     for _ in 0..INSTANCES {
-        producers.push(
-            Spawned::start(
-                "foldline-producer",
-                "FOLDLINE_PRODUCER_LISTEN",
-                &[
-                    ("FOLDLINE_TOPIC", topic.to_owned()),
-                    ("FOLDLINE_TRANSACTIONAL_ID", fleet_id.clone()),
-                    ("FOLDLINE_PRODUCER_OWNERSHIP", "partitions".to_owned()),
-                ],
-            )
-            .await,
-        );
+        producers.push(instance(topic, &fleet_id).await);
     }
     wait_shared(&producers, 3, Duration::from_secs(60)).await;
-    producers
+    (fleet_id, producers)
 }
 
 /// Waits until the live producers serve `partitions` in all, each at least one.
@@ -87,7 +90,7 @@ fn create_body(stock: i64) -> Value {
 #[tokio::test]
 async fn producers_share_the_partitions_and_forward_what_they_do_not_write() {
     let topic = foldline_testkit::unique("products");
-    let producers = fleet(&topic).await;
+    let (_, producers) = fleet(&topic).await;
     let urls: Vec<String> = producers.iter().map(|p| p.url.clone()).collect();
 
     // Creates through every instance; a create's partition is its key's.
@@ -255,7 +258,7 @@ async fn write_until_acknowledged(urls: &[String], start: usize, id: &str, key: 
 #[tokio::test]
 async fn a_killed_producers_partitions_move_to_the_survivors_with_nothing_lost_or_doubled() {
     let topic = foldline_testkit::unique("products");
-    let mut producers = fleet(&topic).await;
+    let (_, mut producers) = fleet(&topic).await;
     let urls: Vec<String> = producers.iter().map(|p| p.url.clone()).collect();
     let mut products = Vec::new();
     for n in 0..12 {
@@ -303,7 +306,17 @@ async fn a_killed_producers_partitions_move_to_the_survivors_with_nothing_lost_o
     }
 
     let acknowledged: HashSet<String> = acknowledged.lock().unwrap().iter().cloned().collect();
-    let events = read_topic(&foldline_testkit::brokers(), &topic).await;
+    assert_each_acknowledged_once(&topic, &acknowledged).await;
+    assert!(
+        acknowledged.len() > 24,
+        "writes went on: {} acknowledged",
+        acknowledged.len()
+    );
+}
+
+/// The audit of a run: every acknowledged key appended once, nothing appended twice.
+async fn assert_each_acknowledged_once(topic: &str, acknowledged: &HashSet<String>) {
+    let events = read_topic(&foldline_testkit::brokers(), topic).await;
     assert_gap_free(&events);
     let mut appended: HashMap<String, usize> = HashMap::new();
     for (event, _, _) in &events {
@@ -320,9 +333,116 @@ async fn a_killed_producers_partitions_move_to_the_survivors_with_nothing_lost_o
         .filter(|k| !appended.contains_key(*k))
         .collect();
     assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+}
+
+/// Waits until `n` writes are acknowledged (panics when writes stall for 30 s).
+async fn acknowledged_by(acknowledged: &std::sync::Mutex<HashSet<String>>, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "writes stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stopping instance (SIGTERM) gives its partitions up while its listener still answers,
+/// and a joining one takes its share from the others: requests for the moving partitions
+/// wait for their next owner (and are forwarded there), so clients that move on only from a
+/// closed port get an answer to every request — no 503 — with nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_hand_over_answers_every_request() {
+    let topic = foldline_testkit::unique("products");
+    let (fleet_id, mut producers) = fleet(&topic).await;
+    let urls: Vec<String> = producers.iter().map(|p| p.url.clone()).collect();
+    let mut products = Vec::new();
+    for n in 0..9 {
+        let (status, body) = send(&urls[n % INSTANCES], "/products", None, create_body(0)).await;
+        assert_eq!(status, 201, "{body}");
+        products.push(body["id"].as_str().unwrap().to_owned());
+    }
+
+    let live = Arc::new(tokio::sync::RwLock::new(urls.clone()));
+    let acknowledged = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    let unavailable = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for (n, id) in products.iter().enumerate() {
+        let (live, acknowledged, unavailable, stop, id, topic) = (
+            live.clone(),
+            acknowledged.clone(),
+            unavailable.clone(),
+            stop.clone(),
+            id.clone(),
+            topic.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let client = foldline_testkit::auth::client();
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let key = format!("{topic}-{n}-{i}");
+                let mut at = n + i;
+                loop {
+                    let urls = live.read().await.clone();
+                    let url = &urls[at % urls.len()];
+                    let sent = client
+                        .post(format!("{url}/products/{id}/stock"))
+                        .header("Idempotency-Key", &key)
+                        .json(&json!({"delta": 1}))
+                        .timeout(Duration::from_secs(20))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => break,
+                        Ok(r) => {
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_default();
+                            unavailable.lock().unwrap().push(format!("{status} {body}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        // A closed port (the stopped instance): the next instance.
+                        Err(_) => at += 1,
+                    }
+                }
+                acknowledged.lock().unwrap().insert(key);
+                i += 1;
+            }
+        }));
+    }
+    acknowledged_by(&acknowledged, 50).await;
+
+    // SIGTERM: the instance leaves the group first and answers until the others serve its
+    // partitions; the clients keep sending to it until its port closes.
+    let leaving = producers.remove(0);
+    let left = tokio::task::spawn_blocking(move || {
+        let mut leaving = leaving;
+        leaving.terminate()
+    })
+    .await
+    .unwrap();
+    assert!(left, "the producer exits cleanly on SIGTERM");
+    live.write().await.remove(0);
+    wait_shared(&producers, 3, Duration::from_secs(60)).await;
+    let before_join = acknowledged.lock().unwrap().len();
+    acknowledged_by(&acknowledged, before_join + 30).await;
+
+    // A new instance joins: the others hand it a share while they keep answering.
+    let joining = instance(&topic, &fleet_id).await;
+    live.write().await.push(joining.url.clone());
+    producers.push(joining);
+    wait_shared(&producers, 3, Duration::from_secs(60)).await;
+    let after_join = acknowledged.lock().unwrap().len();
+    acknowledged_by(&acknowledged, after_join + 30).await;
+    stop.cancel();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let unavailable = unavailable.lock().unwrap().clone();
     assert!(
-        acknowledged.len() > 24,
-        "writes went on: {} acknowledged",
-        acknowledged.len()
+        unavailable.is_empty(),
+        "every request answered through the hand-overs, but {} were not: {:?}",
+        unavailable.len(),
+        &unavailable[..unavailable.len().min(5)]
     );
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_each_acknowledged_once(&topic, &acknowledged).await;
 }

@@ -3,23 +3,31 @@
 //! Only the handler knows a request's partition (it needs the body and the state), so this
 //! layer keeps the body (within the body limit), lets the handler run, and when the answer
 //! is the `partition-elsewhere` problem with a known owner, sends the same request there
-//! once and answers what the owner answered. A forwarded request carries
-//! `Foldline-Forwarded-By`, and is never forwarded again: if ownership moved meanwhile, the
-//! client gets the 503 (nothing was appended) and retries. Forwarding adds one hop on
-//! loopback or the cluster network; clients that want none can send to the owner named in
-//! the problem's `owner` member.
+//! and answers what the owner answered. A forwarded request carries `Foldline-Forwarded-By`
+//! and is never forwarded on by the instance it reached: when that instance gave the
+//! partition up meanwhile (a hand-over), it answers `partition-elsewhere` naming the next
+//! owner, and this instance routes the request again (up to [`MAX_BOUNCES`] times); an owner
+//! that does not answer (it stopped after handing over) is waited out until the directory
+//! names the next one — so a hand-over costs the client a slower answer, not a 503. A
+//! hand-over that outlasts these waits (a SIGKILLed owner: its partitions move only after the
+//! group's session timeout) is a 503 (nothing was appended) and the client retries. Forwarding adds one hop on loopback or the cluster network; clients that want
+//! none can send to the owner named in the problem's `owner` member.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::http::problem::{Problem, PARTITION_ELSEWHERE};
 use crate::metrics::Metrics;
+use crate::ownership::directory::Directory;
+use crate::ownership::HAND_OVER_WAIT;
 
 /// Marks a forwarded request (its value: the forwarding instance's URL).
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("foldline-forwarded-by");
@@ -29,6 +37,8 @@ pub struct Forwarder {
     me: String,
     max_body_bytes: usize,
     metrics: Metrics,
+    /// Who owns which partition: waited on when an owner named does not answer.
+    directory: Option<Arc<Directory>>,
 }
 
 impl Forwarder {
@@ -37,6 +47,7 @@ impl Forwarder {
         max_body_bytes: usize,
         timeout: Duration,
         metrics: Metrics,
+        directory: Option<Arc<Directory>>,
     ) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             client: reqwest::Client::builder()
@@ -46,6 +57,7 @@ impl Forwarder {
             me: me.to_owned(),
             max_body_bytes,
             metrics,
+            directory,
         })
     }
 }
@@ -89,69 +101,112 @@ pub async fn forward(
         }
     };
     let forwarded = parts.headers.contains_key(&FORWARDED_BY);
-    let response = next
-        .run(Request::from_parts(
-            parts.clone(),
-            Body::from(bytes.clone()),
-        ))
-        .await;
-    if forwarded {
-        return response;
-    }
-    let (owner, response) = owner_named(response).await;
-    let Some(owner) = owner else {
-        return response;
-    };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut outgoing = forwarder
-        .client
-        .request(parts.method.clone(), format!("{owner}{path}"))
-        .header(FORWARDED_BY, &forwarder.me)
-        .body(bytes);
-    for (name, value) in &parts.headers {
-        if name != header::HOST && name != header::CONTENT_LENGTH && name != header::CONNECTION {
-            outgoing = outgoing.header(name, value);
+    let mut bounces = 0;
+    loop {
+        let response = next
+            .clone()
+            .run(Request::from_parts(
+                parts.clone(),
+                Body::from(bytes.clone()),
+            ))
+            .await;
+        if forwarded {
+            return response;
+        }
+        let (owner, response) = owner_named(response).await;
+        let Some(owner) = owner else {
+            return response;
+        };
+        // Subscribed before sending, so an owner published meanwhile is not missed.
+        let mut owners_changed = forwarder.directory.as_ref().map(|d| d.changes());
+        let (answer, reached) = forwarder.send(&parts, &owner, bytes.clone()).await;
+        if bounces == MAX_BOUNCES {
+            return answer;
+        }
+        bounces += 1;
+        if reached {
+            // The instance named gave the partition up on the way (a hand-over) and names
+            // the next owner: ask again here, where the route now knows (or waits for) it.
+            let (next_owner, answer) = owner_named(answer).await;
+            if next_owner.is_none() {
+                return answer;
+            }
+        } else {
+            // The owner named is gone (it stopped after handing over, or died): wait for the
+            // directory to name the next one, then ask again here.
+            let Some(changed) = owners_changed.as_mut() else {
+                return answer;
+            };
+            if tokio::time::timeout(HAND_OVER_WAIT, changed.changed())
+                .await
+                .is_err()
+            {
+                return answer;
+            }
         }
     }
-    match outgoing.send().await {
-        Ok(answer) => {
-            forwarder
-                .metrics
-                .forwarded
-                .with_label_values(&["answered"])
-                .inc();
-            let mut reply = Response::builder().status(answer.status());
-            for (name, value) in answer.headers() {
-                if name != header::CONTENT_LENGTH
-                    && name != header::CONNECTION
-                    && name != header::TRANSFER_ENCODING
-                {
-                    reply = reply.header(name, value);
+}
+
+/// How often one request follows a hand-over (its owner gave the partition up while the
+/// request was on its way) before the client is answered 503.
+const MAX_BOUNCES: usize = 2;
+
+impl Forwarder {
+    /// Sends the request to `owner` once: its answer (and `true`), or a 503 when it did not
+    /// answer (and `false`).
+    async fn send(&self, parts: &Parts, owner: &str, bytes: Bytes) -> (Response, bool) {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut outgoing = self
+            .client
+            .request(parts.method.clone(), format!("{owner}{path}"))
+            .header(FORWARDED_BY, &self.me)
+            .body(bytes);
+        for (name, value) in &parts.headers {
+            if name != header::HOST && name != header::CONTENT_LENGTH && name != header::CONNECTION
+            {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        match outgoing.send().await {
+            Ok(answer) => {
+                self.metrics
+                    .forwarded
+                    .with_label_values(&["answered"])
+                    .inc();
+                let mut reply = Response::builder().status(answer.status());
+                for (name, value) in answer.headers() {
+                    if name != header::CONTENT_LENGTH
+                        && name != header::CONNECTION
+                        && name != header::TRANSFER_ENCODING
+                    {
+                        reply = reply.header(name, value);
+                    }
                 }
+                let reply = match answer.bytes().await {
+                    Ok(body) => reply
+                        .body(Body::from(body))
+                        .unwrap_or_else(|_| response_lost(owner)),
+                    Err(_) => response_lost(owner),
+                };
+                (reply, true)
             }
-            match answer.bytes().await {
-                Ok(body) => reply
-                    .body(Body::from(body))
-                    .unwrap_or_else(|_| response_lost(&owner)),
-                Err(_) => response_lost(&owner),
+            Err(error) => {
+                self.metrics
+                    .forwarded
+                    .with_label_values(&["unreachable"])
+                    .inc();
+                tracing::warn!(%error, %owner, "the partition's owner did not answer");
+                // Nothing is known to be appended unless the owner answered: the client
+                // retries with its Idempotency-Key, which finds the first answer if there
+                // was one.
+                let problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PARTITION_ELSEWHERE,
+                    "The producer instance writing this product's partition did not answer",
+                    format!("forwarding to {owner} failed ({error}); retry shortly (with the same Idempotency-Key, if the request had one)"),
+                );
+                (problem.into_response(), false)
             }
-        }
-        Err(error) => {
-            forwarder
-                .metrics
-                .forwarded
-                .with_label_values(&["unreachable"])
-                .inc();
-            tracing::warn!(%error, %owner, "the partition's owner did not answer");
-            // Nothing is known to be appended unless the owner answered: the client retries
-            // with its Idempotency-Key, which finds the first answer if there was one.
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                PARTITION_ELSEWHERE,
-                "The producer instance writing this product's partition did not answer",
-                format!("forwarding to {owner} failed ({error}); retry shortly (with the same Idempotency-Key, if the request had one)"),
-            )
-            .into_response()
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Directory {
     topic: String,
     producer: FutureProducer,
     owners: RwLock<HashMap<i32, String>>,
+    /// Sent when an owner is published (requests waiting for a partition's next owner).
+    changes: tokio::sync::watch::Sender<()>,
 }
 
 /// The directory topic of an events topic.
@@ -60,6 +62,7 @@ impl Directory {
             topic: topic.clone(),
             producer,
             owners: RwLock::default(),
+            changes: tokio::sync::watch::Sender::new(()),
         });
         let mut reader = TopicReader::open(
             brokers,
@@ -99,6 +102,7 @@ impl Directory {
                             .write()
                             .expect("not poisoned")
                             .insert(partition, record.url);
+                        directory.changes.send_replace(());
                     }
                     _ => tracing::warn!(
                         offset = message.offset(),
@@ -119,6 +123,11 @@ impl Directory {
             .get(&partition)
             .filter(|url| **url != self.me)
             .cloned()
+    }
+
+    /// Wakes when an owner is published.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     /// Says that this instance now serves `partitions` (in the background; librdkafka retries).

@@ -93,7 +93,9 @@ pub fn join(
                 "session.timeout.ms",
                 SESSION_TIMEOUT.as_millis().to_string(),
             )
-            .set("heartbeat.interval.ms", "1000")
+            // A rebalance (an instance leaving or joining) reaches the others at their next
+            // heartbeat: a short interval keeps the hand-over short.
+            .set("heartbeat.interval.ms", "250")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
             .create_with_context(context)?;

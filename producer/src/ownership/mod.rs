@@ -46,6 +46,11 @@ const SNAPSHOT_AFTER_READING: u64 = 10_000;
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long giving a lane up waits for its commits in flight, and for its snapshot.
 const GIVE_UP_WAIT: Duration = Duration::from_secs(10);
+/// How long a request for a partition that is changing hands (no instance serves it yet)
+/// waits for its next owner before it is answered 503. A hand-over takes a fraction of this;
+/// waiting here, rather than answering at once, spares the client a backoff that would
+/// outlast the hand-over.
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A set of partitions written through one transactional producer.
 pub struct Lane {
@@ -76,6 +81,8 @@ pub struct Lanes {
     me: Weak<Lanes>,
     inner: Mutex<Inner>,
     pub directory: Option<Arc<Directory>>,
+    /// Sent when a lane starts or stops serving here.
+    changes: Changes,
 }
 
 struct Inner {
@@ -85,6 +92,9 @@ struct Inner {
     /// The take-overs under way, each with the token that stops it.
     taking: HashMap<LaneId, CancellationToken>,
 }
+
+/// Wakes the requests waiting in [`Lanes::route`] for a partition to change hands.
+type Changes = tokio::sync::watch::Sender<()>;
 
 impl Lanes {
     pub fn new(
@@ -102,6 +112,7 @@ impl Lanes {
                 taking: HashMap::new(),
             }),
             directory,
+            changes: Changes::new(()),
         })
     }
 
@@ -201,6 +212,7 @@ impl Lanes {
     fn remove(&self, id: LaneId) -> Option<Arc<Lane>> {
         let lane = self.inner().lanes.remove(&id)?;
         self.count_served(&lane.partitions, false);
+        self.changes.send_replace(());
         Some(lane)
     }
 
@@ -215,6 +227,35 @@ impl Lanes {
         lane.closed.cancel();
         self.save_snapshot(&lane).await;
         tracing::info!(partitions = ?lane.partitions, "partitions given up");
+    }
+
+    /// Where a request for `partition` goes now. A lane found fenced is handed to the
+    /// ownership (see [`Ownership::fenced`]) on the way.
+    async fn route_now(&self, partition: i32) -> Route {
+        if let Some(lane) = self.serving_lane(partition) {
+            let fenced = matches!(lane.log.status(), Err(AppendError::Fenced));
+            let steps = if fenced {
+                self.inner().ownership.fenced(lane.id)
+            } else {
+                Vec::new()
+            };
+            if !steps.is_empty() {
+                tracing::warn!(
+                    partition,
+                    "fenced: another producer initialised this partition's transactional id"
+                );
+                self.run(steps);
+            } else {
+                let guard = lane.serving.clone().read_owned().await;
+                if *guard {
+                    let log: Arc<dyn LaneLog> = lane.log.clone();
+                    return Route::Here(HeldLane::new(log, guard));
+                }
+            }
+        }
+        Route::Elsewhere {
+            owner: self.directory.as_ref().and_then(|d| d.owner_of(partition)),
+        }
     }
 
     /// The gauges of what is served, after `partitions` started (`true`) or stopped.
@@ -235,33 +276,41 @@ impl Routes for Lanes {
         self.policy
     }
 
-    /// Where a request for `partition` goes. A lane found fenced is handed to the
-    /// ownership (see [`Ownership::fenced`]) on the way.
+    /// Where a request for `partition` goes. In `partitions` mode a partition that no
+    /// instance is known to serve (it is changing hands: given up here, or being taken over,
+    /// or its new owner not yet published) is waited for, up to [`HAND_OVER_WAIT`].
     fn route(&self, partition: i32) -> BoxFuture<'_, Route> {
         async move {
-            if let Some(lane) = self.serving_lane(partition) {
-                let fenced = matches!(lane.log.status(), Err(AppendError::Fenced));
-                let steps = if fenced {
-                    self.inner().ownership.fenced(lane.id)
-                } else {
-                    Vec::new()
-                };
-                if !steps.is_empty() {
-                    tracing::warn!(
-                        partition,
-                        "fenced: another producer initialised this partition's transactional id"
-                    );
-                    self.run(steps);
-                } else {
-                    let guard = lane.serving.clone().read_owned().await;
-                    if *guard {
-                        let log: Arc<dyn LaneLog> = lane.log.clone();
-                        return Route::Here(HeldLane::new(log, guard));
-                    }
-                }
+            if self.policy.mode != Mode::Partitions {
+                return self.route_now(partition).await;
             }
-            Route::Elsewhere {
-                owner: self.directory.as_ref().and_then(|d| d.owner_of(partition)),
+            let deadline = tokio::time::Instant::now() + HAND_OVER_WAIT;
+            let mut lanes_changed = self.changes.subscribe();
+            let mut owners_changed = self.directory.as_ref().map(|d| d.changes());
+            loop {
+                // Marked seen before looking, so a change after the look wakes the wait.
+                lanes_changed.borrow_and_update();
+                if let Some(owners) = owners_changed.as_mut() {
+                    owners.borrow_and_update();
+                }
+                let route = self.route_now(partition).await;
+                if !matches!(route, Route::Elsewhere { owner: None }) {
+                    return route;
+                }
+                let changed = async {
+                    match owners_changed.as_mut() {
+                        Some(owners) => tokio::select! {
+                            _ = lanes_changed.changed() => {}
+                            _ = owners.changed() => {}
+                        },
+                        None => {
+                            let _ = lanes_changed.changed().await;
+                        }
+                    }
+                };
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    return route;
+                }
             }
         }
         .boxed()

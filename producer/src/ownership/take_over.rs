@@ -79,6 +79,7 @@ impl Lanes {
             inner.lanes.insert(lane.id, lane.clone());
         }
         self.count_served(&lane.partitions, true);
+        self.changes.send_replace(());
         tokio::spawn(keep_reading_the_tail(
             lane.log.clone(),
             self.setup.store.clone(),
