@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use foldline_consumer_runtime::error::HistoryError;
 use foldline_consumer_runtime::history::{EventSource, TopicSource};
 use foldline_consumer_runtime::Batch;
 use foldline_service::position::Offsets;
@@ -23,11 +24,11 @@ impl EventSource for ArchiveThenTopic {
         &mut self,
         from: &Offsets,
         batches: mpsc::Sender<Batch>,
-    ) -> anyhow::Result<Offsets> {
+    ) -> Result<Offsets, HistoryError> {
         let mut position = from.clone();
         let mut files = self.archive.stream(from);
         while let Some(file) = files.recv().await {
-            let file = file?;
+            let file = file.map_err(|error| HistoryError::Archive(error.into()))?;
             let partition = file.range.partition;
             let mut records = file.records.into_iter().peekable();
             while records.peek().is_some() || position.get(partition) < Some(file.range.next()) {
@@ -69,7 +70,7 @@ impl ArchiveThenTopic {
     /// (it was re-created after a loss, or is a restored copy): then from its end. Starting
     /// lower than needed is harmless — records the new model holds are skipped — so the
     /// broker's high watermark (too low on tansu) is only used to come down.
-    fn topic_start(&self, archive_end: Offsets) -> anyhow::Result<Offsets> {
+    fn topic_start(&self, archive_end: Offsets) -> Result<Offsets, HistoryError> {
         let consumer: rdkafka::consumer::BaseConsumer =
             foldline_service::kafka::base_config(&self.topic.brokers, "foldline-rebuild")
                 .create()?;

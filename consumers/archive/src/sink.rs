@@ -288,15 +288,17 @@ impl<B: Bucket> Sink for ArchiveSink<B> {
             return Ok(Written::Reseek(reseek));
         }
         // Idempotent on a retry of the same batch: offsets already appended are skipped.
-        self.append(batch).map_err(SinkError::Fatal)?;
-        self.rotate(false).map_err(SinkError::Fatal)?;
+        self.append(batch)
+            .map_err(|error| SinkError::Fatal(error.into()))?;
+        self.rotate(false)
+            .map_err(|error| SinkError::Fatal(error.into()))?;
         self.upload().await.map_err(bucket_error)?;
         Ok(Written::Partly(self.durable()))
     }
 
     async fn flush(&mut self, why: Flush) -> Result<Offsets, SinkError> {
         self.rotate(why == Flush::Shutdown)
-            .map_err(SinkError::Fatal)?;
+            .map_err(|error| SinkError::Fatal(error.into()))?;
         self.upload().await.map_err(bucket_error)?;
         Ok(self.durable())
     }

@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 config: cli.runtime,
                 sink,
             };
-            foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
+            Ok(foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await?)
         }
     }
 }

@@ -18,6 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio::sync::Mutex;
 
+use crate::error::DeadLetterError;
+
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub partition: i32,
@@ -73,7 +75,7 @@ impl DeadLetterQueue {
         source_topic: &str,
         topic: &str,
         group: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, DeadLetterError> {
         Ok(DeadLetterQueue {
             producer: tokio::sync::OnceCell::new(),
             brokers: brokers.to_owned(),
@@ -84,21 +86,21 @@ impl DeadLetterQueue {
         })
     }
 
-    async fn producer(&self) -> anyhow::Result<&FutureProducer> {
+    async fn producer(&self) -> Result<&FutureProducer, DeadLetterError> {
         self.producer
             .get_or_try_init(|| async {
                 kafka::producer_config(&self.brokers, "foldline-dead-letters")
                     .set("enable.idempotence", "true")
                     .set("acks", "all")
                     .create()
-                    .map_err(anyhow::Error::from)
+                    .map_err(DeadLetterError::Producer)
             })
             .await
     }
 
     /// Appends every letter this group has not dead-lettered yet and waits until the broker
     /// acknowledged them all. Returns how many were skipped as already sent.
-    pub async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+    pub async fn publish(&self, letters: &[DeadLetter]) -> Result<usize, DeadLetterError> {
         let mut sent = self.sent.lock().await;
         self.read_back(&mut sent).await?;
         let producer = self.producer().await?;
@@ -139,7 +141,7 @@ impl DeadLetterQueue {
         });
         let results = futures::future::join_all(sends).await;
         for (letter, result) in fresh.iter().zip(results) {
-            result.map_err(|(error, _)| anyhow::anyhow!("dead-letter append failed: {error}"))?;
+            result.map_err(|(error, _)| DeadLetterError::Append(error))?;
             sent.note(letter.partition, letter.offset);
         }
         Ok(letters.len() - fresh.len())
@@ -147,7 +149,7 @@ impl DeadLetterQueue {
 
     /// Reads the dead-letter topic from where the last read ended, noting this group's letters
     /// for the source topic.
-    async fn read_back(&self, sent: &mut Sent) -> anyhow::Result<()> {
+    async fn read_back(&self, sent: &mut Sent) -> Result<(), DeadLetterError> {
         if sent.read_to.is_empty() {
             // Nothing dead-lettered yet may mean no topic yet; readers need it to exist.
             kafka::ensure_topic(&self.brokers, &self.topic, 1, &[]).await?;

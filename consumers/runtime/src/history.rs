@@ -12,6 +12,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::mpsc;
 
+use crate::error::HistoryError;
 use crate::parking::Parked;
 use crate::{Batch, Record};
 
@@ -22,7 +23,7 @@ pub trait EventSource {
         &mut self,
         from: &Offsets,
         batches: mpsc::Sender<Batch>,
-    ) -> impl Future<Output = anyhow::Result<Offsets>> + Send;
+    ) -> impl Future<Output = Result<Offsets, HistoryError>> + Send;
 
     /// Records skipped so far because they could not be decoded.
     fn undecodable(&self) -> u64;
@@ -42,7 +43,7 @@ impl EventSource for TopicSource {
         &mut self,
         from: &Offsets,
         batches: mpsc::Sender<Batch>,
-    ) -> anyhow::Result<Offsets> {
+    ) -> Result<Offsets, HistoryError> {
         // librdkafka prefetches in its own threads, and full batches go to the writer through
         // the bounded `batches` channel: reading, decoding and writing overlap, memory stays
         // bounded.

@@ -23,6 +23,7 @@
 mod batch;
 mod context;
 mod dead_letter;
+pub mod error;
 pub mod history;
 mod metrics;
 pub mod parking;
@@ -32,6 +33,7 @@ mod sink;
 mod source;
 
 pub use batch::{Batch, Record};
+pub use error::{BoxError, ConsumerError, RunError};
 pub use metrics::RuntimeMetrics;
 pub use parking::Parked;
 pub use runner::{run, run_until_signal, Consumer, RuntimeConfig};

@@ -15,6 +15,7 @@ use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 
 use crate::dead_letter::DeadLetter;
+use crate::error::{chain, BoxError, ConsumerError, SourceError};
 use crate::parking::{Parked, ParkedSet, ParkingRequest, Resolved};
 use crate::source::{DeadLetters, Decoder, Source};
 use crate::{Batch, Flush, Record, RuntimeMetrics, Sink, SinkError, Written};
@@ -84,7 +85,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         &self,
         mut sink: S,
         mut stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ConsumerError> {
         let mut requests = self.requests.lock().await.take();
         loop {
             let first = tokio::select! {
@@ -241,7 +242,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         sink: &mut S,
         batch: &Batch,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<Step> {
+    ) -> Result<Step, ConsumerError> {
         let written = match self.call(sink, Call::Write(batch), stop).await? {
             None => return Ok(Step::Stopped),
             Some(Outcome::Refused(error)) => return Ok(Step::Refused(error)),
@@ -294,10 +295,10 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         sink: &mut S,
         why: Flush,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ConsumerError> {
         let durable = match self.call(sink, Call::Flush(why), stop).await? {
             Some(Outcome::Flushed(durable)) => durable,
-            Some(Outcome::Refused(error)) => return Err(error.context("a flush cannot park")),
+            Some(Outcome::Refused(error)) => return Err(ConsumerError::RefusedFlush(error)),
             _ => return Ok(false),
         };
         if !durable.is_empty() {
@@ -340,7 +341,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         sink: &mut S,
         call: Call<'_>,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<Option<Outcome>> {
+    ) -> Result<Option<Outcome>, ConsumerError> {
         let mut delays = Delays::new(retry::forever(
             Duration::from_millis(100),
             Duration::from_secs(10),
@@ -364,12 +365,12 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                         .observe(started.elapsed().as_secs_f64());
                     break outcome;
                 }
-                Err(SinkError::Fatal(error)) => return Err(error),
+                Err(SinkError::Fatal(error)) => return Err(ConsumerError::Sink(error)),
                 // Only a sink that keeps parked records may refuse a record: else nothing
                 // would keep it, and stopping is the only way to lose nothing.
                 Err(SinkError::Data(error)) if sink.parks() => break Outcome::Refused(error),
                 Err(SinkError::Data(error)) => {
-                    return Err(error.context("the sink refused the data, and it does not park"))
+                    return Err(ConsumerError::RefusedWithoutParking(error))
                 }
                 Err(SinkError::Transient(error)) => {
                     tracing::warn!(%error, "sink unavailable; partitions paused, retrying");
@@ -408,14 +409,14 @@ enum Outcome {
     Parked(Vec<Parked>),
     Unparked,
     /// The sink refused the data (a parking sink only).
-    Refused(anyhow::Error),
+    Refused(BoxError),
 }
 
 /// How writing one batch ended.
 enum Step {
     Written,
     Reseeked,
-    Refused(anyhow::Error),
+    Refused(BoxError),
     Stopped,
 }
 

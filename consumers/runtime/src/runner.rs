@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::context::RuntimeContext;
 use crate::dead_letter::DeadLetterQueue;
+use crate::error::RunError;
 use crate::pipeline::{Limits, Pipeline};
 use crate::source::KafkaSource;
 use crate::{RuntimeMetrics, Sink};
@@ -56,8 +57,11 @@ type Kafka = StreamConsumer<RuntimeContext>;
 
 /// What a consumer binary's `main` ends with: binds `listen` for the ops routes and runs the
 /// consumer until SIGINT or SIGTERM (finishing and flushing the batch in flight).
-pub async fn run_until_signal<S: Sink>(consumer: Consumer<S>, listen: &str) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+pub async fn run_until_signal<S: Sink>(
+    consumer: Consumer<S>,
+    listen: &str,
+) -> Result<(), RunError> {
+    let listener = TcpListener::bind(listen).await.map_err(RunError::Listen)?;
     run(consumer, listener, foldline_service::shutdown::signal()).await
 }
 
@@ -67,7 +71,7 @@ pub async fn run<S: Sink>(
     consumer: Consumer<S>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let joined = Arc::new(AtomicBool::new(false));
     let generation = Arc::new(AtomicU64::new(0));
     let healthy = Arc::new(AtomicBool::new(true));
@@ -145,7 +149,7 @@ pub async fn run<S: Sink>(
     });
     let result = pipeline.run(consumer.sink, stop_rx).await;
     ops_server.abort();
-    result
+    Ok(result?)
 }
 
 fn readiness(joined: Arc<AtomicBool>, healthy: Arc<AtomicBool>) -> ReadinessCheck {

@@ -3,6 +3,7 @@ use std::future::Future;
 use foldline_service::position::Offsets;
 use foldline_service::retry::Transient;
 
+use crate::error::{chain, BoxError};
 use crate::parking::Parked;
 use crate::{Batch, Record};
 
@@ -48,7 +49,7 @@ pub trait Sink: Send + 'static {
         records: Option<&[Record]>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send {
         let _ = (product, records);
-        async { Err(SinkError::Fatal(anyhow::anyhow!("this sink does not park"))) }
+        async { Err(SinkError::Fatal("this sink does not park".into())) }
     }
 
     /// Whether the sink's own dependency answers now (for `/ready`).
@@ -83,14 +84,14 @@ impl SinkError {
     /// The one place an error becomes a retry or a stop, for errors that know which they are.
     pub fn classify<E>(error: E) -> SinkError
     where
-        E: Transient + Into<anyhow::Error>,
+        E: Transient + Into<BoxError>,
     {
         let transient = error.is_transient();
         SinkError::new(error, transient)
     }
 
     /// `transient`: whether trying the same batch again can succeed.
-    pub fn new(error: impl Into<anyhow::Error>, transient: bool) -> SinkError {
+    pub fn new(error: impl Into<BoxError>, transient: bool) -> SinkError {
         if transient {
             SinkError::Transient(error.into())
         } else {
@@ -102,13 +103,13 @@ impl SinkError {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The dependency is down or overloaded: retried with backoff, nothing skipped.
-    #[error("sink unavailable: {0}")]
-    Transient(anyhow::Error),
+    #[error("sink unavailable: {}", chain(.0.as_ref()))]
+    Transient(BoxError),
     /// The batch holds a record the sink can never apply (a value its store refuses, a sum
     /// past its column): the runtime finds the record and parks its product.
-    #[error("sink refused the data: {0}")]
-    Data(anyhow::Error),
+    #[error("sink refused the data: {}", chain(.0.as_ref()))]
+    Data(BoxError),
     /// Retrying cannot help (a bug or a broken invariant): the consumer stops.
-    #[error("sink failed: {0}")]
-    Fatal(anyhow::Error),
+    #[error("sink failed: {}", chain(.0.as_ref()))]
+    Fatal(BoxError),
 }

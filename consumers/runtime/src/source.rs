@@ -19,6 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::context::RuntimeContext;
 use crate::dead_letter::{DeadLetter, DeadLetterQueue};
+use crate::error::{DeadLetterError, SourceError};
 
 /// The partitions a consumer group assigned to this instance.
 pub trait Source: Send + Sync {
@@ -27,20 +28,20 @@ pub trait Source: Send + Sync {
     /// Bumped on every rebalance: where each partition is read from is unknown after it.
     fn generation(&self) -> u64;
     /// Reads `partition` on from `offset`.
-    fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()>;
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError>;
     /// Stops fetching every assigned partition (while the sink is down), keeping the group.
-    fn pause(&self) -> anyhow::Result<()>;
+    fn pause(&self) -> Result<(), SourceError>;
     /// Undoes [`Source::pause`].
-    fn resume(&self) -> anyhow::Result<()>;
+    fn resume(&self) -> Result<(), SourceError>;
     /// Records progress in the group (a restarted or newly assigned member starts there).
     fn commit(&self, next: &Offsets, mode: CommitMode);
     /// Reads the records at `wanted` (partition, offset) again, to retry parked records.
     fn refetch(
         &self,
         wanted: &[(i32, i64)],
-    ) -> impl Future<Output = anyhow::Result<Vec<OwnedMessage>>> + Send {
+    ) -> impl Future<Output = Result<Vec<OwnedMessage>, SourceError>> + Send {
         let _ = wanted;
-        async { anyhow::bail!("this source cannot read records again") }
+        async { Err(SourceError::CannotReadAgain) }
     }
 }
 
@@ -53,8 +54,10 @@ pub trait Decoder: Send + Sync {
 /// Where undecodable records go.
 pub trait DeadLetters: Send + Sync {
     /// Appends `letters`; returns how many were skipped as already sent by this group.
-    fn publish(&self, letters: &[DeadLetter])
-        -> impl Future<Output = anyhow::Result<usize>> + Send;
+    fn publish(
+        &self,
+        letters: &[DeadLetter],
+    ) -> impl Future<Output = Result<usize, DeadLetterError>> + Send;
 }
 
 impl Decoder for EventCodec {
@@ -64,7 +67,7 @@ impl Decoder for EventCodec {
 }
 
 impl DeadLetters for DeadLetterQueue {
-    async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+    async fn publish(&self, letters: &[DeadLetter]) -> Result<usize, DeadLetterError> {
         DeadLetterQueue::publish(self, letters).await
     }
 }
@@ -101,7 +104,7 @@ impl Source for KafkaSource {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()> {
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError> {
         let sought = self.consumer.seek(
             &self.topic,
             partition,
@@ -119,11 +122,11 @@ impl Source for KafkaSource {
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
-            Err(error) => Err(error.into()),
+            Err(error) => Err(SourceError::Kafka(error)),
         }
     }
 
-    fn pause(&self) -> anyhow::Result<()> {
+    fn pause(&self) -> Result<(), SourceError> {
         let mut paused = self.paused.lock().expect("not poisoned");
         if paused.is_none() {
             let assignment = self.consumer.assignment()?;
@@ -133,14 +136,14 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    fn resume(&self) -> anyhow::Result<()> {
+    fn resume(&self) -> Result<(), SourceError> {
         if let Some(assignment) = self.paused.lock().expect("not poisoned").take() {
             self.consumer.resume(&assignment)?;
         }
         Ok(())
     }
 
-    async fn refetch(&self, wanted: &[(i32, i64)]) -> anyhow::Result<Vec<OwnedMessage>> {
+    async fn refetch(&self, wanted: &[(i32, i64)]) -> Result<Vec<OwnedMessage>, SourceError> {
         let mut from = Offsets::new();
         for (partition, offset) in wanted {
             if from.get(*partition).is_none_or(|o| *offset < o) {

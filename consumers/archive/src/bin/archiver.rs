@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
                 config: cli.runtime,
                 sink: ArchiveSink::new(bucket, cli.rotation),
             };
-            foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await
+            Ok(foldline_consumer_runtime::run_until_signal(consumer, &cli.listen).await?)
         }
     }
 }

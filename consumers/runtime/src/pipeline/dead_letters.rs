@@ -8,7 +8,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         &self,
         letters: &[DeadLetter],
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ConsumerError> {
         let mut delays = Delays::new(retry::forever(
             Duration::from_millis(200),
             Duration::from_secs(10),
@@ -27,7 +27,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                 Err(error) => {
                     tracing::warn!(%error, "dead-letter topic unavailable; retrying");
                     if delays.sleep_or_stop(stop).await {
-                        anyhow::bail!("stopped while the dead-letter topic was unavailable");
+                        return Err(ConsumerError::DeadLettersUnavailable(error));
                     }
                 }
             }

@@ -12,7 +12,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         sink: &mut S,
         batch: &Batch,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ConsumerError> {
         if !sink.parks() && !batch.parked.is_empty() {
             return self.wait_for_upgrade(&batch.parked, stop).await;
         }
@@ -32,7 +32,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             Step::Reseeked => Ok(true),
             Step::Refused(error) => {
                 tracing::warn!(
-                    error = format!("{error:#}"),
+                    error = chain(error.as_ref()),
                     records = batch.records.len(),
                     "the sink refused a record of the batch; writing it record by record"
                 );
@@ -49,7 +49,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         &self,
         newer: &[Parked],
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ConsumerError> {
         self.healthy.store(false, Ordering::Release);
         self.source.pause()?;
         let mut delays = Delays::new(retry::forever(
@@ -74,7 +74,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         sink: &mut S,
         batch: &Batch,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ConsumerError> {
         for piece in batch.split() {
             let mut piece = self.set_aside(&piece).unwrap_or(piece);
             loop {
@@ -88,11 +88,9 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                     }
                     Step::Refused(error) => {
                         let Some(record) = piece.records.pop() else {
-                            return Err(
-                                error.context("the sink refused a batch of parked records only")
-                            );
+                            return Err(ConsumerError::RefusedParkedOnly(error));
                         };
-                        let reason = format!("{error:#}");
+                        let reason = chain(error.as_ref());
                         tracing::warn!(partition = record.partition, offset = record.offset,
                             product = %record.event.product_id, version = record.event.version,
                             %reason, "record refused by the sink: its product is parked");
@@ -132,7 +130,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         &self,
         sink: &mut S,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ConsumerError> {
         let generation = self.source.generation();
         if self.parked.lock().expect("not poisoned").0 == Some(generation) {
             return Ok(true);
@@ -153,7 +151,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         sink: &mut S,
         request: ParkingRequest,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ConsumerError> {
         if !sink.parks() {
             let refusal = "this consumer's sink does not park records".to_owned();
             match request {
@@ -187,7 +185,8 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
                 Ok(records) => Some(records),
                 Err(error) => {
                     let _ = reply.send(Err(format!(
-                        "reading the parked records again failed: {error:#}"
+                        "reading the parked records again failed: {}",
+                        chain(&error)
                     )));
                     return Ok(true);
                 }
@@ -201,7 +200,8 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         {
             None => return Ok(false),
             Some(Outcome::Refused(error)) => Err(format!(
-                "still refused, the product stays parked: {error:#}"
+                "still refused, the product stays parked: {}",
+                chain(error.as_ref())
             )),
             Some(_) => {
                 let action = if retry { "retried" } else { "dropped" };
@@ -221,7 +221,7 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
     }
 
     /// The parked records, read again from the log and decoded, in log order.
-    pub(super) async fn read_again(&self, entries: &[&Parked]) -> anyhow::Result<Vec<Record>> {
+    pub(super) async fn read_again(&self, entries: &[&Parked]) -> Result<Vec<Record>, SourceError> {
         let wanted: Vec<(i32, i64)> = entries.iter().map(|e| (e.partition, e.offset)).collect();
         let messages = self.source.refetch(&wanted).await?;
         let mut records = Vec::with_capacity(messages.len());
@@ -229,13 +229,19 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
             let message = messages
                 .iter()
                 .find(|m| m.partition() == partition && m.offset() == offset)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("record {partition}:{offset} is no longer in the topic")
-                })?;
+                .ok_or(SourceError::Gone { partition, offset })?;
             let bytes = message
                 .payload()
-                .ok_or_else(|| anyhow::anyhow!("record {partition}:{offset} has no value"))?;
-            let event = self.decoder.decode(bytes).await?;
+                .ok_or(SourceError::NoValue { partition, offset })?;
+            let event =
+                self.decoder
+                    .decode(bytes)
+                    .await
+                    .map_err(|error| SourceError::Undecodable {
+                        partition,
+                        offset,
+                        error,
+                    })?;
             records.push(Record::from_message(message, event));
         }
         Ok(records)

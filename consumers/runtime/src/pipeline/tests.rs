@@ -13,6 +13,7 @@ use rdkafka::Timestamp;
 use tokio::sync::Notify;
 
 use super::*;
+use crate::error::DeadLetterError;
 use crate::parking::BEHIND_A_PARKED_EVENT;
 
 #[derive(Default)]
@@ -68,15 +69,15 @@ impl Source for FakeSource {
     fn generation(&self) -> u64 {
         self.0.generation.load(Ordering::SeqCst)
     }
-    fn seek(&self, partition: i32, offset: i64) -> anyhow::Result<()> {
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError> {
         self.0.seeks.lock().unwrap().push((partition, offset));
         Ok(())
     }
-    fn pause(&self) -> anyhow::Result<()> {
+    fn pause(&self) -> Result<(), SourceError> {
         self.0.pauses.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn resume(&self) -> anyhow::Result<()> {
+    fn resume(&self) -> Result<(), SourceError> {
         self.0.resumes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -84,7 +85,7 @@ impl Source for FakeSource {
         let sync = matches!(mode, CommitMode::Sync);
         self.0.commits.lock().unwrap().push((next.clone(), sync));
     }
-    async fn refetch(&self, wanted: &[(i32, i64)]) -> anyhow::Result<Vec<OwnedMessage>> {
+    async fn refetch(&self, wanted: &[(i32, i64)]) -> Result<Vec<OwnedMessage>, SourceError> {
         Ok(self
             .0
             .history
@@ -151,13 +152,13 @@ struct FakeDeadLetters {
 }
 
 impl DeadLetters for FakeDeadLetters {
-    async fn publish(&self, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+    async fn publish(&self, letters: &[DeadLetter]) -> Result<usize, DeadLetterError> {
         if self
             .failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            anyhow::bail!("dead-letter topic down");
+            return Err(DeadLetterError::Append(KafkaError::Canceled));
         }
         self.sent.lock().unwrap().extend_from_slice(letters);
         Ok(0)
@@ -207,8 +208,8 @@ impl Sink for FakeSink {
             Answer::Done => Ok(Written::Done),
             Answer::Partly(durable) => Ok(Written::Partly(durable)),
             Answer::Reseek(stored) => Ok(Written::Reseek(stored)),
-            Answer::Transient => Err(SinkError::Transient(anyhow::anyhow!("database down"))),
-            Answer::Fatal => Err(SinkError::Fatal(anyhow::anyhow!("broken invariant"))),
+            Answer::Transient => Err(SinkError::Transient("database down".into())),
+            Answer::Fatal => Err(SinkError::Fatal("broken invariant".into())),
         }
     }
 
@@ -224,7 +225,7 @@ struct Running {
     healthy: Arc<AtomicBool>,
     metrics: RuntimeMetrics,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), ConsumerError>>,
 }
 
 /// Runs a pipeline over `sink`, an empty source and a dead-letter queue that works.
@@ -287,7 +288,7 @@ async fn until(mut done: impl FnMut() -> bool) {
 }
 
 impl Running {
-    async fn stop(self) -> anyhow::Result<()> {
+    async fn stop(self) -> Result<(), ConsumerError> {
         self.stop.send(true).unwrap();
         self.task.await.unwrap()
     }
@@ -572,7 +573,7 @@ impl Sink for ParkingSink {
     async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         if batch.records.iter().any(|r| self.refuses(r)) {
-            return Err(SinkError::Data(anyhow::anyhow!("value out of range")));
+            return Err(SinkError::Data("value out of range".into()));
         }
         let mut applied = self.applied.lock().unwrap();
         applied.extend(
@@ -596,7 +597,7 @@ impl Sink for ParkingSink {
     async fn unpark(&mut self, product: &str, records: Option<&[Record]>) -> Result<(), SinkError> {
         if let Some(records) = records {
             if records.iter().any(|r| self.refuses(r)) {
-                return Err(SinkError::Data(anyhow::anyhow!("value out of range")));
+                return Err(SinkError::Data("value out of range".into()));
             }
             let mut applied = self.applied.lock().unwrap();
             applied.extend(
@@ -717,7 +718,7 @@ async fn given_a_sink_that_does_not_park_when_it_refuses_data_then_the_consumer_
     struct Refusing;
     impl Sink for Refusing {
         async fn write(&mut self, _: &Batch) -> Result<Written, SinkError> {
-            Err(SinkError::Data(anyhow::anyhow!("refused")))
+            Err(SinkError::Data("refused".into()))
         }
     }
     let source = FakeSource::default();
@@ -737,7 +738,7 @@ async fn given_a_sink_that_does_not_park_when_it_refuses_data_then_the_consumer_
     let (_stop, stop_rx) = watch::channel(false);
     source.push(0, 0, Some("a"));
     let error = pipeline.run(Refusing, stop_rx).await.unwrap_err();
-    assert!(format!("{error:#}").contains("does not park"));
+    assert!(error.to_string().contains("does not park"), "{error}");
 }
 
 #[tokio::test]
