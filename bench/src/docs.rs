@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::idle::IdleResult;
+use crate::restart::{RestartResult, FROM_SNAPSHOT_GOAL_MS, WHOLE_LOG_GOAL_MS};
 use crate::upgrade_drill::DrillResult;
 
 #[derive(clap::Args)]
@@ -50,7 +51,50 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let drill: DrillResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/upgrade-drill.json"),
     )?)?;
-    replace_section(&doc, "upgrade-drill", &render_drill(&drill))
+    let doc = replace_section(&doc, "upgrade-drill", &render_drill(&drill))?;
+    let restart: RestartResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/restart.json"),
+    )?)?;
+    replace_section(&doc, "restart", &render_restart(&restart))
+}
+
+fn render_restart(r: &RestartResult) -> String {
+    let mut out = String::new();
+    let verdict = |ms: f64, goal: f64| if ms <= goal { "met" } else { "**not met**" };
+    let _ = writeln!(
+        out,
+        "Measured {} on {} (commit `{}`), by `scripts/bench restart --events {}` \
+         (bench/results/restart.json): each start follows a SIGKILL of the previous instance.\n",
+        r.provenance.when(),
+        r.provenance.machine,
+        r.provenance.commit,
+        r.events
+    );
+    out.push_str("| start → `/ready` | ms | goal | the floor: a bare read_committed consume of the whole topic, ms | ratio to the floor |\n");
+    out.push_str("|---|---:|---|---:|---:|\n");
+    let ratio = |ms: f64| ms / r.raw_consume_ms.max(0.1);
+    let _ = writeln!(
+        out,
+        "| no snapshot yet: the whole log read | {} | ≤ {} ({}) | {} | {:.2}× |",
+        r.whole_log_ms,
+        WHOLE_LOG_GOAL_MS,
+        verdict(r.whole_log_ms, WHOLE_LOG_GOAL_MS),
+        r.raw_consume_ms,
+        ratio(r.whole_log_ms)
+    );
+    for (n, ms) in r.from_snapshot_ms.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| from the snapshot plus the tail ({}) | {} | ≤ {} ({}) | {} | {:.2}× |",
+            n + 1,
+            ms,
+            FROM_SNAPSHOT_GOAL_MS,
+            verdict(*ms, FROM_SNAPSHOT_GOAL_MS),
+            r.raw_consume_ms,
+            ratio(*ms)
+        );
+    }
+    out
 }
 
 /// `doc` with the body of section `name` replaced by `body`.
@@ -77,7 +121,9 @@ fn render_drill(r: &DrillResult) -> String {
     let _ = writeln!(
         out,
         "Measured {} on {} (from `{}` to commit `{}`), by `scripts/upgrade-drill` \
-         (bench/results/upgrade-drill.json). Targets: {}.\n",
+         (bench/results/upgrade-drill.json). Targets (0 lost, doubled or stopped; verify, rebuild \
+         and restore equal; the wrong order recovered; no gap over 2 s; no attempt refused while \
+         a producer is replaced): {}.\n",
         r.provenance.when(),
         r.provenance.machine,
         r.old_commit,
@@ -85,15 +131,24 @@ fn render_drill(r: &DrillResult) -> String {
         verdict(r.met)
     );
     out.push_str(
-        "| step | seconds | longest time without an acknowledged write, ms | probe writes | write → visible (query) p50 / p99 / max, ms |\n",
+        "| step | seconds | longest time without an acknowledged write, ms | attempts answered 429/5xx; unanswered | probe writes | write → visible (query) p50 / p99 / max, ms |\n",
     );
-    out.push_str("|---|---:|---:|---:|---|\n");
+    out.push_str("|---|---:|---:|---:|---:|---|\n");
+    let counted = |n: Option<usize>| n.map_or("not counted".to_owned(), |n| n.to_string());
     for step in &r.steps {
         let q = &step.visible_ms;
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {} | {} | {} / {} / {} |",
-            step.name, step.seconds, step.write_gap_ms, q.n, q.p50_ms, q.p99_ms, q.max_ms
+            "| {} | {:.1} | {} | {}; {} | {} | {} / {} / {} |",
+            step.name,
+            step.seconds,
+            step.write_gap_ms,
+            counted(step.unavailable_answers),
+            counted(step.unanswered_attempts),
+            q.n,
+            q.p50_ms,
+            q.p99_ms,
+            q.max_ms
         );
     }
     let w = &r.wrong_order;
@@ -254,5 +309,51 @@ mod tests {
         );
         assert!(replace_section(doc, "y", "new\n").is_err());
         assert!(replace_section("<!-- generated: x -->\nold\n", "x", "").is_err());
+    }
+
+    /// Figures live in docs/benchmarks.md, generated from results; the README links there. A
+    /// number with a unit of measure (`51 s`, `0.90×`, `3.4 ms`, `18,962 events/s`, `70 %`) in
+    /// the README is a figure typed by hand, and it drifts.
+    #[test]
+    fn the_readme_is_short_and_carries_no_figures() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let readme = std::fs::read_to_string(repo.join("README.md")).expect("readable");
+        let lines = readme.lines().count();
+        assert!(lines <= 150, "README.md has {lines} lines (at most 150)");
+        let figures: Vec<&str> = readme.lines().filter(|line| has_figure(line)).collect();
+        assert!(
+            figures.is_empty(),
+            "figures typed into README.md: {figures:?}"
+        );
+    }
+
+    fn has_figure(line: &str) -> bool {
+        const UNITS: [&str; 9] = ["ms", "µs", "s", "×", "%", "events/s", "/s", "min", "KiB"];
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.windows(2).any(|pair| {
+            let number = pair[0].trim_start_matches(['(', '~']);
+            let is_number = !number.is_empty()
+                && number.chars().any(|c| c.is_ascii_digit())
+                && number
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ",.–-".contains(c));
+            let unit = pair[1].trim_end_matches([')', ',', ';', '.']);
+            is_number && UNITS.contains(&unit)
+        }) || words.iter().any(|w| {
+            let w = w.trim_matches(['(', ')', ',', ';', '*']);
+            w.ends_with('×') && w[..w.len() - '×'.len_utf8()].parse::<f64>().is_ok()
+        })
+    }
+
+    #[test]
+    fn a_figure_is_a_number_with_a_unit() {
+        assert!(has_figure("rebuild of 1M events 51 s, goal 30 s"));
+        assert!(has_figure("(0.90× raw consume)"));
+        assert!(has_figure("p99 102–155 ms"));
+        assert!(has_figure("up to 984,456 deliveries/s, 1.00× the floor"));
+        assert!(!has_figure("| Kafka API | 127.0.0.1:9092 | nisshi 0.7.0 |"));
+        assert!(!has_figure(
+            "curl -s 'http://127.0.0.1:8082/products/<id>?after=<position>&timeout_ms=2000'"
+        ));
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use foldline_testkit::load::{LoadPlan, Writers};
+use foldline_testkit::load::{FailedAttempt, LoadPlan, Writers};
 use foldline_testkit::process::{free_port, Spawned};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,6 +50,15 @@ pub struct Step {
     pub visible_ms: Quantiles,
     /// Longest time in the step with no write acknowledged by any producer.
     pub write_gap_ms: f64,
+    /// Attempts the producers answered 429/5xx in the step (the clients retried them): a
+    /// hand-over in `partitions` mode should cause none. (None: a result from before they
+    /// were counted.)
+    #[serde(default)]
+    pub unavailable_answers: Option<usize>,
+    /// Attempts that got no answer (a restarting instance's closed port): the clients moved
+    /// to the next instance, as a load balancer would.
+    #[serde(default)]
+    pub unanswered_attempts: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,7 +98,8 @@ pub struct DrillResult {
     pub restored_events: usize,
     pub restore_equal: bool,
     /// The targets: 0 lost, 0 doubled, 0 stopped, verify, rebuild and restore equal,
-    /// the wrong order recovered, and the longest gap ≤ 2 s.
+    /// the wrong order recovered, the longest gap ≤ 2 s, and no attempt answered 429/5xx
+    /// while a producer was replaced (`partitions` mode: no outage).
     pub met: bool,
 }
 
@@ -427,6 +437,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 visible_ms: probe.quantiles(name),
                 write_gap_ms: 0.0,
+                unavailable_answers: Some(0),
+                unanswered_attempts: Some(0),
             });
         };
     let started = Instant::now();
@@ -548,6 +560,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     for (step, (from, to)) in steps.iter_mut().zip(&windows) {
         step.write_gap_ms = (gap_within(*from, *to) * 10.0).round() / 10.0;
+        let within = report
+            .failed_attempts
+            .iter()
+            .filter(|(at, _)| at > from && at <= to);
+        for (_, failure) in within {
+            let count = match failure {
+                FailedAttempt::Answered(_) => &mut step.unavailable_answers,
+                FailedAttempt::NoAnswer => &mut step.unanswered_attempts,
+            };
+            *count = Some(count.unwrap_or(0) + 1);
+        }
     }
     let longest_gap = acks
         .windows(2)
@@ -644,7 +667,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         && wrong_order.parked_products > 0
         && wrong_order.still_parked == 0
         && wrong_order.verify_passed
-        && longest_gap <= 2000.0;
+        && longest_gap <= 2000.0
+        // `partitions` mode: a producer's replacement is no outage (no attempt refused).
+        && steps
+            .iter()
+            .filter(|s| s.name.contains("producer"))
+            .all(|s| s.unavailable_answers == Some(0));
     let result = DrillResult {
         provenance: Provenance::now(),
         old_commit: args.old_commit,

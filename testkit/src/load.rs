@@ -34,6 +34,17 @@ pub struct WriterReport {
     /// Every batch sent (acknowledged or not): its Idempotency-Key and how many commands it
     /// holds, so an audit can tell that each is in the log whole or not at all.
     pub batches: Vec<(String, usize)>,
+    /// Every attempt that was retried, with when it failed and how.
+    pub failed_attempts: Vec<(std::time::Instant, FailedAttempt)>,
+}
+
+/// How an attempt failed (it was retried with the same Idempotency-Key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedAttempt {
+    /// The producer answered 429 or 5xx (503: nothing appended, or the outcome unknown).
+    Answered(u16),
+    /// No answer: connection refused or dropped, or a timeout.
+    NoAnswer,
 }
 
 pub struct Writers {
@@ -134,6 +145,7 @@ impl Writers {
             all.retries += report.retries;
             all.refused += report.refused;
             all.batches.extend(report.batches);
+            all.failed_attempts.extend(report.failed_attempts);
         }
         all
     }
@@ -232,10 +244,19 @@ async fn send(
                 return Vec::new();
             }
             // 429, 503, other 5xx: same key again.
-            Ok(_) => report.retries += 1,
+            Ok(response) => {
+                report.retries += 1;
+                report.failed_attempts.push((
+                    std::time::Instant::now(),
+                    FailedAttempt::Answered(response.status().as_u16()),
+                ));
+            }
             // Timeouts, refused or dropped connections: same key, at the next instance.
             Err(_) => {
                 report.retries += 1;
+                report
+                    .failed_attempts
+                    .push((std::time::Instant::now(), FailedAttempt::NoAnswer));
                 at += 1;
             }
         }
