@@ -15,6 +15,7 @@ mod project;
 mod raw_produce;
 mod reads;
 mod record;
+mod restart;
 mod sinks;
 mod soak;
 mod sse;
@@ -68,6 +69,8 @@ enum Command {
     ReadLatency(reads::Args),
     /// Hold connections, open SSE streams, send refused commands; print what is held and RSS.
     Hostile(hostile::Args),
+    /// Producer start → ready on a grown log after SIGKILLs, beside a raw consume of the log.
+    Restart(restart::Args),
     /// CPU of the `scripts/up` stack with no writes, per process and in all; then write →
     /// visible at a trickle on it.
     Idle(idle::Args),
@@ -96,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SseFloor(args) => sse_floor::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
         Command::Idle(args) => idle::run(args).await,
+        Command::Restart(args) => restart::run(args).await,
         Command::UpgradeDrill(args) => upgrade_drill::run(args).await,
         Command::Docs(args) => docs::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,

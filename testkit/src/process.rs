@@ -138,7 +138,8 @@ impl Spawned {
         }
     }
 
-    async fn metrics_text(&self) -> String {
+    /// The text of the process's `/metrics` (panics when it does not answer).
+    pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("{}/metrics", self.url))
             .await
             .unwrap()

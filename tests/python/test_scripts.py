@@ -1,6 +1,7 @@
-"""The scripts build what they run: a binary a script starts from the build directory comes
-from a package its own `cargo build` names, and every package named exists. (Moving binaries
-between crates once left scripts/up building a crate that no longer held two of them.)"""
+"""The scripts build what they run: scripts/up, every bench and the upgrade drill build one
+set of release artifacts (every binary of the workspace), so none re-compiles what another
+built, and every package a script names exists. (Moving binaries between crates once left
+scripts/up building a crate that no longer held two of them.)"""
 
 import pathlib
 import re
@@ -23,12 +24,6 @@ def packages():
     return found
 
 
-def cargo_builds(script):
-    """The packages each `cargo build` of `script` names (continuation lines joined)."""
-    text = script.read_text().replace("\\\n", " ")
-    return [re.findall(r"-p ([A-Za-z0-9_-]+)", line) for line in text.splitlines() if "cargo build" in line]
-
-
 def test_every_package_a_script_names_exists():
     known = packages()
     for script in [*ROOT.glob("scripts/*"), ROOT / ".ci" / "run"]:
@@ -40,26 +35,25 @@ def test_every_package_a_script_names_exists():
 
 
 def test_scripts_up_builds_every_binary_it_starts():
-    up = ROOT / "scripts" / "up"
-    built = set()
-    for names in cargo_builds(up):
-        for name in names:
-            built |= packages()[name]
-    started = set(re.findall(r'"\$BIN/(foldline[a-z-]*)"', up.read_text()))
+    up = (ROOT / "scripts" / "up").read_text()
+    started = set(re.findall(r'"\$BIN/(foldline[a-z-]*)"', up))
     assert started, "scripts/up starts no binary?"
-    assert started <= built, f"scripts/up starts {started - built} but does not build them"
+    assert "build_release" in up, "scripts/up builds the release set"
+    every_binary = set().union(*packages().values())
+    assert started <= every_binary, f"scripts/up starts {started - every_binary}, which no package builds"
 
 
-def test_each_bench_builds_the_binaries_it_starts():
+def test_up_every_bench_and_the_drill_build_one_and_the_same_release_set():
+    """One set of release artifacts (the workspace's binaries): a bench after scripts/up, or
+    one bench after another, compiles nothing again."""
+    stack = (ROOT / "scripts" / "lib" / "stack.sh").read_text()
+    assert "cargo build -q --release --workspace --bins" in stack
+    for name in ("up", "bench", "upgrade-drill"):
+        text = (ROOT / "scripts" / name).read_text()
+        assert "build_release" in text, f"scripts/{name} does not build the release set"
+        partial = re.findall(r"cargo build[^\n]*--release[^\n]*-p [A-Za-z0-9_-]+", text)
+        assert not partial, f"scripts/{name} builds a selection of its own: {partial}"
     bench = (ROOT / "scripts" / "bench").read_text()
-    known = packages()
-    # One shell function per benchmark: bench_<name>() { ... }
     for name, body in re.findall(r"^(bench_[a-z_]+)\(\) \{\n(.*?)^\}", bench, re.M | re.S):
-        body = body.replace("\\\n", " ")
-        built = set()
-        for line in body.splitlines():
-            if "cargo build" in line:
-                for package in re.findall(r"-p ([A-Za-z0-9_-]+)", line):
-                    built |= known[package]
-        started = set(re.findall(r'"\$bin/(foldline[a-z-]*)"', body))
-        assert started <= built, f"{name} starts {started - built} without building them"
+        if "$REPO/target/release" in body or '"$bin/' in body:
+            assert "build_release" in body, f"{name} runs release binaries without building them"
