@@ -122,8 +122,8 @@ fn render_drill(r: &DrillResult) -> String {
         out,
         "Measured {} on {} (from `{}` to commit `{}`), by `scripts/upgrade-drill` \
          (bench/results/upgrade-drill.json). Targets (0 lost, doubled or stopped; verify, rebuild \
-         and restore equal; the wrong order recovered; no gap over 2 s; no attempt refused while \
-         a producer is replaced): {}.\n",
+         and restore equal; the wrong order recovered; no gap over 2 s; no attempt refused by a \
+         current-release producer while a producer is replaced): {}.\n",
         r.provenance.when(),
         r.provenance.machine,
         r.old_commit,
@@ -131,7 +131,7 @@ fn render_drill(r: &DrillResult) -> String {
         verdict(r.met)
     );
     out.push_str(
-        "| step | seconds | longest time without an acknowledged write, ms | attempts answered 429/5xx; unanswered | probe writes | write → visible (query) p50 / p99 / max, ms |\n",
+        "| step | seconds | longest time without an acknowledged write, ms | attempts answered 429/5xx (of them by the previous release); unanswered | probe writes | write → visible (query) p50 / p99 / max, ms |\n",
     );
     out.push_str("|---|---:|---:|---:|---:|---|\n");
     let counted = |n: Option<usize>| n.map_or("not counted".to_owned(), |n| n.to_string());
@@ -139,11 +139,12 @@ fn render_drill(r: &DrillResult) -> String {
         let q = &step.visible_ms;
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {} | {}; {} | {} | {} / {} / {} |",
+            "| {} | {:.1} | {} | {} ({}); {} | {} | {} / {} / {} |",
             step.name,
             step.seconds,
             step.write_gap_ms,
             counted(step.unavailable_answers),
+            counted(step.unavailable_from_previous_release),
             counted(step.unanswered_attempts),
             q.n,
             q.p50_ms,

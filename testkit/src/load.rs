@@ -34,8 +34,8 @@ pub struct WriterReport {
     /// Every batch sent (acknowledged or not): its Idempotency-Key and how many commands it
     /// holds, so an audit can tell that each is in the log whole or not at all.
     pub batches: Vec<(String, usize)>,
-    /// Every attempt that was retried, with when it failed and how.
-    pub failed_attempts: Vec<(std::time::Instant, FailedAttempt)>,
+    /// Every attempt that was retried: when it failed, which producer URL it went to, how.
+    pub failed_attempts: Vec<(std::time::Instant, String, FailedAttempt)>,
 }
 
 /// How an attempt failed (it was retried with the same Idempotency-Key).
@@ -248,15 +248,18 @@ async fn send(
                 report.retries += 1;
                 report.failed_attempts.push((
                     std::time::Instant::now(),
+                    url.clone(),
                     FailedAttempt::Answered(response.status().as_u16()),
                 ));
             }
             // Timeouts, refused or dropped connections: same key, at the next instance.
             Err(_) => {
                 report.retries += 1;
-                report
-                    .failed_attempts
-                    .push((std::time::Instant::now(), FailedAttempt::NoAnswer));
+                report.failed_attempts.push((
+                    std::time::Instant::now(),
+                    url.clone(),
+                    FailedAttempt::NoAnswer,
+                ));
                 at += 1;
             }
         }
