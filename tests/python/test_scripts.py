@@ -38,7 +38,7 @@ def test_scripts_up_builds_every_binary_it_starts():
     up = (ROOT / "scripts" / "up").read_text()
     started = set(re.findall(r'"\$BIN/(foldline[a-z-]*)"', up))
     assert started, "scripts/up starts no binary?"
-    assert "build_release" in up, "scripts/up builds the release set"
+    assert '"$REPO/scripts/install"' in up, "scripts/up runs scripts/install (which builds the release set)"
     every_binary = set().union(*packages().values())
     assert started <= every_binary, f"scripts/up starts {started - every_binary}, which no package builds"
 
@@ -46,9 +46,10 @@ def test_scripts_up_builds_every_binary_it_starts():
 def test_up_every_bench_and_the_drill_build_one_and_the_same_release_set():
     """One set of release artifacts (the workspace's binaries): a bench after scripts/up, or
     one bench after another, compiles nothing again."""
-    stack = (ROOT / "scripts" / "lib" / "stack.sh").read_text()
+    stack = (ROOT / "scripts" / "lib" / "install.sh").read_text()
     assert "cargo build -q --release --workspace --bins" in stack
-    for name in ("up", "bench", "upgrade-drill"):
+    assert '"$REPO/scripts/install"' in (ROOT / "scripts" / "up").read_text()
+    for name in ("install", "bench", "upgrade-drill"):
         text = (ROOT / "scripts" / name).read_text()
         assert "build_release" in text, f"scripts/{name} does not build the release set"
         partial = re.findall(r"cargo build[^\n]*--release[^\n]*-p [A-Za-z0-9_-]+", text)
