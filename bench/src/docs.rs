@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::hostile::{HostileResult, FLOOR_PREFIX};
 use crate::idle::IdleResult;
 use crate::restart::{RestartResult, FROM_SNAPSHOT_GOAL_MS, WHOLE_LOG_GOAL_MS};
 use crate::upgrade_drill::DrillResult;
@@ -55,7 +56,69 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let restart: RestartResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/restart.json"),
     )?)?;
-    replace_section(&doc, "restart", &render_restart(&restart))
+    let doc = replace_section(&doc, "restart", &render_restart(&restart))?;
+    let hostile: HostileResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/hostile.json"),
+    )?)?;
+    replace_section(&doc, "hostile", &render_hostile(&hostile))
+}
+
+fn render_hostile(r: &HostileResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Measured {} on {} (commit `{}`), by `scripts/bench hostile` (bench/results/hostile.json); \
+         header-read timeout {} ms. Target (every Foldline listener holds none after its timeout \
+         and still answers): {}.\n",
+        r.provenance.when(),
+        r.provenance.machine,
+        r.provenance.commit,
+        r.header_timeout_ms,
+        if r.met { "met" } else { "**not met**" }
+    );
+    out.push_str("| listener | opened | held at 1 s | held after the timeout | still answers |\n");
+    out.push_str("|---|---:|---:|---:|---|\n");
+    for held in &r.connections {
+        let name = match held.service.strip_prefix(FLOOR_PREFIX) {
+            Some(floor) => format!("the floor: {floor} (`axum::serve`, no timeout, no cap)"),
+            None => held.service.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} |",
+            held.opened,
+            held.held_after_1s,
+            held.held_after_timeout,
+            if held.healthy { "yes" } else { "**no**" }
+        );
+    }
+    let s = &r.sse;
+    let c = &r.refused_commands;
+    let _ = writeln!(
+        out,
+        "\n| also measured | result |\n|---|---|\n\
+         | SSE streams tried; served; refused past the cap | {}; {}; {} |\n\
+         | notifier RSS with them, KiB | {} |\n\
+         | streams resuming from memory: served; refused | {}; {} |\n\
+         | refused commands; producer RSS before → after, KiB | {}; {} → {} |",
+        s.tried,
+        s.served,
+        s.refused,
+        s.notifier_rss_with_streams_kib,
+        s.resumed_served,
+        s.resumed_refused,
+        c.count,
+        c.producer_rss_before_kib,
+        c.producer_rss_after_kib
+    );
+    for m in &r.rss {
+        let _ = writeln!(
+            out,
+            "| {}: RSS before → after, KiB; descriptors open after | {} → {}; {} |",
+            m.service, m.rss_before_kib, m.rss_after_kib, m.fds_after
+        );
+    }
+    out
 }
 
 fn render_restart(r: &RestartResult) -> String {

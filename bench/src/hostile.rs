@@ -2,14 +2,19 @@
 //! Opens idle and half-sent connections to every service and counts how many the services
 //! still hold after a second and after their header-read timeout (from the processes' open
 //! file descriptors); opens SSE streams until the notifier refuses them, and resuming
-//! streams; sends refused commands by the thousand; prints each process's RSS before and
-//! after, as one JSON object.
+//! streams; sends refused commands by the thousand; records each process's RSS before and
+//! after. One typed result (`--out`), whose table `foldline-bench docs` generates. A service
+//! named `floor:…` is the floor measured in the same run (a bare `axum::serve`).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::record::Provenance;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,7 +39,66 @@ pub struct Args {
     /// A seller token (`seller_id` s) for the refused creates.
     #[arg(long, env = "FOLDLINE_SELLER_TOKEN")]
     seller_token: String,
+    /// Where to write the result (JSON).
+    #[arg(long)]
+    out: PathBuf,
 }
+
+/// What one listener held of the connections opened to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Held {
+    pub service: String,
+    pub opened: usize,
+    pub refused: usize,
+    pub held_after_1s: usize,
+    /// After the header-read timeout and a second more: the target is 0 (the floor keeps all).
+    pub held_after_timeout: usize,
+    /// Whether it still answered afterwards.
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Streams {
+    pub tried: usize,
+    pub served: usize,
+    /// Refused past the notifier's stream cap (503).
+    pub refused: usize,
+    pub open_seconds: f64,
+    pub notifier_rss_with_streams_kib: u64,
+    pub resumed_served: usize,
+    pub resumed_refused: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefusedCommands {
+    pub count: usize,
+    pub producer_rss_before_kib: u64,
+    pub producer_rss_after_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Memory {
+    pub service: String,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub fds_after: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostileResult {
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    pub header_timeout_ms: u64,
+    pub connections: Vec<Held>,
+    pub sse: Streams,
+    pub refused_commands: RefusedCommands,
+    pub rss: Vec<Memory>,
+    /// Every Foldline listener held nothing after its timeout and still answered.
+    pub met: bool,
+}
+
+/// The floor's name starts with this.
+pub const FLOOR_PREFIX: &str = "floor:";
 
 struct Service {
     name: String,
@@ -106,11 +170,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .is_ok_and(|r| !r.status().is_server_error());
         drop(held);
-        report.push(
-            json!({"service": service.name, "opened": args.connections - refused,
-            "refused": refused, "held_after_1s": after_1s, "held_after_timeout": after_timeout,
-            "healthy": healthy}),
-        );
+        report.push(Held {
+            service: service.name.clone(),
+            opened: args.connections - refused,
+            refused,
+            held_after_1s: after_1s,
+            held_after_timeout: after_timeout,
+            healthy,
+        });
     }
 
     // SSE: fresh streams until refused, then resuming ones from memory.
@@ -184,22 +251,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let producer_after = producer_pid.map_or(0, |p| status_field(p, "VmRSS:"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss: Vec<Value> = services
+    let rss: Vec<Memory> = services
         .iter()
         .zip(&rss_before)
-        .map(|(s, before)| {
-            json!({"service": s.name, "rss_before_kib": before,
-            "rss_after_kib": status_field(s.pid, "VmRSS:"), "fds_after": fds(s.pid)})
+        .map(|(s, before)| Memory {
+            service: s.name.clone(),
+            rss_before_kib: *before,
+            rss_after_kib: status_field(s.pid, "VmRSS:"),
+            fds_after: fds(s.pid),
         })
         .collect();
-    println!(
-        "{}",
-        json!({"connections": report, "sse": {"tried": args.streams, "served": served,
-            "refused": sse_refused, "open_seconds": open_seconds,
-            "notifier_rss_with_streams_kib": notifier_rss_streams,
-            "resumed_served": resumed_served, "resumed_refused": resume_refused},
-            "refused_commands": {"count": refused_commands, "producer_rss_before_kib": producer_before,
-            "producer_rss_after_kib": producer_after}, "rss": rss})
-    );
+    let met = report
+        .iter()
+        .filter(|held| !held.service.starts_with(FLOOR_PREFIX))
+        .all(|held| held.held_after_timeout == 0 && held.healthy);
+    let result = HostileResult {
+        provenance: Provenance::now(),
+        header_timeout_ms: args.header_timeout_ms,
+        connections: report,
+        sse: Streams {
+            tried: args.streams,
+            served,
+            refused: sse_refused,
+            open_seconds,
+            notifier_rss_with_streams_kib: notifier_rss_streams,
+            resumed_served,
+            resumed_refused: resume_refused,
+        },
+        refused_commands: RefusedCommands {
+            count: refused_commands,
+            producer_rss_before_kib: producer_before,
+            producer_rss_after_kib: producer_after,
+        },
+        rss,
+        met,
+    };
+    let json = serde_json::to_string_pretty(&result)?;
+    std::fs::write(&args.out, format!("{json}\n"))?;
+    println!("{json}");
     Ok(())
 }
