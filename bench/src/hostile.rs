@@ -286,8 +286,5 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rss,
         met,
     };
-    let json = serde_json::to_string_pretty(&result)?;
-    std::fs::write(&args.out, format!("{json}\n"))?;
-    println!("{json}");
-    Ok(())
+    crate::record::write(&args.out, &result)
 }

@@ -1,6 +1,7 @@
 //! Where a result of record came from: when, on what machine, at which commit. Every result
 //! file under `bench/results/` starts with one, and the tables generated from it say it.
 
+use std::path::Path;
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -66,4 +67,13 @@ fn commit() -> String {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes a result of record to `out` (pretty JSON, as committed under `bench/results/`) and
+/// prints it.
+pub fn write(out: &Path, result: &impl Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(result)?;
+    std::fs::write(out, format!("{json}\n"))?;
+    println!("{json}");
+    Ok(())
 }

@@ -88,10 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         from_snapshot_ms,
         met,
     };
-    let json = serde_json::to_string_pretty(&result)?;
-    std::fs::write(&args.out, format!("{json}\n"))?;
-    println!("{json}");
-    Ok(())
+    crate::record::write(&args.out, &result)
 }
 
 /// `foldline-bench fill` (this binary) writes the events, as every bench pre-fills a topic.

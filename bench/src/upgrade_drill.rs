@@ -712,9 +712,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         restore_equal,
         met,
     };
-    let json = serde_json::to_string_pretty(&result)?;
-    std::fs::write(&args.out, format!("{json}\n"))?;
-    println!("{json}");
+    crate::record::write(&args.out, &result)?;
     anyhow::ensure!(
         met,
         "the drill's targets are not met (see {})",
