@@ -19,6 +19,8 @@ mod restart;
 mod sinks;
 mod soak;
 mod sse;
+mod sse_check;
+mod sse_result;
 mod sse_floor;
 mod sse_listen;
 mod stages;
@@ -51,8 +53,9 @@ enum Command {
     WriteToVisible(project::VisibleArgs),
     /// Time from a record's timestamp until a bare read_committed consumer receives it.
     TailLatency(project::TailArgs),
-    /// One measured run of SSE fan-out: clients (`sse-listen`) on a server while writes go in.
-    SseRun(sse::Args),
+    /// SSE fan-out to its ceiling, the notifier beside the bare broadcast floor: write rates
+    /// rise step by step until each falls behind (`scripts/bench sse`).
+    Sse(sse::Args),
     /// The clients of an SSE run, as a process of their own.
     SseListen(sse_listen::Args),
     /// A bare broadcast server with the notifier's frames: the fan-out floor.
@@ -94,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::WatchProjection(args) => project::watch_projection(args).await,
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
         Command::TailLatency(args) => project::tail_latency(args).await,
-        Command::SseRun(args) => sse::run(args).await,
+        Command::Sse(args) => sse::run(args).await,
         Command::SseListen(args) => sse_listen::run(args).await,
         Command::SseFloor(args) => sse_floor::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,

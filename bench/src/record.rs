@@ -77,3 +77,29 @@ pub fn write(out: &Path, result: &impl Serialize) -> anyhow::Result<()> {
     println!("{json}");
     Ok(())
 }
+
+/// `1234567.8` as `1,234,568`: figures in the generated tables.
+pub fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(super::thousands(1_234_567.8), "1,234,568");
+        assert_eq!(super::thousands(999.0), "999");
+        assert_eq!(super::thousands(-1000.0), "-1,000");
+    }
+}

@@ -350,7 +350,7 @@ async fn follow_sse(
         while let Some(Ok(chunk)) = body.next().await {
             let arrived = Instant::now();
             buffer.push_str(&String::from_utf8_lossy(&chunk));
-            for (id, event) in crate::sse::drain_frames(&mut buffer) {
+            for (id, event) in crate::sse_check::drain_frames(&mut buffer) {
                 if id.is_some() {
                     last_id = id;
                 }

@@ -1,19 +1,25 @@
 //! `sse-listen`: the SSE bench's clients, in a process of their own so that their CPU is
-//! reported apart from the server's. N streams that only look at what the figures need in each
-//! frame — its `id:` (sent back as `Last-Event-ID` after a cut-off) and the `occurred_at` of
-//! its data (for latency) — with no JSON parsing and no allocation per frame.
+//! reported apart from the server's. N streams that look only at what the figures need in
+//! each frame — its `id:` (sent back as `Last-Event-ID` after a cut-off), `occurred_at` (for
+//! latency), the write's sequence number and the event's position (for the check by id,
+//! [`crate::sse_check`]) — with no JSON parsing and no allocation per frame.
 //!
-//! Protocol with `sse-run`: prints `connected N` once the streams are open, then reads
-//! `expect W` from stdin (W events were acknowledged), waits until every stream has had W
-//! events or `--grace` seconds passed, and prints one JSON line of counts and latency.
+//! Protocol with `foldline-bench sse`: prints `connected N` once the streams are open, then,
+//! for each line `round FROM TO UNACKED` on stdin (the writes FROM..TO were made; UNACKED,
+//! comma-separated or `-`, were not acknowledged), waits until every stream has every
+//! acknowledged write of the round or `--grace` seconds passed, and prints one JSON line, a
+//! [`RoundReport`]. Ends when stdin closes.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
+
+use crate::sse_check::{look_at, ClientCheck, Seen};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +28,7 @@ pub struct Args {
     url: String,
     #[arg(long)]
     clients: usize,
-    /// Seconds to wait, after `expect`, for every stream to have every event.
+    /// Seconds to wait, after a round's writes, for every stream to have every event.
     #[arg(long, default_value_t = 30)]
     grace: u64,
     #[arg(
@@ -34,19 +40,45 @@ pub struct Args {
     token: String,
 }
 
+/// What the clients saw of one round of writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundReport {
+    pub connected: usize,
+    /// Acknowledged writes of the round: the events each stream must have.
+    pub expected_per_stream: u64,
+    /// Deliveries of those events (first receipts).
+    pub received: u64,
+    /// Acknowledged events a stream did not have when the grace period ended: gaps.
+    pub missing: u64,
+    /// Frames of a write a stream had already had, during the round.
+    pub duplicates: u64,
+    /// Frames whose offset did not grow within their partition, during the round.
+    pub out_of_order: u64,
+    /// Streams the server cut off (`event: reconnect`) and streams that ended otherwise.
+    pub cut_off: u64,
+    pub ended: u64,
+    pub streams_complete: usize,
+    /// Wall-clock ms of the last event received.
+    pub last_ms: i64,
+    /// From each event's `occurred_at` to its receipt, over the round's frames.
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+    pub bytes_per_event: f64,
+}
+
 /// Latency is counted in 1 ms buckets up to this (the rest in the last one).
 const MAX_MS: usize = 120_000;
 
 struct Tally {
-    /// Events received per stream.
-    counts: Vec<AtomicU64>,
+    clients: Vec<Mutex<ClientCheck>>,
+    /// Frames per latency bucket since the last round's report.
     latency_ms: Vec<AtomicU64>,
     bytes: AtomicU64,
+    frames: AtomicU64,
     connected: AtomicUsize,
-    /// Streams told to reconnect (`event: reconnect`), and streams that ended otherwise.
     cut_off: AtomicU64,
     ended: AtomicU64,
-    /// Wall-clock milliseconds of the last event received.
     last_ms: AtomicI64,
 }
 
@@ -61,9 +93,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::with_token(reqwest::Client::builder(), &args.token)?
     };
     let tally = Arc::new(Tally {
-        counts: (0..args.clients).map(|_| AtomicU64::new(0)).collect(),
+        clients: (0..args.clients)
+            .map(|_| Mutex::new(ClientCheck::default()))
+            .collect(),
         latency_ms: (0..=MAX_MS).map(|_| AtomicU64::new(0)).collect(),
         bytes: AtomicU64::new(0),
+        frames: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
         cut_off: AtomicU64::new(0),
         ended: AtomicU64::new(0),
@@ -88,56 +123,88 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("connected {}", tally.connected.load(Ordering::Relaxed));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let expected: u64 = loop {
-        let Some(line) = lines.next_line().await? else {
-            anyhow::bail!("stdin closed before `expect W`");
+    let (mut duplicates, mut out_of_order) = (0, 0);
+    while let Some(line) = lines.next_line().await? {
+        let Some(round) = line.strip_prefix("round ") else {
+            continue;
         };
-        if let Some(w) = line.strip_prefix("expect ") {
-            break w.trim().parse()?;
-        }
+        let expected = acknowledged(round)?;
+        let report = wait_for_round(&tally, &expected, args.grace, (duplicates, out_of_order)).await;
+        duplicates += report.duplicates;
+        out_of_order += report.out_of_order;
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    // The streams are still open: leave without waiting for them.
+    std::process::exit(0);
+}
+
+/// The acknowledged sequence numbers of `FROM TO UNACKED`.
+fn acknowledged(round: &str) -> anyhow::Result<Vec<u64>> {
+    let mut parts = round.split_whitespace();
+    let mut number = || -> anyhow::Result<u64> {
+        Ok(parts
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("round FROM TO UNACKED"))?
+            .parse()?)
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.grace);
-    while tally
-        .counts
-        .iter()
-        .any(|c| c.load(Ordering::Relaxed) < expected)
-        && tokio::time::Instant::now() < deadline
-    {
+    let (from, to) = (number()?, number()?);
+    let unacked: Vec<u64> = parts
+        .next()
+        .unwrap_or("-")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    Ok((from..to).filter(|seq| !unacked.contains(seq)).collect())
+}
+
+async fn wait_for_round(
+    tally: &Tally,
+    expected: &[u64],
+    grace: u64,
+    (duplicates_before, out_of_order_before): (u64, u64),
+) -> RoundReport {
+    let want = expected.len() as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+    // Only streams still short are counted again: the wait itself costs the clients' CPU.
+    let mut have = vec![0; tally.clients.len()];
+    loop {
+        for (client, count) in tally.clients.iter().zip(have.iter_mut()) {
+            if *count < want {
+                *count = client.lock().expect("client check").count_of(expected);
+            }
+        }
+        if have.iter().all(|c| *c == want) || tokio::time::Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let counts: Vec<u64> = tally
-        .counts
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .collect();
-    let received: u64 = counts.iter().sum();
-    let missing: u64 = counts.iter().map(|c| expected.saturating_sub(*c)).sum();
-    let extra: u64 = counts.iter().map(|c| c.saturating_sub(expected)).sum();
+    let (duplicates, out_of_order) = tally.clients.iter().fold((0, 0), |(d, o), c| {
+        let c = c.lock().expect("client check");
+        (d + c.duplicates, o + c.out_of_order)
+    });
     let latency: Vec<u64> = tally
         .latency_ms
         .iter()
-        .map(|b| b.load(Ordering::Relaxed))
+        .map(|b| b.swap(0, Ordering::Relaxed))
         .collect();
-    println!(
-        "{}",
-        serde_json::json!({
-            "connected": tally.connected.load(Ordering::Relaxed),
-            "expected_per_stream": expected,
-            "received": received,
-            "missing": missing,
-            "extra": extra,
-            "streams_complete": counts.iter().filter(|c| **c >= expected).count(),
-            "cut_off": tally.cut_off.load(Ordering::Relaxed),
-            "ended": tally.ended.load(Ordering::Relaxed),
-            "bytes_per_event": tally.bytes.load(Ordering::Relaxed) as f64 / received.max(1) as f64,
-            "last_ms": tally.last_ms.load(Ordering::Relaxed),
-            "p50_ms": quantile(&latency, 0.5),
-            "p99_ms": quantile(&latency, 0.99),
-            "max_ms": quantile(&latency, 1.0),
-        })
-    );
-    // The streams are still open: leave without waiting for them.
-    std::process::exit(0);
+    let received: u64 = have.iter().sum();
+    let frames = tally.frames.swap(0, Ordering::Relaxed);
+    RoundReport {
+        connected: tally.connected.load(Ordering::Relaxed),
+        expected_per_stream: want,
+        received,
+        missing: have.iter().map(|c| want - c).sum(),
+        duplicates: duplicates - duplicates_before,
+        out_of_order: out_of_order - out_of_order_before,
+        cut_off: tally.cut_off.swap(0, Ordering::Relaxed),
+        ended: tally.ended.swap(0, Ordering::Relaxed),
+        streams_complete: have.iter().filter(|c| **c == want).count(),
+        last_ms: tally.last_ms.load(Ordering::Relaxed),
+        p50_ms: quantile(&latency, 0.5),
+        p99_ms: quantile(&latency, 0.99),
+        max_ms: quantile(&latency, 1.0),
+        bytes_per_event: tally.bytes.swap(0, Ordering::Relaxed) as f64 / frames.max(1) as f64,
+    }
 }
 
 /// The smallest bucket at or below which `q` of the counts lie.
@@ -154,8 +221,8 @@ fn quantile(buckets: &[u64], q: f64) -> u64 {
     0
 }
 
-/// One client: opens the stream, counts events, and after a cut-off or an end reconnects
-/// from the last id it had (the notifier then sends what it missed).
+/// One client: opens the stream, checks and counts events, and after a cut-off or an end
+/// reconnects from the last id it had (the notifier then sends what it missed).
 async fn stream(
     http: reqwest::Client,
     url: String,
@@ -200,13 +267,17 @@ async fn stream(
                         last_id.extend_from_slice(id);
                         cut = true;
                     }
-                    Seen::Event { id, occurred_at } => {
+                    Seen::Event(event) => {
                         last_id.clear();
-                        last_id.extend_from_slice(id);
+                        last_id.extend_from_slice(event.id);
                         let now = now_ms();
-                        let lag = (now - occurred_at).clamp(0, MAX_MS as i64) as usize;
+                        let lag = (now - event.occurred_at).clamp(0, MAX_MS as i64) as usize;
                         tally.latency_ms[lag].fetch_add(1, Ordering::Relaxed);
-                        tally.counts[index].fetch_add(1, Ordering::Relaxed);
+                        tally.clients[index]
+                            .lock()
+                            .expect("client check")
+                            .receive(event.seq, event.position);
+                        tally.frames.fetch_add(1, Ordering::Relaxed);
                         tally.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
                         tally.last_ms.fetch_max(now, Ordering::Relaxed);
                     }
@@ -219,54 +290,9 @@ async fn stream(
     }
 }
 
-enum Seen<'a> {
-    Nothing,
-    Reconnect(&'a [u8]),
-    Event { id: &'a [u8], occurred_at: i64 },
-}
-
-/// What a frame says, without parsing its JSON: its `id:` line, whether it is the
-/// `reconnect` event, and the number after `"occurred_at":`.
-fn look_at(frame: &[u8]) -> Seen<'_> {
-    let Some(id) = frame.strip_prefix(b"id: ") else {
-        return Seen::Nothing;
-    };
-    let id = &id[..memchr::memchr(b'\n', id).unwrap_or(id.len())];
-    if memchr::memmem::find(frame, b"\nevent: reconnect\n").is_some() {
-        return Seen::Reconnect(id);
-    }
-    let Some(at) = memchr::memmem::find(frame, b"\"occurred_at\":") else {
-        return Seen::Nothing;
-    };
-    let digits = &frame[at + 14..];
-    let end = digits
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    match std::str::from_utf8(&digits[..end])
-        .ok()
-        .and_then(|d| d.parse().ok())
-    {
-        Some(occurred_at) => Seen::Event { id, occurred_at },
-        None => Seen::Nothing,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_frame_gives_its_id_and_time_and_a_reconnect_is_told_apart() {
-        let event = b"id: 0:3,1:2\nevent: ProductCreated\ndata: {\"a\":1,\"occurred_at\":1700000000123,\"b\":2}\n\n";
-        let Seen::Event { id, occurred_at } = look_at(event) else {
-            panic!("an event")
-        };
-        assert_eq!((id, occurred_at), (&b"0:3,1:2"[..], 1_700_000_000_123));
-        let reconnect = b"id: 0:3,1:2\nevent: reconnect\ndata: {\"last_event_id\":\"0:3,1:2\"}\n\n";
-        assert!(matches!(look_at(reconnect), Seen::Reconnect(b"0:3,1:2")));
-        assert!(matches!(look_at(b": heartbeat\n\n"), Seen::Nothing));
-    }
 
     #[test]
     fn quantiles_come_from_the_buckets() {
@@ -277,5 +303,11 @@ mod tests {
         assert_eq!(quantile(&buckets, 0.5), 2);
         assert_eq!(quantile(&buckets, 0.99), 7);
         assert_eq!(quantile(&buckets, 1.0), 9);
+    }
+
+    #[test]
+    fn a_round_expects_its_writes_but_the_unacknowledged() {
+        assert_eq!(acknowledged("5 10 6,8").unwrap(), vec![5, 7, 9]);
+        assert_eq!(acknowledged("5 8 -").unwrap(), vec![5, 6, 7]);
     }
 }

@@ -169,6 +169,11 @@ impl Spawned {
             .map_or(0.0, |v| v.parse().unwrap())
     }
 
+    /// The process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The process's resident memory (`VmRSS`), in KiB; 0 once it has exited.
     pub fn rss_kib(&self) -> u64 {
         let Some(child) = &self.child else { return 0 };
