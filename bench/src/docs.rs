@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::hostile::{HostileResult, FLOOR_PREFIX};
 use crate::idle::IdleResult;
 use crate::restart::{RestartResult, FROM_SNAPSHOT_GOAL_MS, WHOLE_LOG_GOAL_MS};
+use crate::project_result::ProjectResult;
 use crate::sse_result::SseResult;
 use crate::upgrade_drill::DrillResult;
 
@@ -65,7 +66,11 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let sse: SseResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/sse.json"),
     )?)?;
-    replace_section(&doc, "sse", &crate::sse_result::render(&sse))
+    let doc = replace_section(&doc, "sse", &crate::sse_result::render(&sse))?;
+    let project: ProjectResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/project.json"),
+    )?)?;
+    replace_section(&doc, "project", &crate::project_result::render(&project))
 }
 
 fn render_hostile(r: &HostileResult) -> String {

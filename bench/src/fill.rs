@@ -161,13 +161,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::task::block_in_place(|| producer.commit_transaction(txn_timeout))?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({"events": args.events, "seconds": seconds, "rate": args.events as f64 / seconds,
-                           "transaction_events": args.transaction_events,
-                           "next_offsets": next, "end": next.iter().map(|(_, o)| o).sum::<i64>()})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Filled {
+        events: args.events,
+        seconds,
+        rate: args.events as f64 / seconds,
+        transaction_events: args.transaction_events,
+        end: next.iter().map(|(_, o)| o).sum::<i64>(),
+    })
 }
 
 type Sent = Result<

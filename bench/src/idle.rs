@@ -89,50 +89,6 @@ pub struct Trickle {
     pub met: bool,
 }
 
-/// Every live process: pid → (parent pid, CPU time so far in µs).
-fn processes() -> BTreeMap<u32, (u32, u64)> {
-    let mut all = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return all;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // After the name: state(0) ppid(1) ...
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if let Some(parent) = parent {
-            all.insert(pid, (parent, crate::sse::cpu_us(pid)));
-        }
-    }
-    all
-}
-
-/// CPU time (µs) of `root` and every live descendant (PostgreSQL's postmaster and its
-/// backends and background workers, which run in sessions of their own).
-fn tree_cpu_us(all: &BTreeMap<u32, (u32, u64)>, root: u32) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        if let Some((_, cpu)) = all.get(&pid) {
-            total += cpu;
-        }
-        stack.extend(
-            all.iter()
-                .filter(|(_, (parent, _))| *parent == pid)
-                .map(|(child, _)| *child),
-        );
-    }
-    total
-}
-
 /// The processes `scripts/up` started: name → pid, from its pid files.
 fn started(pids: &Path) -> anyhow::Result<BTreeMap<String, u32>> {
     let mut started = BTreeMap::new();
@@ -164,13 +120,14 @@ async fn cpu_during<T>(
     started: &BTreeMap<String, u32>,
     work: impl std::future::Future<Output = T>,
 ) -> (BTreeMap<String, f64>, f64, f64, T) {
-    let before = processes();
+    let before = crate::cpu::processes();
     let from = Instant::now();
     let out = work.await;
-    let after = processes();
+    let after = crate::cpu::processes();
     let seconds = from.elapsed().as_secs_f64();
     let percent = |pid: &u32| {
-        let used = tree_cpu_us(&after, *pid).saturating_sub(tree_cpu_us(&before, *pid));
+        let used = crate::cpu::tree_cpu_us(&after, *pid)
+            .saturating_sub(crate::cpu::tree_cpu_us(&before, *pid));
         used as f64 / 1e6 / seconds * 100.0
     };
     let each = started

@@ -7,11 +7,15 @@
 //! - `raw-put`, `raw-batch-write`: the S3 and DynamoDB limits for the sinks' own bytes/items.
 
 mod bare_http;
+mod cpu;
 mod docs;
 mod fill;
 mod hostile;
 mod idle;
+mod probe;
 mod project;
+mod project_bench;
+mod project_result;
 mod raw_produce;
 mod reads;
 mod record;
@@ -43,6 +47,9 @@ enum Command {
     BareHttp(bare_http::Args),
     /// Pre-fill a topic with valid, registry-encoded product events.
     Fill(fill::Args),
+    /// The read model on a grown topic: projector, rebuild, verify, reads and write → visible,
+    /// each beside its floor (`scripts/bench project`).
+    Project(project_bench::Args),
     /// Read a topic to its end without decoding.
     RawConsume(project::ConsumeArgs),
     /// COPY rows shaped like the read model's products into Postgres.
@@ -92,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         Command::RawProduce(args) => raw_produce::run(args).await,
         Command::BareHttp(args) => bare_http::run(args).await,
         Command::Fill(args) => fill::run(args).await,
+        Command::Project(args) => project_bench::run(args).await,
         Command::RawConsume(args) => project::raw_consume(args).await,
         Command::RawCopy(args) => project::raw_copy(args).await,
         Command::WatchProjection(args) => project::watch_projection(args).await,
@@ -126,5 +134,5 @@ pub fn with_token(builder: reqwest::ClientBuilder, token: &str) -> anyhow::Resul
 /// This process's CPU time (user + system) so far, in microseconds: the floors print theirs
 /// over their measured interval, beside the CPU per event of the Foldline process they match.
 pub fn own_cpu_us() -> u64 {
-    sse::cpu_us(std::process::id())
+    cpu::cpu_us(std::process::id())
 }

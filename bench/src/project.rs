@@ -50,13 +50,15 @@ pub async fn raw_consume(args: ConsumeArgs) -> anyhow::Result<()> {
     .await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_us = crate::own_cpu_us() - cpu;
-    println!(
-        "{}",
-        serde_json::json!({"records": records, "seconds": seconds, "rate": records as f64 / seconds,
-                           "decoded": codec.is_some(), "undecodable": undecodable.load(std::sync::atomic::Ordering::Relaxed),
-                           "cpu_us": cpu_us, "cpu_us_per_record": cpu_us as f64 / records.max(1) as f64})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Consumed {
+        records,
+        seconds,
+        rate: records as f64 / seconds,
+        decoded: codec.is_some(),
+        undecodable: undecodable.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_us,
+        cpu_us_per_record: cpu_us as f64 / records.max(1) as f64,
+    })
 }
 
 #[derive(clap::Args)]
@@ -111,12 +113,13 @@ pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
     sqlx::query("DROP SCHEMA bench_copy CASCADE")
         .execute(&mut conn)
         .await?;
-    println!(
-        "{}",
-        serde_json::json!({"rows": args.rows, "seconds": seconds, "rate": args.rows as f64 / seconds,
-                           "cpu_us": cpu_us, "cpu_us_per_row": cpu_us as f64 / args.rows.max(1) as f64})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Copied {
+        rows: args.rows,
+        seconds,
+        rate: args.rows as f64 / seconds,
+        cpu_us,
+        cpu_us_per_row: cpu_us as f64 / args.rows.max(1) as f64,
+    })
 }
 
 #[derive(clap::Args)]
@@ -151,11 +154,11 @@ pub async fn watch_projection(args: WatchArgs) -> anyhow::Result<()> {
         if done >= args.end {
             let (at, base) = first.expect("progress seen");
             let seconds = at.elapsed().as_secs_f64().max(0.001);
-            println!(
-                "{}",
-                serde_json::json!({"records": done - base, "seconds": seconds, "rate": (done - base) as f64 / seconds})
-            );
-            return Ok(());
+            return crate::probe::print(&crate::probe::Projected {
+                records: done - base,
+                seconds,
+                rate: (done - base) as f64 / seconds,
+            });
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -233,20 +236,20 @@ pub async fn write_to_visible(args: VisibleArgs) -> anyhow::Result<()> {
         }));
     }
     let mut latencies = Histogram::<u64>::new(3)?;
-    let mut failed: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut failed: std::collections::BTreeMap<String, u64> = Default::default();
     for task in tasks {
         match task.await? {
             Ok(elapsed) => latencies.record(elapsed.as_micros() as u64)?,
-            Err(why) => *failed.entry(why).or_default() += 1,
+            Err(why) => *failed.entry(why.to_owned()).or_default() += 1,
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({"writes": latencies.len(), "failed": failed, "rate": args.rate,
-            "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Visible {
+        writes: latencies.len(),
+        failed,
+        rate: args.rate,
+        p50_ms: latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+    })
 }
 
 #[derive(clap::Args)]
@@ -282,10 +285,9 @@ pub async fn tail_latency(args: TailArgs) -> anyhow::Result<()> {
             latencies.record((now - ts).max(0) as u64)?;
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({"records": latencies.len(), "p50_ms": latencies.value_at_quantile(0.5),
-                           "p99_ms": latencies.value_at_quantile(0.99)})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Tail {
+        records: latencies.len(),
+        p50_ms: latencies.value_at_quantile(0.5),
+        p99_ms: latencies.value_at_quantile(0.99),
+    })
 }

@@ -101,19 +101,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ms = |h: &Histogram<u64>, q: f64| {
         Duration::from_micros(h.value_at_quantile(q)).as_secs_f64() * 1000.0
     };
-    let mut figures = serde_json::Map::new();
-    for (kind, histogram) in kinds.iter().zip(&latencies) {
-        figures.insert(
-            (*kind).into(),
-            serde_json::json!({"p50_ms": ms(histogram, 0.5), "p99_ms": ms(histogram, 0.99)}),
-        );
-    }
+    let latency = kinds
+        .iter()
+        .zip(&latencies)
+        .map(|(kind, h)| {
+            let figures = crate::probe::Latency {
+                p50_ms: ms(h, 0.5),
+                p99_ms: ms(h, 0.99),
+            };
+            ((*kind).to_owned(), figures)
+        })
+        .collect();
     let mean = samples.iter().map(|s| s.events).sum::<i64>() as f64 / samples.len() as f64;
-    println!(
-        "{}",
-        serde_json::json!({"samples": samples.len(), "failed": failed,
-            "events_per_product_mean": mean, "largest_product_events": largest,
-            "latency": figures})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Reads {
+        samples: samples.len(),
+        failed,
+        events_per_product_mean: mean,
+        largest_product_events: largest,
+        latency,
+    })
 }

@@ -60,6 +60,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // The checkout as the run starts: what was built (it may change while the run goes on).
+    let provenance = Provenance::now();
     let token = foldline_testkit::auth::token("bench-sse", "admin", None, 24 * 3600);
     let topic = foldline_testkit::unique("sse");
     let bin = |name: &str| args.bins.join(name).to_string_lossy().into_owned();
@@ -158,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         && duplicates == 0
         && out_of_order == 0;
     let result = SseResult {
-        provenance: Provenance::now(),
+        provenance,
         clients: args.clients,
         step_seconds: args.step_seconds,
         p99_bound_ms: args.p99_bound_ms,
@@ -257,15 +259,15 @@ async fn step(
     rate: u64,
     args: &Args,
 ) -> anyhow::Result<Step> {
-    let (server_cpu, clients_cpu) = (cpu_us(target.pid), cpu_us(clients.pid));
+    let (server_cpu, clients_cpu) = (crate::cpu::cpu_us(target.pid), crate::cpu::cpu_us(clients.pid));
     let started_ms = chrono::Utc::now().timestamp_millis();
     let written = writer
         .write(&target.write_url, rate, Duration::from_secs(args.step_seconds))
         .await;
     let report = clients.round(&written).await?;
     let (server_cpu, clients_cpu) = (
-        cpu_us(target.pid).saturating_sub(server_cpu),
-        cpu_us(clients.pid).saturating_sub(clients_cpu),
+        crate::cpu::cpu_us(target.pid).saturating_sub(server_cpu),
+        crate::cpu::cpu_us(clients.pid).saturating_sub(clients_cpu),
     );
     let span_s = ((report.last_ms - started_ms) as f64 / 1000.0).max(args.step_seconds as f64);
     let deliveries = report.received.max(1) as f64;
@@ -423,22 +425,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// CPU time (user + system) of `pid` so far, in microseconds.
-pub fn cpu_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    // The kernel's USER_HZ is 100 on Linux.
-    ticks * 10_000
 }
 
 fn round2(x: f64) -> f64 {

@@ -75,6 +75,23 @@ pub struct VerifyArgs {
     /// No progress bar (for scripts).
     #[arg(long)]
     quiet: bool,
+    /// Print one JSON object (a `VerifyReport`) instead of sentences; no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `verify --json` prints.
+#[derive(serde::Serialize)]
+struct VerifyReport<'a> {
+    seconds: f64,
+    /// Events of the log read (up to the furthest cut).
+    events: u64,
+    differences: usize,
+    /// A line per projection checked, as printed without `--json`.
+    summaries: &'a [String],
+    /// The first differences (`--show`).
+    first: Vec<String>,
+    parked: &'a BTreeSet<String>,
 }
 
 /// One way a projection differs from the log.
@@ -129,7 +146,9 @@ pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow:
             model_cut.max(recent_cut).max(archive_cut)
         })
         .sum();
+    let mut expected_events = 0u64;
     read_log(&args, brokers, registry_url, end, |record| {
+        expected_events += 1;
         if let Some(model) = &model {
             let before_cut = model
                 .cut
@@ -196,6 +215,27 @@ pub async fn run(args: VerifyArgs, brokers: &str, registry_url: &str) -> anyhow:
         ));
         differences.extend(found);
     }
+    if args.json {
+        let report = VerifyReport {
+            seconds: started.elapsed().as_secs_f64(),
+            events: expected_events,
+            differences: differences.len(),
+            summaries: &summaries,
+            first: differences
+                .iter()
+                .take(args.show)
+                .map(|d| format!("{}: projection {}, log {}", d.what, d.model, d.log))
+                .collect(),
+            parked: &parked,
+        };
+        println!("{}", serde_json::to_string(&report)?);
+        anyhow::ensure!(
+            differences.is_empty(),
+            "the projections differ from the log in {} places",
+            differences.len()
+        );
+        return Ok(());
+    }
     for difference in differences.iter().take(args.show) {
         println!(
             "difference: {}\n  projection: {}\n  log:        {}",
@@ -232,7 +272,7 @@ async fn read_log(
     mut each: impl FnMut(&foldline_consumer_runtime::Record),
 ) -> anyhow::Result<()> {
     let codec = Arc::new(EventCodec::new(registry_url, &args.topic)?);
-    let bar = if args.quiet {
+    let bar = if args.quiet || args.json {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(end.max(0) as u64)

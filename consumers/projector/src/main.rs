@@ -69,10 +69,32 @@ enum Command {
         /// offsets (the differences are printed either way).
         #[arg(long)]
         force: bool,
+        /// Print the report as one JSON object (a `ReplayReport`) instead of sentences.
+        #[arg(long)]
+        json: bool,
         /// The archive (with --from-archive).
         #[command(flatten)]
         archive: BucketConfig,
     },
+}
+
+/// What `replay --json` prints: the rebuild's figures, for scripts and benches.
+#[derive(serde::Serialize)]
+struct ReplayReport<'a> {
+    events: u64,
+    undecodable: u64,
+    parked_products: usize,
+    seconds: f64,
+    events_per_s: f64,
+    /// The live projector's pause: the tail, the comparison's second step, the swap.
+    swap_lock_seconds: f64,
+    /// The comparison with the live model: at a snapshot (outside the lock), then under it.
+    compared: bool,
+    compare_snapshot_seconds: f64,
+    compare_locked_seconds: f64,
+    differences: i64,
+    old_schema: &'a str,
+    new_schema: &'a str,
 }
 
 #[tokio::main]
@@ -86,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             batch_records,
             from_archive,
             force,
+            json,
             archive,
         }) => {
             let config = RebuildConfig {
@@ -94,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 low_stock_threshold: cli.low_stock_threshold,
                 batch_records,
                 drop_grace: Duration::from_millis(drop_grace_ms),
-                show_progress: true,
+                show_progress: !json,
                 force,
             };
             let source = TopicSource {
@@ -133,8 +156,26 @@ async fn main() -> anyhow::Result<()> {
                     Err(error) => return Err(error),
                 },
             };
-            print_differences(&report.comparison);
             let rate = report.events as f64 / report.elapsed.as_secs_f64().max(0.001);
+            if json {
+                let printed = ReplayReport {
+                    events: report.events,
+                    undecodable: report.dead,
+                    parked_products: report.parked,
+                    seconds: report.elapsed.as_secs_f64(),
+                    events_per_s: rate,
+                    swap_lock_seconds: report.locked.as_secs_f64(),
+                    compared: report.comparison.compared,
+                    compare_snapshot_seconds: report.comparison.snapshot_seconds,
+                    compare_locked_seconds: report.comparison.seconds,
+                    differences: report.comparison.differences,
+                    old_schema: &report.old_schema,
+                    new_schema: &report.new_schema,
+                };
+                println!("{}", serde_json::to_string(&printed)?);
+                return Ok(());
+            }
+            print_differences(&report.comparison);
             println!(
                 "replayed {} events ({} undecodable skipped, {} products parked) in {:.1} s ({rate:.0} events/s): {} replaced {}",
                 report.events,

@@ -1,0 +1,68 @@
+//! CPU time of processes, from /proc: what every bench prints beside its figures.
+
+use std::collections::BTreeMap;
+
+/// CPU time (user + system) of `pid` so far, in microseconds.
+pub fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // The kernel's USER_HZ is 100 on Linux.
+    ticks * 10_000
+}
+
+/// Every live process: pid → (parent pid, CPU time so far in µs).
+pub fn processes() -> BTreeMap<u32, (u32, u64)> {
+    let mut all = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // After the name: state(0) ppid(1) ...
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(parent) = parent {
+            all.insert(pid, (parent, cpu_us(pid)));
+        }
+    }
+    all
+}
+
+/// CPU time (µs) of `root` and every live descendant (PostgreSQL's postmaster and its
+/// backends and background workers, which run in sessions of their own).
+pub fn tree_cpu_us(all: &BTreeMap<u32, (u32, u64)>, root: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        if let Some((_, cpu)) = all.get(&pid) {
+            total += cpu;
+        }
+        stack.extend(
+            all.iter()
+                .filter(|(_, (parent, _))| *parent == pid)
+                .map(|(child, _)| *child),
+        );
+    }
+    total
+}
+
+/// CPU time (µs) so far of `root` and every live descendant, now.
+pub fn tree_now(root: u32) -> u64 {
+    tree_cpu_us(&processes(), root)
+}
