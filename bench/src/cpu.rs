@@ -1,6 +1,7 @@
 //! CPU time of processes, from /proc: what every bench prints beside its figures.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// CPU time (user + system) of `pid` so far, in microseconds.
 pub fn cpu_us(pid: u32) -> u64 {
@@ -66,3 +67,21 @@ pub fn tree_cpu_us(all: &BTreeMap<u32, (u32, u64)>, root: u32) -> u64 {
 pub fn tree_now(root: u32) -> u64 {
     tree_cpu_us(&processes(), root)
 }
+
+/// Runs `work`; its output with the CPU `pid` (and its descendants) used meanwhile.
+pub async fn during<T>(
+    pid: u32,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, u64)> {
+    let before = crate::cpu::tree_now(pid);
+    let out = work.await?;
+    Ok((out, crate::cpu::tree_now(pid).saturating_sub(before)))
+}
+
+/// The pid in a pid file (`scripts/lib/run.sh` writes one per process it starts).
+pub fn read_pid(path: &Path) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text.split_whitespace().next().unwrap_or_default().parse()?)
+}
+

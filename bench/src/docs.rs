@@ -70,7 +70,11 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let project: ProjectResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/project.json"),
     )?)?;
-    replace_section(&doc, "project", &crate::project_result::render(&project))
+    let doc = replace_section(&doc, "project", &crate::project_result::render(&project))?;
+    let sinks: crate::sinks_result::SinksResult = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("bench/results/sinks.json"))?,
+    )?;
+    replace_section(&doc, "sinks", &crate::sinks_result::render(&sinks))
 }
 
 fn render_hostile(r: &HostileResult) -> String {

@@ -21,6 +21,8 @@ mod reads;
 mod record;
 mod restart;
 mod sinks;
+mod sinks_bench;
+mod sinks_result;
 mod soak;
 mod sse;
 mod sse_check;
@@ -67,6 +69,9 @@ enum Command {
     SseListen(sse_listen::Args),
     /// A bare broadcast server with the notifier's frames: the fan-out floor.
     SseFloor(sse_floor::Args),
+    /// The archiver and the recent-events consumer beside bare PUT and BatchWriteItem loops
+    /// (`scripts/bench sinks`).
+    Sinks(sinks_bench::Args),
     /// PUT the archive's files again in a bare loop.
     RawPut(sinks::PutArgs),
     /// Write the recent-events items of a topic with a bare BatchWriteItem loop.
@@ -113,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Restart(args) => restart::run(args).await,
         Command::UpgradeDrill(args) => upgrade_drill::run(args).await,
         Command::Docs(args) => docs::run(args).await,
+        Command::Sinks(args) => sinks_bench::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,

@@ -85,6 +85,40 @@ pub struct Reads {
     pub latency: BTreeMap<String, Latency>,
 }
 
+/// `raw-put`: the archive's files PUT again in a bare loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Put {
+    pub files: usize,
+    pub bytes: usize,
+    /// Events in those files.
+    pub records: usize,
+    pub seconds: f64,
+    /// Events per second.
+    pub rate: f64,
+    pub mib_per_s: f64,
+    pub cpu_us: u64,
+}
+
+/// `raw-batch-write`: a topic's recent-events items written with a bare BatchWriteItem loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchWritten {
+    pub events: usize,
+    pub items: usize,
+    pub seconds: f64,
+    /// Events per second.
+    pub rate: f64,
+    pub cpu_us: u64,
+}
+
+/// `watch-metric`: a consumer's counter from its first move to the target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Watched {
+    pub value: f64,
+    pub seconds: f64,
+    /// Events per second.
+    pub rate: f64,
+}
+
 /// Prints a probe's result as its one JSON line.
 pub fn print(result: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(result)?);

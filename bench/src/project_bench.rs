@@ -9,7 +9,7 @@
 //! environment), a PostgreSQL started with pg_stat_statements (`--admin-url`), and the
 //! binaries in `--bins`; `--pids` holds the pid files of the broker and PostgreSQL.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use foldline_testkit::process::Spawned;
@@ -48,7 +48,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // The checkout as the run starts: what was built (it may change while the run goes on).
     let provenance = Provenance::now();
-    let pid = |name: &str| read_pid(&args.pids.join(format!("{name}.pid")));
+    let pid = |name: &str| crate::cpu::read_pid(&args.pids.join(format!("{name}.pid")));
     let (broker, postgres) = (pid("broker")?, pid("postgres")?);
     let model_url = format!("{}/bench_model", args.admin_url);
     let visible_url = format!("{}/bench_visible", args.admin_url);
@@ -73,11 +73,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("the floors: raw consume, raw consume + decode, raw COPY");
     let raw_consume: Consumed = probe::run(&["raw-consume", "--topic", &topic], &[]).await?;
     let registry = std::env::var("FOLDLINE_REGISTRY_URL")?;
-    let (raw_decode, broker_us): (Consumed, u64) = with_cpu(broker, async {
+    let (raw_decode, broker_us): (Consumed, u64) = crate::cpu::during(broker, async {
         probe::run(&["raw-consume", "--topic", &topic, "--decode-with", &registry], &[]).await
     })
     .await?;
-    let (raw_copy, copy_pg_us): (Copied, u64) = with_cpu(postgres, async {
+    let (raw_copy, copy_pg_us): (Copied, u64) = crate::cpu::during(postgres, async {
         probe::run(&["raw-copy", "--database-url", &model_url, "--rows", &events], &[]).await
     })
     .await?;
@@ -176,7 +176,8 @@ async fn project(
          FROM pg_stat_statements
          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench_model')
            -- the watcher's own polls (watch-projection), not the projector's
-           AND query NOT LIKE '%sum(next_offset)%' AND query NOT LIKE '%FROM foldline_meta.active_model'
+           AND query NOT LIKE '%sum(next_offset)%'
+           AND query NOT LIKE 'SELECT schema_name FROM foldline_meta.active_model%'
          ORDER BY total_exec_time DESC LIMIT 9",
     )
     .fetch_all(&mut *admin)
@@ -298,24 +299,8 @@ async fn write_to_visible(args: &Args, visible_url: &str) -> anyhow::Result<(Vis
     Ok((visible?, tail?))
 }
 
-/// Runs `work` and returns its output with the CPU `pid` and its descendants used meanwhile.
-async fn with_cpu<T>(
-    pid: u32,
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<(T, u64)> {
-    let before = crate::cpu::tree_now(pid);
-    let out = work.await?;
-    Ok((out, crate::cpu::tree_now(pid).saturating_sub(before)))
-}
-
 fn bin(args: &Args, name: &str) -> String {
     args.bins.join(name).to_string_lossy().into_owned()
-}
-
-fn read_pid(path: &Path) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(text.split_whitespace().next().unwrap_or_default().parse()?)
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

@@ -43,13 +43,15 @@ pub async fn raw_put(args: PutArgs) -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_us = crate::own_cpu_us() - cpu;
-    println!(
-        "{}",
-        serde_json::json!({"files": files.len(), "bytes": bytes, "records": records, "seconds": seconds,
-                           "rate": records as f64 / seconds, "mib_per_s": bytes as f64 / 1048576.0 / seconds,
-                           "cpu_us": cpu_us, "cpu_us_per_mib": cpu_us as f64 / (bytes as f64 / 1048576.0).max(1e-9)})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Put {
+        files: files.len(),
+        bytes,
+        records,
+        seconds,
+        rate: records as f64 / seconds,
+        mib_per_s: bytes as f64 / 1048576.0 / seconds,
+        cpu_us,
+    })
 }
 
 #[derive(clap::Args)]
@@ -100,13 +102,13 @@ pub async fn raw_batch_write(args: BatchWriteArgs) -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_us = crate::own_cpu_us() - cpu;
-    println!(
-        "{}",
-        serde_json::json!({"events": messages.len(), "items": items.len(), "seconds": seconds,
-                           "rate": messages.len() as f64 / seconds, "items_per_s": items.len() as f64 / seconds,
-                           "cpu_us": cpu_us, "cpu_us_per_item": cpu_us as f64 / items.len().max(1) as f64})
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::BatchWritten {
+        events: messages.len(),
+        items: items.len(),
+        seconds,
+        rate: messages.len() as f64 / seconds,
+        cpu_us,
+    })
 }
 
 #[derive(clap::Args)]
@@ -149,11 +151,11 @@ pub async fn watch_metric(args: WatchArgs) -> anyhow::Result<()> {
             let (since, at_start) = first.unwrap_or((now, 0.0));
             let seconds = now.duration_since(since).as_secs_f64().max(0.001);
             let events = (value - at_start) / args.per_event;
-            println!(
-                "{}",
-                serde_json::json!({"value": value, "seconds": seconds, "rate": events / seconds})
-            );
-            return Ok(());
+            return crate::probe::print(&crate::probe::Watched {
+                value,
+                seconds,
+                rate: events / seconds,
+            });
         }
         anyhow::ensure!(now < deadline, "{} stayed at {value}", args.metric);
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -345,17 +345,16 @@ async fn a_replay_swaps_in_a_complete_model_while_readers_keep_reading() {
             answers
         })
     };
-    let output = stack.replay("g1", &[], &[]).await;
+    let output = stack.replay("g1", &["--json"], &[]).await;
     assert!(
         output.status.success(),
         "replay failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        printed.contains(&format!("replayed {total} events")),
-        "{printed}"
-    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("replay --json prints one object");
+    assert_eq!(report["events"], total, "{report}");
+    assert_eq!(report["differences"], 0, "{report}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     reading.store(false, std::sync::atomic::Ordering::Release);
     let answers = reader.await.unwrap();
