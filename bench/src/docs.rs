@@ -74,7 +74,11 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let sinks: crate::sinks_result::SinksResult = serde_json::from_str(
         &std::fs::read_to_string(repo.join("bench/results/sinks.json"))?,
     )?;
-    replace_section(&doc, "sinks", &crate::sinks_result::render(&sinks))
+    let doc = replace_section(&doc, "sinks", &crate::sinks_result::render(&sinks))?;
+    let log: crate::log_bench::LogResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/log.json"),
+    )?)?;
+    replace_section(&doc, "log", &crate::log_bench::render(&log))
 }
 
 fn render_hostile(r: &HostileResult) -> String {

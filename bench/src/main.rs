@@ -12,6 +12,7 @@ mod docs;
 mod fill;
 mod hostile;
 mod idle;
+mod log_bench;
 mod probe;
 mod project;
 mod project_bench;
@@ -72,6 +73,8 @@ enum Command {
     /// The archiver and the recent-events consumer beside bare PUT and BatchWriteItem loops
     /// (`scripts/bench sinks`).
     Sinks(sinks_bench::Args),
+    /// The broker alone: commits and the tail, fresh and on a grown log (`scripts/bench log`).
+    Log(log_bench::Args),
     /// PUT the archive's files again in a bare loop.
     RawPut(sinks::PutArgs),
     /// Write the recent-events items of a topic with a bare BatchWriteItem loop.
@@ -119,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         Command::UpgradeDrill(args) => upgrade_drill::run(args).await,
         Command::Docs(args) => docs::run(args).await,
         Command::Sinks(args) => sinks_bench::run(args).await,
+        Command::Log(args) => log_bench::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,

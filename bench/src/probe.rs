@@ -119,6 +119,21 @@ pub struct Watched {
     pub rate: f64,
 }
 
+/// `raw-produce`: records sent straight to the broker, one at a time or in transactions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Produced {
+    pub records: usize,
+    pub failed: usize,
+    /// Transactional producers side by side (0: no transactions).
+    pub producers: usize,
+    pub transactions: u64,
+    pub seconds: f64,
+    pub rate: f64,
+    /// Per record acknowledged, or per whole transaction (begin → commit acknowledged).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
 /// Prints a probe's result as its one JSON line.
 pub fn print(result: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(result)?);

@@ -63,18 +63,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         record(Some(done), &mut latencies, &mut failed);
     }
     let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "records": args.records,
-            "failed": failed,
-            "seconds": seconds,
-            "rate": args.records as f64 / seconds,
-            "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0,
-        })
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Produced {
+        records: args.records,
+        failed,
+        producers: 0,
+        transactions: 0,
+        seconds,
+        rate: args.records as f64 / seconds,
+        p50_ms: latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+    })
 }
 
 type Delivery = (
@@ -126,19 +124,16 @@ async fn run_transactions(args: &Args) -> anyhow::Result<()> {
         latencies.add(histogram)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "records": sent,
-            "producers": producers,
-            "transactions": latencies.len(),
-            "seconds": seconds,
-            "rate": sent as f64 / seconds,
-            "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0,
-        })
-    );
-    Ok(())
+    crate::probe::print(&crate::probe::Produced {
+        records: sent,
+        failed: 0,
+        producers,
+        transactions: latencies.len(),
+        seconds,
+        rate: sent as f64 / seconds,
+        p50_ms: latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+    })
 }
 
 /// One transactional producer sending `records` in transactions of `transaction_records`.
