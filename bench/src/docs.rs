@@ -78,7 +78,11 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let log: crate::log_bench::LogResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/log.json"),
     )?)?;
-    replace_section(&doc, "log", &crate::log_bench::render(&log))
+    let doc = replace_section(&doc, "log", &crate::log_bench::render(&log))?;
+    let write: crate::write_result::WriteResult = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("bench/results/write.json"))?,
+    )?;
+    replace_section(&doc, "write", &crate::write_result::render(&write))
 }
 
 fn render_hostile(r: &HostileResult) -> String {

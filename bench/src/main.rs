@@ -32,6 +32,9 @@ mod sse_floor;
 mod sse_listen;
 mod stages;
 mod upgrade_drill;
+mod write_bench;
+mod write_result;
+mod wrk;
 
 use clap::{Parser, Subcommand};
 
@@ -75,6 +78,9 @@ enum Command {
     Sinks(sinks_bench::Args),
     /// The broker alone: commits and the tail, fresh and on a grown log (`scripts/bench log`).
     Log(log_bench::Args),
+    /// The producer under HTTP load beside a raw producer and a bare handler
+    /// (`scripts/bench write`).
+    Write(write_bench::Args),
     /// PUT the archive's files again in a bare loop.
     RawPut(sinks::PutArgs),
     /// Write the recent-events items of a topic with a bare BatchWriteItem loop.
@@ -123,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Docs(args) => docs::run(args).await,
         Command::Sinks(args) => sinks_bench::run(args).await,
         Command::Log(args) => log_bench::run(args).await,
+        Command::Write(args) => write_bench::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,
