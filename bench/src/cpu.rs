@@ -80,8 +80,7 @@ pub async fn during<T>(
 
 /// The pid in a pid file (`scripts/lib/run.sh` writes one per process it starts).
 pub fn read_pid(path: &Path) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(text.split_whitespace().next().unwrap_or_default().parse()?)
 }
-

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use crate::hostile::{HostileResult, FLOOR_PREFIX};
 use crate::idle::IdleResult;
-use crate::restart::{RestartResult, FROM_SNAPSHOT_GOAL_MS, WHOLE_LOG_GOAL_MS};
 use crate::project_result::ProjectResult;
+use crate::restart::{RestartResult, FROM_SNAPSHOT_GOAL_MS, WHOLE_LOG_GOAL_MS};
 use crate::sse_result::SseResult;
 use crate::upgrade_drill::DrillResult;
 
@@ -71,17 +71,17 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
         repo.join("bench/results/project.json"),
     )?)?;
     let doc = replace_section(&doc, "project", &crate::project_result::render(&project))?;
-    let sinks: crate::sinks_result::SinksResult = serde_json::from_str(
-        &std::fs::read_to_string(repo.join("bench/results/sinks.json"))?,
-    )?;
+    let sinks: crate::sinks_result::SinksResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/sinks.json"),
+    )?)?;
     let doc = replace_section(&doc, "sinks", &crate::sinks_result::render(&sinks))?;
     let log: crate::log_bench::LogResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/log.json"),
     )?)?;
     let doc = replace_section(&doc, "log", &crate::log_bench::render(&log))?;
-    let write: crate::write_result::WriteResult = serde_json::from_str(
-        &std::fs::read_to_string(repo.join("bench/results/write.json"))?,
-    )?;
+    let write: crate::write_result::WriteResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/write.json"),
+    )?)?;
     replace_section(&doc, "write", &crate::write_result::render(&write))
 }
 

@@ -49,7 +49,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let fresh = commit_and_tail(&foldline_testkit::unique("log-fresh")).await?;
     eprintln!("three transactional producers at once");
     let three = foldline_testkit::unique("log-three");
-    let one = ["raw-produce", "--topic", &three, "--transaction-records", "10", "--records", "10000"];
+    let one = [
+        "raw-produce",
+        "--topic",
+        &three,
+        "--transaction-records",
+        "10",
+        "--records",
+        "10000",
+    ];
     let runs = futures::future::join_all((0..3).map(|_| probe::run::<Produced>(&one, &[]))).await;
     let three_at_once = runs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let big = foldline_testkit::unique("log-big");
@@ -76,7 +84,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 async fn commit_and_tail(topic: &str) -> anyhow::Result<Committed> {
     let produce = |records: &'static str| {
         [
-            "raw-produce", "--topic", topic, "--transaction-records", "10", "--records", records,
+            "raw-produce",
+            "--topic",
+            topic,
+            "--transaction-records",
+            "10",
+            "--records",
+            records,
         ]
     };
     // The topic exists and the producer's first InitProducerId is paid before measuring.
@@ -111,8 +125,14 @@ pub fn render(r: &LogResult) -> String {
     let grown = thousands(r.grown_by.events as f64);
     for (name, c) in [
         ("fresh broker".to_owned(), &r.fresh),
-        (format!("after {grown} more records, a new topic"), &r.after_growth_new_topic),
-        (format!("after {grown} more records, on that topic"), &r.after_growth_grown_topic),
+        (
+            format!("after {grown} more records, a new topic"),
+            &r.after_growth_new_topic,
+        ),
+        (
+            format!("after {grown} more records, on that topic"),
+            &r.after_growth_grown_topic,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -126,7 +146,11 @@ pub fn render(r: &LogResult) -> String {
         );
     }
     let together: f64 = r.three_at_once.iter().map(|p| p.rate).sum();
-    let p50s: Vec<String> = r.three_at_once.iter().map(|p| format!("{:.1}", p.p50_ms)).collect();
+    let p50s: Vec<String> = r
+        .three_at_once
+        .iter()
+        .map(|p| format!("{:.1}", p.p50_ms))
+        .collect();
     let _ = writeln!(
         out,
         "\nCatch-up: {} records read from offset 0 at {} records/s (the log grown at {} records/s). \

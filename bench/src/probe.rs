@@ -143,12 +143,19 @@ pub fn print(result: &impl Serialize) -> anyhow::Result<()> {
 /// Runs `foldline-bench <args>` (this binary) with `env`, and reads its last line as `T`.
 pub async fn run<T: DeserializeOwned>(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<T> {
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     for (key, value) in env {
         command.env(key, value);
     }
     let out = command.output().await?;
-    anyhow::ensure!(out.status.success(), "foldline-bench {args:?}: {}", out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "foldline-bench {args:?}: {}",
+        out.status
+    );
     let text = String::from_utf8(out.stdout)?;
     let last = text.lines().last().unwrap_or_default();
     serde_json::from_str(last)

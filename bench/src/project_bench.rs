@@ -66,7 +66,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (events, products) = (args.events.to_string(), args.products.to_string());
     eprintln!("pre-filling {topic} with {events} events");
     let fill: Filled = probe::run(
-        &["fill", "--topic", &topic, "--events", &events, "--products", &products],
+        &[
+            "fill",
+            "--topic",
+            &topic,
+            "--events",
+            &events,
+            "--products",
+            &products,
+        ],
         &[],
     )
     .await?;
@@ -74,17 +82,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let raw_consume: Consumed = probe::run(&["raw-consume", "--topic", &topic], &[]).await?;
     let registry = std::env::var("FOLDLINE_REGISTRY_URL")?;
     let (raw_decode, broker_us): (Consumed, u64) = crate::cpu::during(broker, async {
-        probe::run(&["raw-consume", "--topic", &topic, "--decode-with", &registry], &[]).await
+        probe::run(
+            &["raw-consume", "--topic", &topic, "--decode-with", &registry],
+            &[],
+        )
+        .await
     })
     .await?;
     let (raw_copy, copy_pg_us): (Copied, u64) = crate::cpu::during(postgres, async {
-        probe::run(&["raw-copy", "--database-url", &model_url, "--rows", &events], &[]).await
+        probe::run(
+            &["raw-copy", "--database-url", &model_url, "--rows", &events],
+            &[],
+        )
+        .await
     })
     .await?;
 
     eprintln!("the projector on the whole topic");
-    let (projector, projector_cpu, statements) =
-        project(&args, &topic, &model_url, fill.end, (broker, postgres), &mut admin).await?;
+    let (projector, projector_cpu, statements) = project(
+        &args,
+        &topic,
+        &model_url,
+        fill.end,
+        (broker, postgres),
+        &mut admin,
+    )
+    .await?;
     eprintln!("the rebuild");
     let rebuild = rebuild(&args, &topic, &model_url).await?;
     eprintln!("history reads on the rebuilt model");
@@ -195,7 +218,15 @@ async fn rebuild(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Re
         );
         // Writes for longer than any rebuild here takes; stopped when it ends.
         tokio::process::Command::new(std::env::current_exe().expect("own path"))
-            .args(["fill", "--topic", topic, "--id-prefix", "during-", "--products", "2000"])
+            .args([
+                "fill",
+                "--topic",
+                topic,
+                "--id-prefix",
+                "during-",
+                "--products",
+                "2000",
+            ])
             .args(["--rate", &rate, "--events", &events])
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -256,7 +287,11 @@ async fn verify(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Ver
     if let Some(mut out) = child.stdout.take() {
         tokio::io::AsyncReadExt::read_to_end(&mut out, &mut stdout).await?;
     }
-    anyhow::ensure!(status.success(), "verify failed: {status}: {}", String::from_utf8_lossy(&stdout));
+    anyhow::ensure!(
+        status.success(),
+        "verify failed: {status}: {}",
+        String::from_utf8_lossy(&stdout)
+    );
     let mut verified: Verified = serde_json::from_slice(&stdout)?;
     verified.peak_rss_kib = peak;
     Ok(verified)
@@ -271,7 +306,10 @@ async fn write_to_visible(args: &Args, visible_url: &str) -> anyhow::Result<(Vis
         "FOLDLINE_PRODUCER_LISTEN",
         &[
             ("FOLDLINE_TOPIC", topic.clone()),
-            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("bench-visible")),
+            (
+                "FOLDLINE_TRANSACTIONAL_ID",
+                foldline_testkit::unique("bench-visible"),
+            ),
         ],
     )
     .await;
@@ -280,14 +318,30 @@ async fn write_to_visible(args: &Args, visible_url: &str) -> anyhow::Result<(Vis
         ("FOLDLINE_DATABASE_URL", visible_url.to_owned()),
     ];
     // Ready once it has joined its group: it sees the first write.
-    let projector =
-        Spawned::start(&bin(args, "foldline-projector"), "FOLDLINE_PROJECTOR_LISTEN", &model).await;
-    let query = Spawned::start(&bin(args, "foldline-query"), "FOLDLINE_QUERY_LISTEN", &model).await;
+    let projector = Spawned::start(
+        &bin(args, "foldline-projector"),
+        "FOLDLINE_PROJECTOR_LISTEN",
+        &model,
+    )
+    .await;
+    let query = Spawned::start(
+        &bin(args, "foldline-query"),
+        "FOLDLINE_QUERY_LISTEN",
+        &model,
+    )
+    .await;
     let token = foldline_testkit::auth::token("bench-project", "admin", None, 3600);
     let rate = args.visible_rate.to_string();
     let write_args = [
-        "write-to-visible", "--rate", &rate, "--seconds", "20",
-        "--producer-url", &producer.url, "--query-url", &query.url,
+        "write-to-visible",
+        "--rate",
+        &rate,
+        "--seconds",
+        "20",
+        "--producer-url",
+        &producer.url,
+        "--query-url",
+        &query.url,
     ];
     let write_env = [("FOLDLINE_TOKEN", token.as_str())];
     let tail_args = ["tail-latency", "--topic", &topic, "--seconds", "22"];

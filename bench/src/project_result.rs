@@ -134,7 +134,9 @@ pub fn render(r: &ProjectResult) -> String {
         thousands(r.products as f64),
         thousands(r.fill.rate),
     );
-    out.push_str("| figure | measured | the floor, same run | ratio | goal |\n|---|---:|---:|---:|---|\n");
+    out.push_str(
+        "| figure | measured | the floor, same run | ratio | goal |\n|---|---:|---:|---:|---|\n",
+    );
     let _ = writeln!(
         out,
         "| projector, events/s | {} | raw consume {} records/s | {:.2}× | ≥ {PROJECTOR_VS_CONSUME_GOAL}× ({}) |",
@@ -240,10 +242,6 @@ pub fn render(r: &ProjectResult) -> String {
             s.query.replace('|', "\\|")
         );
     }
-    let _ = writeln!(
-        out,
-        "\nEvery issue-39 target above: {}.",
-        verdict(r.met())
-    );
+    let _ = writeln!(out, "\nEvery issue-39 target above: {}.", verdict(r.met()));
     out
 }

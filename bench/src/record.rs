@@ -12,7 +12,7 @@ pub struct Provenance {
     pub date: String,
     /// `<cores> cores, <GiB> GiB, Linux <kernel>`.
     pub machine: String,
-    /// `git describe --always --dirty` of the checkout the bench ran from.
+    /// The checkout the bench ran from: its commit, `-dirty` when it had other changes.
     pub commit: String,
 }
 
@@ -56,17 +56,32 @@ pub fn machine() -> String {
     )
 }
 
-/// The commit the bench was built from (`-dirty` when the checkout had changes), or
+/// The commit the bench was built from (`-dirty` when the checkout had changes other than the
+/// results of record and the page generated from them, which a bench run itself writes), or
 /// `unknown` outside a git checkout.
 fn commit() -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+    };
+    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)bench/results",
+        ":(exclude)docs/benchmarks.md",
+    ])
+    .is_some_and(|s| !s.trim().is_empty());
+    format!("{}{}", head.trim(), if changed { "-dirty" } else { "" })
 }
 
 /// Writes a result of record to `out` (pretty JSON, as committed under `bench/results/`) and

@@ -60,7 +60,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pid = archiver.pid().unwrap_or(0);
         crate::cpu::during(pid, async {
             probe::run::<Watched>(
-                &["watch-metric", "--url", &metrics, "--metric", "archive_records_total", "--target", &events],
+                &[
+                    "watch-metric",
+                    "--url",
+                    &metrics,
+                    "--metric",
+                    "archive_records_total",
+                    "--target",
+                    &events,
+                ],
                 &[],
             )
             .await
@@ -72,18 +80,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(archiver.terminate(), "the archiver did not stop cleanly");
     eprintln!("the floors: a bare PUT loop of the same files, a raw consume + decode");
     let (put, put_s3): (Put, u64) = crate::cpu::during(s3, async {
-        probe::run(&["raw-put"], &[("FOLDLINE_ARCHIVE_BUCKET", bucket.as_str())]).await
+        probe::run(
+            &["raw-put"],
+            &[("FOLDLINE_ARCHIVE_BUCKET", bucket.as_str())],
+        )
+        .await
     })
     .await?;
     let registry = std::env::var("FOLDLINE_REGISTRY_URL")?;
-    let consume: Consumed =
-        probe::run(&["raw-consume", "--topic", &topic, "--decode-with", &registry], &[]).await?;
+    let consume: Consumed = probe::run(
+        &["raw-consume", "--topic", &topic, "--decode-with", &registry],
+        &[],
+    )
+    .await?;
 
     let topic = foldline_testkit::unique("sinks-dynamodb");
-    let (events, products) = (args.dynamodb_events.to_string(), (args.dynamodb_events / 10).to_string());
+    let (events, products) = (
+        args.dynamodb_events.to_string(),
+        (args.dynamodb_events / 10).to_string(),
+    );
     eprintln!("pre-filling {topic} with {events} events");
     let _: Filled = probe::run(
-        &["fill", "--topic", &topic, "--events", &events, "--products", &products],
+        &[
+            "fill",
+            "--topic",
+            &topic,
+            "--events",
+            &events,
+            "--products",
+            &products,
+        ],
         &[],
     )
     .await?;
@@ -93,7 +119,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "FOLDLINE_RECENT_EVENTS_LISTEN",
         &[
             ("FOLDLINE_TOPIC", topic.clone()),
-            ("FOLDLINE_RECENT_EVENTS_TABLE", foldline_testkit::unique("bench-recent")),
+            (
+                "FOLDLINE_RECENT_EVENTS_TABLE",
+                foldline_testkit::unique("bench-recent"),
+            ),
         ],
     )
     .await;
@@ -102,7 +131,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pid = recent.pid().unwrap_or(0);
         crate::cpu::during(pid, async {
             probe::run::<Watched>(
-                &["watch-metric", "--url", &metrics, "--metric", "consumer_events_total", "--target", &events],
+                &[
+                    "watch-metric",
+                    "--url",
+                    &metrics,
+                    "--metric",
+                    "consumer_events_total",
+                    "--target",
+                    &events,
+                ],
                 &[],
             )
             .await
@@ -110,23 +147,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
     })
     .await?;
-    anyhow::ensure!(recent.terminate(), "the recent-events consumer did not stop cleanly");
+    anyhow::ensure!(
+        recent.terminate(),
+        "the recent-events consumer did not stop cleanly"
+    );
     eprintln!("the floor: a bare BatchWriteItem loop of the same items");
     let table = foldline_testkit::unique("bench-bare");
     let (batch, batch_dynamodb): (BatchWritten, u64) = crate::cpu::during(dynamodb, async {
-        probe::run(&["raw-batch-write", "--topic", &topic, "--table", &table], &[]).await
+        probe::run(
+            &["raw-batch-write", "--topic", &topic, "--table", &table],
+            &[],
+        )
+        .await
     })
     .await?;
     let result = SinksResult {
         provenance,
         archived,
         archive_bytes,
-        archiver_cpu: Cpu { process_us: archiver_cpu, server_us: s3_during },
+        archiver_cpu: Cpu {
+            process_us: archiver_cpu,
+            server_us: s3_during,
+        },
         put,
         put_s3_cpu_us: put_s3,
         consume,
         recent: recent_events,
-        recent_cpu: Cpu { process_us: recent_cpu, server_us: dynamodb_during },
+        recent_cpu: Cpu {
+            process_us: recent_cpu,
+            server_us: dynamodb_during,
+        },
         batch,
         batch_dynamodb_cpu_us: batch_dynamodb,
     };

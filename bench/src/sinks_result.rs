@@ -63,7 +63,9 @@ pub fn render(r: &SinksResult) -> String {
         r.archived.value,
         r.recent.value,
     );
-    out.push_str("| sink | events/s | the floor, same run | ratio | goal |\n|---|---:|---:|---:|---|\n");
+    out.push_str(
+        "| sink | events/s | the floor, same run | ratio | goal |\n|---|---:|---:|---:|---|\n",
+    );
     let vs_put = r.archived.rate / r.put.rate.max(1e-9);
     let _ = writeln!(
         out,

@@ -70,7 +70,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "FOLDLINE_PRODUCER_LISTEN",
         &[
             ("FOLDLINE_TOPIC", topic.clone()),
-            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("bench-sse")),
+            (
+                "FOLDLINE_TRANSACTIONAL_ID",
+                foldline_testkit::unique("bench-sse"),
+            ),
         ],
     )
     .await;
@@ -81,14 +84,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &[
             ("FOLDLINE_TOPIC", topic),
             ("FOLDLINE_SSE_MAX_STREAMS", (args.clients * 2).to_string()),
-            ("FOLDLINE_MAX_CONNECTIONS", (args.clients * 2 + 100).to_string()),
+            (
+                "FOLDLINE_MAX_CONNECTIONS",
+                (args.clients * 2 + 100).to_string(),
+            ),
         ],
     )
     .await;
     let floor_port = free_port();
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let floor_listen = format!("127.0.0.1:{floor_port}");
-    let floor = Spawned::spawn(&exe, &["sse-floor", "--listen", &floor_listen], &[], floor_port);
+    let floor = Spawned::spawn(
+        &exe,
+        &["sse-floor", "--listen", &floor_listen],
+        &[],
+        floor_port,
+    );
     floor.wait_ready(Duration::from_secs(30)).await;
     let targets = [
         Target::new(Server::Floor, &floor, &floor.url)?,
@@ -100,7 +111,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for target in &targets {
             let search = search(target, &writer, &token, repeat, &args).await?;
             let ceiling = search.ceiling().map(|s| s.deliveries_per_s);
-            eprintln!("{:?}, search {}: ceiling {ceiling:?} deliveries/s", target.server, repeat + 1);
+            eprintln!(
+                "{:?}, search {}: ceiling {ceiling:?} deliveries/s",
+                target.server,
+                repeat + 1
+            );
             searches.push(search);
         }
     }
@@ -259,10 +274,17 @@ async fn step(
     rate: u64,
     args: &Args,
 ) -> anyhow::Result<Step> {
-    let (server_cpu, clients_cpu) = (crate::cpu::cpu_us(target.pid), crate::cpu::cpu_us(clients.pid));
+    let (server_cpu, clients_cpu) = (
+        crate::cpu::cpu_us(target.pid),
+        crate::cpu::cpu_us(clients.pid),
+    );
     let started_ms = chrono::Utc::now().timestamp_millis();
     let written = writer
-        .write(&target.write_url, rate, Duration::from_secs(args.step_seconds))
+        .write(
+            &target.write_url,
+            rate,
+            Duration::from_secs(args.step_seconds),
+        )
         .await;
     let report = clients.round(&written).await?;
     let (server_cpu, clients_cpu) = (

@@ -44,7 +44,10 @@ pub fn look_at(frame: &[u8]) -> Seen<'_> {
     let position = memchr::memmem::find(frame, POSITION).and_then(|at| {
         let rest = &frame[at + POSITION.len()..];
         let colon = memchr::memchr(b':', rest)?;
-        Some((u32::try_from(digits(rest)?).ok()?, digits(&rest[colon + 1..])?))
+        Some((
+            u32::try_from(digits(rest)?).ok()?,
+            digits(&rest[colon + 1..])?,
+        ))
     });
     Seen::Event(Event {
         id,

@@ -129,7 +129,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             continue;
         };
         let expected = acknowledged(round)?;
-        let report = wait_for_round(&tally, &expected, args.grace, (duplicates, out_of_order)).await;
+        let report =
+            wait_for_round(&tally, &expected, args.grace, (duplicates, out_of_order)).await;
         duplicates += report.duplicates;
         out_of_order += report.out_of_order;
         println!("{}", serde_json::to_string(&report)?);

@@ -58,7 +58,11 @@ impl Search {
     /// the highest rate tried, and was not found).
     pub fn ceiling(&self) -> Option<&Step> {
         let fell_behind = self.steps.last().is_some_and(|s| !s.kept_up);
-        self.steps.iter().rev().find(|s| s.kept_up).filter(|_| fell_behind)
+        self.steps
+            .iter()
+            .rev()
+            .find(|s| s.kept_up)
+            .filter(|_| fell_behind)
     }
 }
 
@@ -187,8 +191,14 @@ pub fn render(r: &SseResult) -> String {
     let _ = writeln!(out, "Every step of every search:\n");
     out.push_str("| server | run | writes/s | deliveries/s | p50 ms | p99 ms | missing | cut off | server CPU µs / delivery | clients' CPU µs / delivery | kept up |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-    let searches = r.searches.iter().map(|s| (s.server, format!("{}", s.repeat + 1), &s.steps));
-    let at_half = r.at_half.iter().map(|h| (h.server, "at half".to_owned(), &h.steps));
+    let searches = r
+        .searches
+        .iter()
+        .map(|s| (s.server, format!("{}", s.repeat + 1), &s.steps));
+    let at_half = r
+        .at_half
+        .iter()
+        .map(|h| (h.server, "at half".to_owned(), &h.steps));
     for (server, run, steps) in searches.chain(at_half) {
         for s in steps {
             let _ = writeln!(
@@ -230,7 +240,6 @@ pub fn render(r: &SseResult) -> String {
 mod tests {
     use super::*;
 
-
     fn step(rate: u64, per_s: f64, kept_up: bool) -> Step {
         Step {
             write_rate: rate,
@@ -260,10 +269,18 @@ mod tests {
 
     #[test]
     fn the_ceiling_is_the_last_step_that_kept_up_before_one_fell_behind() {
-        let found = search(vec![step(10, 100.0, true), step(20, 200.0, true), step(40, 250.0, false)]);
+        let found = search(vec![
+            step(10, 100.0, true),
+            step(20, 200.0, true),
+            step(40, 250.0, false),
+        ]);
         assert_eq!(found.ceiling().map(|s| s.write_rate), Some(20));
         let never_behind = search(vec![step(10, 100.0, true), step(20, 200.0, true)]);
-        assert_eq!(never_behind.ceiling(), None, "a ceiling past the rates tried is not found");
+        assert_eq!(
+            never_behind.ceiling(),
+            None,
+            "a ceiling past the rates tried is not found"
+        );
         let behind_at_once = search(vec![step(10, 90.0, false)]);
         assert_eq!(behind_at_once.ceiling(), None);
     }

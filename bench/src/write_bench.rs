@@ -59,7 +59,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     command["op"] = "create".into();
     let batch_body = scratch.join("batch.json");
     let commands = vec![command; args.batch];
-    std::fs::write(&batch_body, serde_json::json!({ "commands": commands }).to_string())?;
+    std::fs::write(
+        &batch_body,
+        serde_json::json!({ "commands": commands }).to_string(),
+    )?;
     let load = |url: String, body: &PathBuf, connections: usize| Load {
         repo: &args.repo,
         url,
@@ -75,12 +78,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let raw_produce = |records: usize, transaction: usize, producers: usize| {
         let topic = topic.clone();
         async move {
-            let (records, transaction, producers) =
-                (records.to_string(), transaction.to_string(), producers.to_string());
+            let (records, transaction, producers) = (
+                records.to_string(),
+                transaction.to_string(),
+                producers.to_string(),
+            );
             probe::run::<Produced>(
                 &[
-                    "raw-produce", "--topic", &topic, "--value-bytes", "200", "--records", &records,
-                    "--transaction-records", &transaction, "--transactional-producers", &producers,
+                    "raw-produce",
+                    "--topic",
+                    &topic,
+                    "--value-bytes",
+                    "200",
+                    "--records",
+                    &records,
+                    "--transaction-records",
+                    &transaction,
+                    "--transactional-producers",
+                    &producers,
                 ],
                 &[],
             )
@@ -101,7 +116,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "FOLDLINE_PRODUCER_LISTEN",
         &[
             ("FOLDLINE_TOPIC", foldline_testkit::unique("bench-products")),
-            ("FOLDLINE_TRANSACTIONAL_ID", foldline_testkit::unique("bench-producer")),
+            (
+                "FOLDLINE_TRANSACTIONAL_ID",
+                foldline_testkit::unique("bench-producer"),
+            ),
         ],
     )
     .await;
@@ -115,7 +133,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::wrk::run(&load(format!("{}/commands", producer.url), &batch_body, c)).await?;
     let mut curve = Vec::new();
     for connections in CURVE {
-        let run = load(format!("{}/products", producer.url), &single_body, connections);
+        let run = load(
+            format!("{}/products", producer.url),
+            &single_body,
+            connections,
+        );
         curve.push(crate::wrk::run(&run).await?);
     }
     drop(producer);
@@ -174,7 +196,11 @@ async fn bare_handler<'a>(
     );
     wait_port(port).await?;
     let pid = bare.pid().unwrap_or(0);
-    crate::cpu::during(pid, crate::wrk::run(&load(format!("http://{listen}/products")))).await
+    crate::cpu::during(
+        pid,
+        crate::wrk::run(&load(format!("http://{listen}/products"))),
+    )
+    .await
 }
 
 /// `instances` producers in partitions mode sharing one topic's partitions, each loaded by its
@@ -266,7 +292,10 @@ async fn wait_partitions_served(producers: &[Spawned], want: f64) -> anyhow::Res
 
 async fn wait_port(port: u16) -> anyhow::Result<()> {
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

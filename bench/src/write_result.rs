@@ -111,11 +111,32 @@ pub fn render(r: &WriteResult) -> String {
             p.p99_ms
         )
     };
-    out.push_str(&produced(&r.raw, "(a) raw rdkafka producer, acks=all, idempotent"));
+    out.push_str(&produced(
+        &r.raw,
+        "(a) raw rdkafka producer, acks=all, idempotent",
+    ));
     let size = |p: &Produced| p.records as u64 / p.transactions.max(1);
-    out.push_str(&produced(&r.raw_txn_single, &format!("… in transactions of {} records (per transaction)", size(&r.raw_txn_single))));
-    out.push_str(&produced(&r.raw_txn_batch, &format!("… in transactions of {} records (per transaction)", size(&r.raw_txn_batch))));
-    out.push_str(&produced(&r.raw_txn_parallel, &format!("… three producers at once, {} records each (per transaction)", size(&r.raw_txn_parallel))));
+    out.push_str(&produced(
+        &r.raw_txn_single,
+        &format!(
+            "… in transactions of {} records (per transaction)",
+            size(&r.raw_txn_single)
+        ),
+    ));
+    out.push_str(&produced(
+        &r.raw_txn_batch,
+        &format!(
+            "… in transactions of {} records (per transaction)",
+            size(&r.raw_txn_batch)
+        ),
+    ));
+    out.push_str(&produced(
+        &r.raw_txn_parallel,
+        &format!(
+            "… three producers at once, {} records each (per transaction)",
+            size(&r.raw_txn_parallel)
+        ),
+    ));
     let _ = writeln!(
         out,
         "| (b) bare axum handler, same JSON | {} requests | {} | {} |",

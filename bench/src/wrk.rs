@@ -41,7 +41,11 @@ pub struct Load<'a> {
 pub async fn run(load: &Load<'_>) -> anyhow::Result<WrkRun> {
     let script = load.repo.join("scripts/lib/wrk/post.lua");
     let out = tokio::process::Command::new("wrk")
-        .args(["-t2", &format!("-c{}", load.connections), &format!("-d{}s", load.seconds)])
+        .args([
+            "-t2",
+            &format!("-c{}", load.connections),
+            &format!("-d{}s", load.seconds),
+        ])
         .arg("-s")
         .arg(&script)
         .arg(&load.url)
@@ -50,7 +54,12 @@ pub async fn run(load: &Load<'_>) -> anyhow::Result<WrkRun> {
         .output()
         .await?;
     let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(out.status.success(), "wrk {}: {}: {text}", load.url, out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "wrk {}: {}: {text}",
+        load.url,
+        out.status
+    );
     let last = text.lines().last().unwrap_or_default();
     let done: Done = serde_json::from_str(last)
         .map_err(|e| anyhow::anyhow!("wrk printed {last:?} last: {e}"))?;

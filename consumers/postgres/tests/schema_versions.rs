@@ -240,7 +240,10 @@ async fn a_product_written_before_the_change_and_changed_after_reads_the_same_ev
     assert_eq!(code, Some(0), "{printed}");
     let report: Value = serde_json::from_str(&printed).expect("verify --json prints one object");
     assert_eq!(report["differences"], 0, "{printed}");
-    assert!(report["events"].as_u64() >= Some(events.len() as u64), "{printed}");
+    assert!(
+        report["events"].as_u64() >= Some(events.len() as u64),
+        "{printed}"
+    );
     let rebuilt = stack.replay(&group, &[], &[]).await;
     let printed = String::from_utf8_lossy(&rebuilt.stderr).into_owned()
         + &String::from_utf8_lossy(&rebuilt.stdout);
