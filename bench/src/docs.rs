@@ -82,7 +82,15 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let write: crate::write_result::WriteResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/write.json"),
     )?)?;
-    replace_section(&doc, "write", &crate::write_result::render(&write))
+    let doc = replace_section(&doc, "write", &crate::write_result::render(&write))?;
+    let soak: crate::soak_bench::SoakResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/soak.json"),
+    )?)?;
+    let doc = replace_section(&doc, "soak", &crate::soak_bench::render(&soak))?;
+    let profile: crate::profile_bench::ProfileResult = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("bench/results/profile.json"))?,
+    )?;
+    replace_section(&doc, "profile", &crate::profile_bench::render(&profile))
 }
 
 fn render_hostile(r: &HostileResult) -> String {
@@ -145,7 +153,7 @@ fn render_hostile(r: &HostileResult) -> String {
 
 fn render_restart(r: &RestartResult) -> String {
     let mut out = String::new();
-    let verdict = |ms: f64, goal: f64| if ms <= goal { "met" } else { "**not met**" };
+    let verdict = |ms: f64, goal: f64| crate::record::verdict(ms <= goal);
     let _ = writeln!(
         out,
         "Measured {} on {} (commit `{}`), by `scripts/bench restart --events {}` \
@@ -201,7 +209,7 @@ fn replace_section(doc: &str, name: &str, body: &str) -> anyhow::Result<String> 
 
 fn render_drill(r: &DrillResult) -> String {
     let mut out = String::new();
-    let verdict = |met: bool| if met { "met" } else { "**not met**" };
+    let verdict = crate::record::verdict;
     let yes = |ok: bool| if ok { "yes" } else { "**no**" };
     let _ = writeln!(
         out,
@@ -290,7 +298,7 @@ fn render_drill(r: &DrillResult) -> String {
 
 fn render_idle(r: &IdleResult) -> String {
     let mut out = String::new();
-    let verdict = |met: bool| if met { "met" } else { "**not met**" };
+    let verdict = crate::record::verdict;
     let _ = writeln!(
         out,
         "Measured {} on {} (commit `{}`, broker `{}`), by `scripts/bench idle` \

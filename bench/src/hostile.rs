@@ -106,17 +106,6 @@ struct Service {
     pid: u32,
 }
 
-fn status_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -140,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let rss_before: Vec<u64> = services
         .iter()
-        .map(|s| status_field(s.pid, "VmRSS:"))
+        .map(|s| crate::cpu::status_kib(s.pid, "VmRSS:"))
         .collect();
     let mut report = Vec::new();
     for service in &services {
@@ -201,7 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let notifier_rss_streams = services
         .iter()
         .find(|s| s.name == "notifier")
-        .map_or(0, |s| status_field(s.pid, "VmRSS:"));
+        .map_or(0, |s| crate::cpu::status_kib(s.pid, "VmRSS:"));
     drop(streams);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let recent: Value = client
@@ -233,7 +222,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .find(|s| s.name == "producer")
         .map(|s| s.pid);
-    let producer_before = producer_pid.map_or(0, |p| status_field(p, "VmRSS:"));
+    let producer_before = producer_pid.map_or(0, |p| crate::cpu::status_kib(p, "VmRSS:"));
     let mut refused_commands = 0;
     for round in 0..20 {
         let commands: Vec<Value> = (0..1000)
@@ -249,7 +238,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             refused_commands += 1000;
         }
     }
-    let producer_after = producer_pid.map_or(0, |p| status_field(p, "VmRSS:"));
+    let producer_after = producer_pid.map_or(0, |p| crate::cpu::status_kib(p, "VmRSS:"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss: Vec<Memory> = services
         .iter()
@@ -257,7 +246,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|(s, before)| Memory {
             service: s.name.clone(),
             rss_before_kib: *before,
-            rss_after_kib: status_field(s.pid, "VmRSS:"),
+            rss_after_kib: crate::cpu::status_kib(s.pid, "VmRSS:"),
             fds_after: fds(s.pid),
         })
         .collect();

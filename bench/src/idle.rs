@@ -19,13 +19,13 @@ pub struct Args {
     #[arg(long, default_value = ".foldline/pids")]
     pids: PathBuf,
     /// How long to measure the stack with no writes.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, alias = "idle-seconds", default_value_t = 30)]
     seconds: u64,
     /// The goal, in percent of one core, for every process together.
     #[arg(long, default_value_t = 5.0)]
     goal_percent: f64,
     /// Then write at `--trickle-rate` for this many minutes (0: no trickle).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 2)]
     trickle_minutes: u64,
     /// Writes per second of the trickle.
     #[arg(long, default_value_t = 50)]

@@ -14,6 +14,7 @@ mod hostile;
 mod idle;
 mod log_bench;
 mod probe;
+mod profile_bench;
 mod project;
 mod project_bench;
 mod project_result;
@@ -25,6 +26,7 @@ mod sinks;
 mod sinks_bench;
 mod sinks_result;
 mod soak;
+mod soak_bench;
 mod sse;
 mod sse_check;
 mod sse_floor;
@@ -81,6 +83,11 @@ enum Command {
     /// The producer under HTTP load beside a raw producer and a bare handler
     /// (`scripts/bench write`).
     Write(write_bench::Args),
+    /// Every service on a grown log, minute by minute (`scripts/bench soak`).
+    Soak(soak_bench::Args),
+    /// perf profiles of the producer and the projector under load, flame graphs and the
+    /// functions with the most samples (`scripts/bench profile`).
+    Profile(profile_bench::Args),
     /// PUT the archive's files again in a bare loop.
     RawPut(sinks::PutArgs),
     /// Write the recent-events items of a topic with a bare BatchWriteItem loop.
@@ -130,6 +137,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Sinks(args) => sinks_bench::run(args).await,
         Command::Log(args) => log_bench::run(args).await,
         Command::Write(args) => write_bench::run(args).await,
+        Command::Soak(args) => soak_bench::run(args).await,
+        Command::Profile(args) => profile_bench::run(args).await,
         Command::RawPut(args) => sinks::raw_put(args).await,
         Command::RawBatchWrite(args) => sinks::raw_batch_write(args).await,
         Command::WatchMetric(args) => sinks::watch_metric(args).await,

@@ -277,7 +277,7 @@ async fn verify(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Ver
     let pid = child.id().unwrap_or(0);
     let mut peak = 0;
     let status = loop {
-        peak = peak.max(status_kib(pid, "VmHWM:"));
+        peak = peak.max(crate::cpu::status_kib(pid, "VmHWM:"));
         tokio::select! {
             status = child.wait() => break status?,
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -355,15 +355,4 @@ async fn write_to_visible(args: &Args, visible_url: &str) -> anyhow::Result<(Vis
 
 fn bin(args: &Args, name: &str) -> String {
     args.bins.join(name).to_string_lossy().into_owned()
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::probe::{Consumed, Copied, Filled, Projected, Reads, Tail, Visible};
-use crate::record::{thousands, Provenance};
+use crate::record::{thousands, verdict, Provenance};
 
 /// Issue 39's targets on this machine (1M events, 50,000 products).
 pub const REBUILD_GOAL_S: f64 = 10.0;
@@ -107,14 +107,6 @@ impl ProjectResult {
             && self.rebuild.differences == 0
             && self.postgres_cpu_vs_copy() <= POSTGRES_CPU_VS_COPY_GOAL
             && self.projector_vs_consume() >= PROJECTOR_VS_CONSUME_GOAL
-    }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "**not met**"
     }
 }
 

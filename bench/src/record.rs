@@ -93,6 +93,15 @@ pub fn write(out: &Path, result: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a generated table says whether a goal was met.
+pub fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
 /// `1234567.8` as `1,234,568`: figures in the generated tables.
 pub fn thousands(x: f64) -> String {
     let digits = format!("{:.0}", x.abs());

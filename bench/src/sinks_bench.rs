@@ -55,27 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ],
     )
     .await;
-    let metrics = format!("{}/metrics", archiver.url);
-    let ((archived, archiver_cpu), s3_during) = crate::cpu::during(s3, async {
-        let pid = archiver.pid().unwrap_or(0);
-        crate::cpu::during(pid, async {
-            probe::run::<Watched>(
-                &[
-                    "watch-metric",
-                    "--url",
-                    &metrics,
-                    "--metric",
-                    "archive_records_total",
-                    "--target",
-                    &events,
-                ],
-                &[],
-            )
-            .await
-        })
-        .await
-    })
-    .await?;
+    let (archived, archiver_cpu) = watch(&archiver, s3, "archive_records_total", &events).await?;
     let archive_bytes = archiver.metric("archive_bytes_total").await as u64;
     anyhow::ensure!(archiver.terminate(), "the archiver did not stop cleanly");
     eprintln!("the floors: a bare PUT loop of the same files, a raw consume + decode");
@@ -126,27 +106,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ],
     )
     .await;
-    let metrics = format!("{}/metrics", recent.url);
-    let ((recent_events, recent_cpu), dynamodb_during) = crate::cpu::during(dynamodb, async {
-        let pid = recent.pid().unwrap_or(0);
-        crate::cpu::during(pid, async {
-            probe::run::<Watched>(
-                &[
-                    "watch-metric",
-                    "--url",
-                    &metrics,
-                    "--metric",
-                    "consumer_events_total",
-                    "--target",
-                    &events,
-                ],
-                &[],
-            )
-            .await
-        })
-        .await
-    })
-    .await?;
+    let (recent_events, recent_cpu) =
+        watch(&recent, dynamodb, "consumer_events_total", &events).await?;
     anyhow::ensure!(
         recent.terminate(),
         "the recent-events consumer did not stop cleanly"
@@ -165,20 +126,46 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         provenance,
         archived,
         archive_bytes,
-        archiver_cpu: Cpu {
-            process_us: archiver_cpu,
-            server_us: s3_during,
-        },
+        archiver_cpu,
         put,
         put_s3_cpu_us: put_s3,
         consume,
         recent: recent_events,
-        recent_cpu: Cpu {
-            process_us: recent_cpu,
-            server_us: dynamodb_during,
-        },
+        recent_cpu,
         batch,
         batch_dynamodb_cpu_us: batch_dynamodb,
     };
     crate::record::write(&args.out, &result)
+}
+
+/// Times `consumer` by its counter `metric` from its first move to `target`
+/// (`watch-metric`), with the CPU it and its `server` used meanwhile.
+async fn watch(
+    consumer: &Spawned,
+    server: u32,
+    metric: &str,
+    target: &str,
+) -> anyhow::Result<(Watched, Cpu)> {
+    let url = format!("{}/metrics", consumer.url);
+    let pid = consumer.pid().unwrap_or(0);
+    let watching = [
+        "watch-metric",
+        "--url",
+        &url,
+        "--metric",
+        metric,
+        "--target",
+        target,
+    ];
+    let ((watched, process_us), server_us) = crate::cpu::during(server, async {
+        crate::cpu::during(pid, probe::run::<Watched>(&watching, &[])).await
+    })
+    .await?;
+    Ok((
+        watched,
+        Cpu {
+            process_us,
+            server_us,
+        },
+    ))
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::probe::{BatchWritten, Consumed, Put, Watched};
-use crate::record::{thousands, Provenance};
+use crate::record::{thousands, verdict, Provenance};
 
 /// Issue 12's goals: the archiver at least this share of a bare PUT loop of the same files…
 pub const ARCHIVER_VS_PUT_GOAL: f64 = 0.8;
@@ -40,14 +40,6 @@ pub struct SinksResult {
     /// The floor of its writes: the same items in a bare BatchWriteItem loop.
     pub batch: BatchWritten,
     pub batch_dynamodb_cpu_us: u64,
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "**not met**"
-    }
 }
 
 /// The section `sinks` of docs/benchmarks.md.

@@ -225,11 +225,12 @@ async fn search(
     repeat: usize,
     args: &Args,
 ) -> anyhow::Result<Search> {
-    let rss_before = rss_kib(target.pid);
+    let rss_before = crate::cpu::status_kib(target.pid, "VmRSS:");
     let mut clients = Clients::open(&target.stream_url, args.clients, args.grace, token).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_per_client_kib =
-        rss_kib(target.pid).saturating_sub(rss_before) as f64 / clients.connected.max(1) as f64;
+    let rss_per_client_kib = crate::cpu::status_kib(target.pid, "VmRSS:").saturating_sub(rss_before)
+        as f64
+        / clients.connected.max(1) as f64;
     let mut steps = Vec::new();
     for rate in &args.rates {
         let step = step(target, &mut clients, writer, *rate, args).await?;
@@ -436,17 +437,6 @@ impl Clients {
             None => anyhow::bail!("the clients ended without a report"),
         }
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn round2(x: f64) -> f64 {

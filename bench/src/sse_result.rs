@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{thousands, Provenance};
+use crate::record::{thousands, verdict, Provenance};
 
 /// Issue 40: the notifier's ceiling at least this share of the floor's, at 10,000 clients.
 pub const CEILING_RATIO_GOAL: f64 = 0.8;
@@ -135,7 +135,6 @@ pub fn render(r: &SseResult) -> String {
         ),
         None => "not found (a search never fell behind, or fell behind at once)".into(),
     };
-    let verdict = |met: bool| if met { "met" } else { "**not met**" };
     let _ = writeln!(
         out,
         "Measured {} on {} (commit `{}`), by `scripts/bench sse` (bench/results/sse.json): \

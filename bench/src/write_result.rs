@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::probe::Produced;
-use crate::record::{thousands, Provenance};
+use crate::record::{thousands, verdict, Provenance};
 use crate::wrk::WrkRun;
 
 /// Issue 2's goals: single commands at least this share of min(raw producer, bare handler)…
@@ -71,14 +71,6 @@ impl WriteResult {
 
     pub fn cpu_ratio(&self) -> f64 {
         self.producer_cpu_us_per_command / self.bare_cpu_us_per_request.max(1e-9)
-    }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "**not met**"
     }
 }
 
