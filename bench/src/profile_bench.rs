@@ -117,11 +117,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pids: Vec<u32> = targets.iter().map(|(_, p)| p.pid().unwrap_or(0)).collect();
         let cpu_before: Vec<u64> = pids.iter().map(|p| crate::cpu::cpu_us(*p)).collect();
         let commands_before = commands(&producer).await;
-        let records =
-            futures::future::join_all(targets.iter().zip(&pids).map(|((name, _), pid)| {
-                perf_record(*pid, &scratch.join(format!("{name}.perf")), args.seconds)
-            }))
-            .await;
+        let files: Vec<PathBuf> = targets
+            .iter()
+            .map(|(name, _)| scratch.join(format!("{name}.perf")))
+            .collect();
+        let records = futures::future::join_all(
+            pids.iter()
+                .zip(&files)
+                .map(|(pid, file)| perf_record(*pid, file, args.seconds)),
+        )
+        .await;
         records.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
         let events = (commands(&producer).await - commands_before).max(1.0);
         let cpu: Vec<f64> = pids
