@@ -53,7 +53,8 @@ pub struct Share {
 pub struct ProcessProfile {
     pub name: String,
     pub cpu_us_per_event: f64,
-    pub samples: u64,
+    /// perf's sampled weight in all (the shares below are of it).
+    pub weight: u64,
     /// Most samples in the function itself.
     pub own: Vec<Share>,
     /// Most samples in or under Foldline's own functions.
@@ -254,7 +255,7 @@ fn summarize(name: &str, cpu_us_per_event: f64, folded: &str) -> ProcessProfile 
     ProcessProfile {
         name: name.to_owned(),
         cpu_us_per_event: cpu_us_per_event.round(),
-        samples,
+        weight: samples,
         own: top(own),
         under: top(under),
     }
@@ -282,9 +283,9 @@ pub fn render(r: &ProfileResult) -> String {
     for (name, p) in groups {
         let _ = writeln!(
             out,
-            "**foldline-{name}**: {:.0} µs of CPU per event over the sampled interval, {} samples \
-             ([flame graph](profiles/{name}.svg)).\n",
-            p.cpu_us_per_event, p.samples
+            "**foldline-{name}**: {:.0} µs of CPU per event over the sampled interval \
+             ([flame graph](profiles/{name}.svg)); shares of its sampled CPU time.\n",
+            p.cpu_us_per_event
         );
         out.push_str("| own samples | function | | in or under | Foldline's function |\n|---:|---|---|---:|---|\n");
         for i in 0..p.own.len().max(p.under.len()) {
