@@ -55,6 +55,15 @@ def test_up_every_bench_and_the_drill_build_one_and_the_same_release_set():
         partial = re.findall(r"cargo build[^\n]*--release[^\n]*-p [A-Za-z0-9_-]+", text)
         assert not partial, f"scripts/{name} builds a selection of its own: {partial}"
     bench = (ROOT / "scripts" / "bench").read_text()
-    for name, body in re.findall(r"^(bench_[a-z_]+)\(\) \{\n(.*?)^\}", bench, re.M | re.S):
-        if "$REPO/target/release" in body or '"$bin/' in body:
-            assert "build_release" in body, f"{name} runs release binaries without building them"
+    # Functions on one line (`f() { …; }`) and over several.
+    functions = dict(re.findall(r"^([a-z_]+)\(\) \{ (.*) \}$", bench, re.M))
+    functions.update(re.findall(r"^([a-z_]+)\(\) \{\n(.*?)^\}", bench, re.M | re.S))
+    assert "build_release" in functions["own_stack"], "own_stack starts servers unbuilt"
+    modes = {name: body for name, body in functions.items() if name.startswith("bench_")}
+    assert len(modes) >= 10, f"every mode of scripts/bench is a bench_ function: {sorted(modes)}"
+    for name, body in modes.items():
+        runs_release = any(s in body for s in ('$BIN', "$REPO/target/release", '"$bin/', "record "))
+        if runs_release:
+            assert "build_release" in body or "own_stack" in body, (
+                f"{name} runs release binaries without building them"
+            )
