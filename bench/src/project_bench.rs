@@ -233,19 +233,25 @@ async fn rebuild(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Re
             .spawn()
     });
     let during = during.transpose()?;
-    let out = tokio::process::Command::new(bin(args, "foldline-projector"))
+    let rebuilt = replay(&bin(args, "foldline-projector"), topic, model_url).await;
+    drop(during);
+    let mut rebuilt = rebuilt?;
+    rebuilt.writes_per_s_during = args.replay_write_rate;
+    Ok(rebuilt)
+}
+
+/// `foldline-projector replay --json` of `topic` into the model at `database_url`.
+pub async fn replay(projector: &str, topic: &str, database_url: &str) -> anyhow::Result<Rebuilt> {
+    let out = tokio::process::Command::new(projector)
         .args(["replay", "--json", "--drop-grace-ms", "100"])
         .env("FOLDLINE_TOPIC", topic)
-        .env("FOLDLINE_DATABASE_URL", model_url)
+        .env("FOLDLINE_DATABASE_URL", database_url)
         .env("FOLDLINE_PROJECTOR_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .output()
         .await?;
-    drop(during);
     anyhow::ensure!(out.status.success(), "replay failed: {}", out.status);
-    let mut rebuilt: Rebuilt = serde_json::from_slice(&out.stdout)?;
-    rebuilt.writes_per_s_during = args.replay_write_rate;
-    Ok(rebuilt)
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 async fn reads(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Reads> {

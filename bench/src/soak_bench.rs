@@ -248,15 +248,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(mut projector) = running.remove("projector") {
         anyhow::ensure!(projector.terminate(), "the projector did not stop cleanly");
     }
-    let out = tokio::process::Command::new(bin("foldline-projector"))
-        .args(["replay", "--json", "--drop-grace-ms", "100"])
-        .env("FOLDLINE_TOPIC", &topic)
-        .env("FOLDLINE_PROJECTOR_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .output()
-        .await?;
-    anyhow::ensure!(out.status.success(), "replay failed: {}", out.status);
-    let rebuild: Rebuilt = serde_json::from_slice(&out.stdout)?;
+    // The model the projector kept, as `scripts/bench soak` set it for every service.
+    let database_url = std::env::var("FOLDLINE_DATABASE_URL")?;
+    let rebuild =
+        crate::project_bench::replay(&bin("foldline-projector"), &topic, &database_url).await?;
     let result = SoakResult {
         provenance,
         fill,
