@@ -70,7 +70,18 @@ fn generate(repo: &Path, doc: &str) -> anyhow::Result<String> {
     let project: ProjectResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/project.json"),
     )?)?;
-    let doc = replace_section(&doc, "project", &crate::project_result::render(&project))?;
+    // The result of record issue 39 started from, kept for its before/after.
+    let before: ProjectResult = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("bench/results/project-before.json"),
+    )?)?;
+    let mut section = crate::project_result::render(&project);
+    if before.provenance.commit != project.provenance.commit {
+        section.push('\n');
+        section.push_str(&crate::project_result::render_before_after(
+            &before, &project,
+        ));
+    }
+    let doc = replace_section(&doc, "project", &section)?;
     let sinks: crate::sinks_result::SinksResult = serde_json::from_str(&std::fs::read_to_string(
         repo.join("bench/results/sinks.json"),
     )?)?;

@@ -60,8 +60,10 @@ enum Command {
     Project(project_bench::Args),
     /// Read a topic to its end without decoding.
     RawConsume(project::ConsumeArgs),
-    /// COPY rows shaped like the read model's products into Postgres.
+    /// COPY rows shaped like the read model's products (or history) into Postgres.
     RawCopy(project::CopyArgs),
+    /// Read and decode every archive file, as a rebuild reads them.
+    RawArchiveRead(project::ArchiveReadArgs),
     /// Wait until the projection's stored offsets reach the topic's end; print the rate.
     WatchProjection(project::WatchArgs),
     /// Write at a fixed rate; time from each 2xx until the query API shows it.
@@ -123,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Project(args) => project_bench::run(args).await,
         Command::RawConsume(args) => project::raw_consume(args).await,
         Command::RawCopy(args) => project::raw_copy(args).await,
+        Command::RawArchiveRead(args) => project::raw_archive_read(args).await,
         Command::WatchProjection(args) => project::watch_projection(args).await,
         Command::WriteToVisible(args) => project::write_to_visible(args).await,
         Command::TailLatency(args) => project::tail_latency(args).await,

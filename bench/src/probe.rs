@@ -31,7 +31,20 @@ pub struct Consumed {
     pub cpu_us_per_record: f64,
 }
 
-/// `raw-copy`: rows COPYed into a table shaped like the read model's products.
+/// `raw-archive-read`: every archive file fetched and decoded, several at a time, as a
+/// rebuild's reader does, and nothing done with the records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveRead {
+    pub files: usize,
+    pub records: u64,
+    pub seconds: f64,
+    pub rate: f64,
+    pub cpu_us: u64,
+    pub cpu_us_per_record: f64,
+}
+
+/// `raw-copy`: rows COPYed into a table shaped like the read model's products (or, with
+/// `--shape history`, its history, without keys).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Copied {
     pub rows: usize,

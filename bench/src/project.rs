@@ -67,6 +67,48 @@ pub struct CopyArgs {
     database_url: String,
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
+    /// The table's shape: `products` (with the model's key and seller index: the floor of the
+    /// projector's writes) or `history` (product_events without keys or indexes: the floor of
+    /// a bulk load's history).
+    #[arg(long, default_value = "products")]
+    shape: CopyShape,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CopyShape {
+    Products,
+    History,
+}
+
+#[derive(clap::Args)]
+pub struct ArchiveReadArgs {
+    #[command(flatten)]
+    store: foldline_archive::bucket::BucketConfig,
+}
+
+/// Lists the archive and reads every file, fetched and decoded as a rebuild reads them, doing
+/// nothing with the records: the floor of a rebuild's reading from the archive.
+pub async fn raw_archive_read(args: ArchiveReadArgs) -> anyhow::Result<()> {
+    use foldline_archive::bucket::ArchiveBucket;
+    use foldline_archive::read::ArchiveReader;
+    let reader = ArchiveReader::open(ArchiveBucket::connect(&args.store).await).await?;
+    let (started, cpu) = (Instant::now(), crate::own_cpu_us());
+    let mut files = reader.stream(&foldline_service::position::Offsets::new());
+    let (mut count, mut records) = (0usize, 0u64);
+    while let Some(file) = files.recv().await {
+        count += 1;
+        records += file?.records.len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_us = crate::own_cpu_us() - cpu;
+    crate::probe::print(&crate::probe::ArchiveRead {
+        files: count,
+        records,
+        seconds,
+        rate: records as f64 / seconds,
+        cpu_us,
+        cpu_us_per_record: cpu_us as f64 / records.max(1) as f64,
+    })
 }
 
 /// COPYs `rows` product rows into a products table shaped like the read model's (in a scratch
@@ -79,29 +121,50 @@ pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
     sqlx::query("CREATE SCHEMA bench_copy")
         .execute(&mut conn)
         .await?;
-    sqlx::query(
-        "CREATE TABLE bench_copy.products (id text PRIMARY KEY, name text, price_cents bigint, stock bigint,
-         seller_id text, version bigint NOT NULL, updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)",
-    )
-    .execute(&mut conn)
-    .await?;
-    sqlx::query("CREATE INDEX ON bench_copy.products (seller_id, id) WHERE NOT deleted")
-        .execute(&mut conn)
-        .await?;
+    let (create, statement): (&[&str], &str) = match args.shape {
+        CopyShape::Products => (
+            &[
+                "CREATE TABLE bench_copy.products (id text PRIMARY KEY, name text, price_cents bigint, stock bigint,
+                 seller_id text, version bigint NOT NULL, updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)",
+                "CREATE INDEX ON bench_copy.products (seller_id, id) WHERE NOT deleted",
+            ],
+            "COPY bench_copy.products (id, name, price_cents, stock, seller_id, version, updated_at, deleted) FROM STDIN",
+        ),
+        CopyShape::History => (
+            &["CREATE TABLE bench_copy.product_events (product_id text NOT NULL, version int8 NOT NULL,
+               event_type text NOT NULL, occurred_at timestamptz NOT NULL, partition int4 NOT NULL,
+               \"offset\" int8 NOT NULL, actor text, correlation_id text NOT NULL, payload jsonb NOT NULL)"],
+            "COPY bench_copy.product_events FROM STDIN",
+        ),
+    };
+    for sql in create {
+        sqlx::query(sql).execute(&mut conn).await?;
+    }
     let (started, cpu) = (Instant::now(), crate::own_cpu_us());
-    let mut copy = conn
-        .copy_in_raw("COPY bench_copy.products (id, name, price_cents, stock, seller_id, version, updated_at, deleted) FROM STDIN")
-        .await?;
+    let mut copy = conn.copy_in_raw(statement).await?;
     let mut chunk = String::with_capacity(1 << 20);
     for i in 0..args.rows {
-        chunk.push_str(&format!(
-            "bench-{i:010}\tBench item {i}\t{}\t{}\tseller-{}\t{}\t2026-11-21 12:00:00+00\tf\n",
-            100 + i % 9000,
-            i % 100,
-            i % 500,
-            1 + i % 20
-        ));
-        if chunk.len() > (1 << 20) - 200 {
+        match args.shape {
+            CopyShape::Products => chunk.push_str(&format!(
+                "bench-{i:010}\tBench item {i}\t{}\t{}\tseller-{}\t{}\t2026-11-21 12:00:00+00\tf\n",
+                100 + i % 9000,
+                i % 100,
+                i % 500,
+                1 + i % 20
+            )),
+            // As the bench's own events are: a stock adjustment's payload, a correlation id.
+            CopyShape::History => chunk.push_str(&format!(
+                "bench-{:010}\t{}\tStockAdjusted\t2026-11-21 12:00:00+00\t{}\t{i}\t\\N\t\
+                 1b4e28ba-2fa1-11d2-883f-0016d3cca427\t\
+                 {{\"delta\": -1, \"reason\": null, \"new_stock\": {}, \"previous_stock\": {}}}\n",
+                i % 50_000,
+                1 + i / 50_000,
+                i % 3,
+                i % 100,
+                i % 100 + 1
+            )),
+        }
+        if chunk.len() > (1 << 20) - 300 {
             copy.send(chunk.as_bytes()).await?;
             chunk.clear();
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use foldline_testkit::process::Spawned;
 use sqlx::{Connection, PgConnection};
 
-use crate::probe::{self, Consumed, Copied, Filled, Projected, Reads, Tail, Visible};
+use crate::probe::{self, ArchiveRead, Consumed, Copied, Filled, Projected, Reads, Tail, Visible};
 use crate::project_result::{CpuPerEvent, ProjectResult, Rebuilt, Statement, Verified};
 use crate::record::Provenance;
 
@@ -98,6 +98,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await?;
 
+    let (raw_copy_history, copy_history_pg_us): (Copied, u64) =
+        crate::cpu::during(postgres, async {
+            probe::run(
+                &[
+                    "raw-copy",
+                    "--database-url",
+                    &model_url,
+                    "--rows",
+                    &events,
+                    "--shape",
+                    "history",
+                ],
+                &[],
+            )
+            .await
+        })
+        .await?;
+    eprintln!("the archive of the topic (the archiver), and the floor of reading it");
+    let bucket = foldline_testkit::unique("bench-project-archive");
+    archive(&args, &topic, &bucket, fill.events as u64).await?;
+    let raw_archive: ArchiveRead = probe::run(
+        &["raw-archive-read"],
+        &[("FOLDLINE_ARCHIVE_BUCKET", bucket.as_str())],
+    )
+    .await?;
+
     eprintln!("the projector on the whole topic");
     let (projector, projector_cpu, statements) = project(
         &args,
@@ -108,12 +134,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &mut admin,
     )
     .await?;
-    eprintln!("the rebuild");
-    let rebuild = rebuild(&args, &topic, &model_url).await?;
+    eprintln!("the rebuild from the topic");
+    let rebuild_topic = rebuild(&args, &topic, &model_url, None, postgres).await?;
+    eprintln!("the rebuild from the archive, then the topic");
+    let rebuild_archive = rebuild(&args, &topic, &model_url, Some(&bucket), postgres).await?;
     eprintln!("history reads on the rebuilt model");
     let reads = reads(&args, &topic, &model_url).await?;
     eprintln!("foldline verify");
-    let verify = verify(&args, &topic, &model_url).await?;
+    let verify_topic = verify(&args, &topic, &model_url, None).await?;
+    eprintln!("foldline verify --from-archive");
+    let verify_archive = verify(&args, &topic, &model_url, Some(&bucket)).await?;
     eprintln!("write → visible at {} writes/s", args.visible_rate);
     let (visible, tail) = write_to_visible(&args, &visible_url).await?;
     let n = fill.events.max(1) as f64;
@@ -122,6 +152,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         products: args.products,
         raw_decode_broker_cpu_us_per_record: broker_us as f64 / raw_decode.records.max(1) as f64,
         raw_copy_postgres_cpu_us_per_row: copy_pg_us as f64 / raw_copy.rows.max(1) as f64,
+        raw_copy_history_postgres_cpu_us_per_row: Some(
+            copy_history_pg_us as f64 / raw_copy_history.rows.max(1) as f64,
+        ),
+        raw_copy_history: Some(raw_copy_history),
+        raw_archive: Some(raw_archive),
+        rebuild_archive: Some(rebuild_archive),
+        verify_archive: Some(verify_archive),
         projector_cpu_us_per_event: CpuPerEvent {
             projector: projector_cpu[0] as f64 / n,
             postgres: projector_cpu[1] as f64 / n,
@@ -141,8 +178,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         raw_decode,
         raw_copy,
         projector,
-        rebuild,
-        verify,
+        rebuild: rebuild_topic,
+        verify: verify_topic,
         reads,
         visible,
         tail,
@@ -209,8 +246,47 @@ async fn project(
     Ok((projected, cpu, statements))
 }
 
-/// `foldline-projector replay --json`, with `--replay-write-rate` events/s written meanwhile.
-async fn rebuild(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Rebuilt> {
+/// The topic into `bucket` by the archiver, until it has archived all `events`.
+async fn archive(args: &Args, topic: &str, bucket: &str, events: u64) -> anyhow::Result<()> {
+    let mut archiver = Spawned::start(
+        &bin(args, "foldline-archiver"),
+        "FOLDLINE_ARCHIVER_LISTEN",
+        &[
+            ("FOLDLINE_TOPIC", topic.to_owned()),
+            ("FOLDLINE_ARCHIVE_BUCKET", bucket.to_owned()),
+            ("FOLDLINE_ARCHIVER_GROUP", format!("{topic}-archiver")),
+            ("FOLDLINE_ARCHIVE_FILE_SECONDS", "5".into()),
+        ],
+    )
+    .await;
+    let url = format!("{}/metrics", archiver.url);
+    let target = events.to_string();
+    let _: probe::Watched = probe::run(
+        &[
+            "watch-metric",
+            "--url",
+            &url,
+            "--metric",
+            "archive_records_total",
+            "--target",
+            &target,
+        ],
+        &[],
+    )
+    .await?;
+    anyhow::ensure!(archiver.terminate(), "the archiver did not stop cleanly");
+    Ok(())
+}
+
+/// `foldline-projector replay --json` (from the archive in `bucket`, when given), with
+/// `--replay-write-rate` events/s written meanwhile; its CPU and PostgreSQL's.
+async fn rebuild(
+    args: &Args,
+    topic: &str,
+    model_url: &str,
+    bucket: Option<&str>,
+    postgres: u32,
+) -> anyhow::Result<Rebuilt> {
     let during = (args.replay_write_rate > 0).then(|| {
         let (rate, events) = (
             args.replay_write_rate.to_string(),
@@ -233,25 +309,73 @@ async fn rebuild(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Re
             .spawn()
     });
     let during = during.transpose()?;
-    let rebuilt = replay(&bin(args, "foldline-projector"), topic, model_url).await;
+    let postgres_before = crate::cpu::tree_now(postgres);
+    let rebuilt = replay_from(&bin(args, "foldline-projector"), topic, model_url, bucket).await;
+    let postgres_us = crate::cpu::tree_now(postgres).saturating_sub(postgres_before);
     drop(during);
     let mut rebuilt = rebuilt?;
     rebuilt.writes_per_s_during = args.replay_write_rate;
+    rebuilt.postgres_cpu_us_per_event = Some(postgres_us as f64 / rebuilt.events.max(1) as f64);
     Ok(rebuilt)
 }
 
 /// `foldline-projector replay --json` of `topic` into the model at `database_url`.
 pub async fn replay(projector: &str, topic: &str, database_url: &str) -> anyhow::Result<Rebuilt> {
-    let out = tokio::process::Command::new(projector)
+    replay_from(projector, topic, database_url, None).await
+}
+
+/// The same, reading the archive in `bucket` first when given; with its own CPU per event.
+async fn replay_from(
+    projector: &str,
+    topic: &str,
+    database_url: &str,
+    bucket: Option<&str>,
+) -> anyhow::Result<Rebuilt> {
+    let mut command = tokio::process::Command::new(projector);
+    command
         .args(["replay", "--json", "--drop-grace-ms", "100"])
         .env("FOLDLINE_TOPIC", topic)
         .env("FOLDLINE_DATABASE_URL", database_url)
         .env("FOLDLINE_PROJECTOR_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
-        .output()
-        .await?;
-    anyhow::ensure!(out.status.success(), "replay failed: {}", out.status);
-    Ok(serde_json::from_slice(&out.stdout)?)
+        .stdout(std::process::Stdio::piped());
+    if let Some(bucket) = bucket {
+        command
+            .arg("--from-archive")
+            .env("FOLDLINE_ARCHIVE_BUCKET", bucket);
+    }
+    let (out, cpu_us) = with_child_cpu(command).await?;
+    anyhow::ensure!(out.0.success(), "replay failed: {}", out.0);
+    let mut rebuilt: Rebuilt = serde_json::from_slice(&out.1)?;
+    rebuilt.cpu_us_per_event = Some(cpu_us as f64 / rebuilt.events.max(1) as f64);
+    Ok(rebuilt)
+}
+
+/// Runs `command` to its end; its exit status, standard output and CPU time (µs, user and
+/// system, read from /proc while it runs: the last reading before it exits).
+async fn with_child_cpu(
+    mut command: tokio::process::Command,
+) -> anyhow::Result<((std::process::ExitStatus, Vec<u8>), u64)> {
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let mut stdout = child.stdout.take().expect("piped");
+    let reading = async {
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let mut cpu = 0;
+    let watching = async {
+        loop {
+            cpu = cpu.max(crate::cpu::cpu_us(pid));
+            tokio::select! {
+                status = child.wait() => break status,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    };
+    let (out, status) = tokio::join!(reading, watching);
+    Ok(((status?, out?), cpu))
 }
 
 async fn reads(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Reads> {
@@ -271,15 +395,27 @@ async fn reads(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Read
     .await
 }
 
-/// `foldline verify --json --only postgres`, its peak resident memory sampled as it runs.
-async fn verify(args: &Args, topic: &str, model_url: &str) -> anyhow::Result<Verified> {
-    let mut child = tokio::process::Command::new(bin(args, "foldline"))
+/// `foldline verify --json --only postgres` (reading the archive in `bucket` first, when
+/// given), its peak resident memory sampled as it runs.
+async fn verify(
+    args: &Args,
+    topic: &str,
+    model_url: &str,
+    bucket: Option<&str>,
+) -> anyhow::Result<Verified> {
+    let mut command = tokio::process::Command::new(bin(args, "foldline"));
+    command
         .args(["verify", "--json", "--only", "postgres"])
         .env("FOLDLINE_TOPIC", topic)
         .env("FOLDLINE_DATABASE_URL", model_url)
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+        .stdout(std::process::Stdio::piped());
+    if let Some(bucket) = bucket {
+        command
+            .arg("--from-archive")
+            .env("FOLDLINE_ARCHIVE_BUCKET", bucket);
+    }
+    let mut child = command.spawn()?;
     let pid = child.id().unwrap_or(0);
     let mut peak = 0;
     let status = loop {

@@ -1,7 +1,8 @@
 //! Read latency on a grown read model (issue 27): a product's history and its state as of a
 //! position or a time, beside the floor of the same API's plain product read (a primary-key
-//! lookup), measured in one run, one request at a time, the four kinds interleaved so the
-//! machine's drift touches them alike.
+//! lookup), and the low-stock list (the read the products' stock index was for), measured in
+//! one run, one request at a time, the kinds interleaved so the machine's drift touches them
+//! alike.
 
 use std::time::{Duration, Instant};
 
@@ -67,7 +68,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!samples.is_empty(), "the model holds no history to ask for");
 
     let client = crate::with_token(reqwest::Client::builder(), &args.token)?;
-    let kinds = ["product", "history", "as_of_position", "as_of_time"];
+    // The last two: the live page's low-stock list (`stock_below` its threshold), and one that
+    // few products match (the list's worst case: the scan goes far to fill a page).
+    let kinds = [
+        "product",
+        "history",
+        "as_of_position",
+        "as_of_time",
+        "low_stock",
+        "low_stock_rare",
+    ];
     let mut latencies: Vec<Histogram<u64>> = kinds
         .iter()
         .map(|_| Histogram::new(3))
@@ -84,6 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "{url}/products/{id}?as_of={}",
                 sample.occurred_at.replace(':', "%3A")
             ),
+            format!("{url}/products?stock_below=5&limit=20"),
+            format!("{url}/products?stock_below=1&limit=20"),
         ];
         for (path, histogram) in paths.iter().zip(latencies.iter_mut()) {
             let started = Instant::now();

@@ -5,10 +5,12 @@
 //! I/O happens here, so every rule of the read model is tested without a database.
 
 pub mod analytics;
+pub mod log_fold;
 pub mod products;
 pub mod sellers;
 
 pub use analytics::{count_events, EventCount};
+pub use log_fold::{FoldedLog, LogFold, VersionNotGrowing};
 pub use products::{fold_products, ProductChange};
 pub use sellers::{seller_deltas, ProductRow, SellerDelta, StatsOverflow};
 

@@ -22,7 +22,7 @@ pub struct ProductChange {
 }
 
 impl ProductChange {
-    fn new(event: &Envelope) -> ProductChange {
+    pub(crate) fn new(event: &Envelope) -> ProductChange {
         ProductChange {
             id: event.product_id.clone(),
             name: None,

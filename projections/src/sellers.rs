@@ -3,7 +3,7 @@
 //! from all its products instead costs time in proportion to the seller's catalogue, on every
 //! batch that touches it — a seller with 300,000 products made every batch scan 300,000 rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A product row as stored, as far as seller stats are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,8 @@ impl SellerDelta {
 /// counts once for its seller, with its stock, stock × price, and whether its stock is below
 /// its own threshold, else `threshold`; a deleted product or one without a seller counts nowhere. Sellers in order
 /// (the writer updates their rows in this order: no deadlock between instances); sellers
-/// whose stats do not change are left out.
+/// whose stats do not change are left out, but for the sellers of products new in `after`
+/// (their row is created, at zero if the product is already gone).
 pub fn seller_deltas(
     before: &[ProductRow],
     after: &[ProductRow],
@@ -83,7 +84,16 @@ pub fn seller_deltas(
     };
     let before: HashMap<&str, &ProductRow> = before.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut deltas: BTreeMap<String, SellerDelta> = BTreeMap::new();
+    // Sellers of products new in this batch: their row must exist (a seller's stats answer
+    // 404 only when it never listed a product), even when the product is gone again by the
+    // batch's end and adds nothing.
+    let mut listed: BTreeSet<&str> = BTreeSet::new();
     for new in after {
+        if !before.contains_key(new.id.as_str()) {
+            if let Some(seller) = &new.seller_id {
+                listed.insert(seller);
+            }
+        }
         if let Some(old) = before.get(new.id.as_str()) {
             if let Some(seller) = &old.seller_id {
                 deltas
@@ -101,7 +111,10 @@ pub fn seller_deltas(
                 .ok_or_else(|| overflow(seller, new))?;
         }
     }
-    Ok(deltas.into_iter().filter(|(_, d)| !d.is_zero()).collect())
+    Ok(deltas
+        .into_iter()
+        .filter(|(seller, d)| !d.is_zero() || listed.contains(seller.as_str()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -200,5 +213,18 @@ mod tests {
         let error = seller_deltas(&[], &[huge], 5).unwrap_err();
         assert_eq!(error.seller, "s1");
         assert_eq!(error.product, "p1");
+    }
+
+    #[test]
+    fn given_a_product_created_and_deleted_in_one_batch_then_its_seller_gets_a_row_at_zero() {
+        let after = [row("p1", "s1", 3, 100, true)];
+        assert_eq!(
+            seller_deltas(&[], &after, 5).unwrap(),
+            vec![("s1".into(), delta(0, 0, 0, 0))]
+        );
+        // A product already known whose change adds nothing leaves its seller out.
+        let before = [row("p1", "s1", 3, 100, false)];
+        let renamed = [row("p1", "s1", 3, 100, false)];
+        assert_eq!(seller_deltas(&before, &renamed, 5).unwrap(), vec![]);
     }
 }

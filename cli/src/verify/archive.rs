@@ -35,6 +35,21 @@ pub struct ArchiveArgs {
     archive_prefix: String,
 }
 
+impl ArchiveArgs {
+    /// The archive's bucket, to read.
+    pub fn bucket(&self, aws: &foldline_service::aws::AwsEndpoint) -> BucketConfig {
+        BucketConfig {
+            s3_endpoint: self.s3_endpoint.clone(),
+            bucket: self.archive_bucket.clone(),
+            prefix: self.archive_prefix.clone(),
+            // Only read: upload sizes do not matter.
+            multipart_threshold: 16 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
+            aws: aws.clone(),
+        }
+    }
+}
+
 pub struct Check {
     pub cut: Offsets,
     /// Every record before the cut: its event.
@@ -53,15 +68,7 @@ impl Check {
         Ok(Check {
             cut: crate::topic::committed_offsets(brokers, &args.archiver_group, topic, partitions)?,
             logged: HashMap::new(),
-            bucket: BucketConfig {
-                s3_endpoint: args.s3_endpoint.clone(),
-                bucket: args.archive_bucket.clone(),
-                prefix: args.archive_prefix.clone(),
-                // Only read: upload sizes do not matter.
-                multipart_threshold: 16 * 1024 * 1024,
-                part_size: 8 * 1024 * 1024,
-                aws: aws.clone(),
-            },
+            bucket: args.bucket(aws),
         })
     }
 

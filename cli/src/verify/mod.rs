@@ -23,6 +23,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use foldline_archive::bucket::ArchiveBucket;
+use foldline_archive::history::ArchiveThenTopic;
+use foldline_archive::read::ArchiveReader;
 use foldline_consumer_runtime::history::{EventSource, TopicSource};
 use foldline_schemas::wire::EventCodec;
 use foldline_service::position::Offsets;
@@ -72,6 +75,11 @@ pub struct VerifyArgs {
     /// Differences printed before the summary (all are counted).
     #[arg(long, default_value_t = 20)]
     show: usize,
+    /// Read the S3 archive first, then the topic from where the archive ends (as
+    /// `foldline-projector replay --from-archive` does): checks the events the topic no longer
+    /// holds too. The archive's own check then compares those events with themselves.
+    #[arg(long)]
+    from_archive: bool,
     /// No progress bar (for scripts).
     #[arg(long)]
     quiet: bool,
@@ -269,7 +277,7 @@ async fn read_log(
     brokers: &str,
     registry_url: &str,
     end: i64,
-    mut each: impl FnMut(&foldline_consumer_runtime::Record),
+    each: impl FnMut(&foldline_consumer_runtime::Record),
 ) -> anyhow::Result<()> {
     let codec = Arc::new(EventCodec::new(registry_url, &args.topic)?);
     let bar = if args.quiet || args.json {
@@ -281,27 +289,27 @@ async fn read_log(
         ProgressStyle::with_template("verify {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
             .expect("valid template"),
     );
-    let mut source = TopicSource {
+    let source = TopicSource {
         brokers: brokers.to_owned(),
         topic: args.topic.clone(),
         codec,
         batch_records: 10_000,
         undecodable: 0,
     };
-    let (sender, mut batches) = tokio::sync::mpsc::channel(4);
-    let reading = async move { source.read(&Offsets::new(), sender).await };
-    let mut newer = Vec::new();
-    let folding = async {
-        while let Some(batch) = batches.recv().await {
-            for record in &batch.records {
-                each(record);
-            }
-            newer.extend(batch.parked);
-            bar.inc(batch.records.len() as u64);
+    let newer = match args.from_archive {
+        true => {
+            let bucket = ArchiveBucket::connect(&args.archive.bucket(&args.aws)).await;
+            let archive = ArchiveReader::open(bucket)
+                .await
+                .context("listing the archive")?;
+            let source = ArchiveThenTopic {
+                archive,
+                topic: source,
+            };
+            read_source(source, &bar, each).await?
         }
+        false => read_source(source, &bar, each).await?,
     };
-    let (read, ()) = tokio::join!(reading, folding);
-    read.context("reading the topic")?;
     bar.finish_and_clear();
     if let Some(first) = newer.first() {
         anyhow::bail!(
@@ -314,4 +322,29 @@ async fn read_log(
         );
     }
     Ok(())
+}
+
+/// Reads `source` from its start, handing every decoded record to `each`; returns the records
+/// parked as read (written by a newer schema).
+async fn read_source<S: EventSource + Send>(
+    mut source: S,
+    bar: &ProgressBar,
+    mut each: impl FnMut(&foldline_consumer_runtime::Record),
+) -> anyhow::Result<Vec<foldline_consumer_runtime::Parked>> {
+    let (sender, mut batches) = tokio::sync::mpsc::channel(4);
+    let start = Offsets::new();
+    let reading = source.read(&start, sender);
+    let mut newer = Vec::new();
+    let folding = async {
+        while let Some(batch) = batches.recv().await {
+            for record in &batch.records {
+                each(record);
+            }
+            newer.extend(batch.parked);
+            bar.inc(batch.records.len() as u64);
+        }
+    };
+    let (read, ()) = tokio::join!(reading, folding);
+    read.context("reading the log")?;
+    Ok(newer)
 }

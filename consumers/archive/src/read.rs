@@ -12,6 +12,10 @@ use crate::bucket::ArchiveBucket;
 use crate::file::read_file;
 use crate::layout::{check_continuity, Continuity, FileRange};
 
+/// Files fetched and decoded at once while reading: enough to keep both cores decoding while
+/// the reader folds, few enough to bound memory (a file is at most a few MiB of records).
+const FILES_AHEAD: usize = 4;
+
 /// The archive as listed when opened.
 pub struct ArchiveReader {
     bucket: ArchiveBucket,
@@ -69,7 +73,7 @@ impl ArchiveReader {
     }
 
     /// Streams the files holding offsets at or after `from` (per partition; absent = 0),
-    /// partition by partition in offset order, a few files ahead.
+    /// partition by partition in offset order, [`FILES_AHEAD`] files fetched and decoded at once.
     pub fn stream(&self, from: &Offsets) -> mpsc::Receiver<anyhow::Result<FileRecords>> {
         let (tx, rx) = mpsc::channel(2);
         let bucket = self.bucket.clone();
@@ -85,9 +89,17 @@ impl ArchiveReader {
             })
             .collect();
         tokio::spawn(async move {
+            use futures::StreamExt;
             let mut next = Offsets::new();
-            for (range, start) in wanted {
-                let read = fetch(&bucket, range).await;
+            // Files fetched and decoded several at a time (decoding runs on the blocking
+            // pool, so it spreads over the cores), handed on in order.
+            let mut fetched = futures::stream::iter(wanted)
+                .map(|(range, start)| {
+                    let bucket = bucket.clone();
+                    async move { (range, start, fetch(&bucket, range).await) }
+                })
+                .buffered(FILES_AHEAD);
+            while let Some((range, start, read)) = fetched.next().await {
                 let sent = match read {
                     Ok(mut records) => {
                         let floor = next.get(range.partition).unwrap_or(start).max(start);

@@ -149,7 +149,7 @@ pub async fn apply_events<'r>(
 }
 
 /// Keeps parked entries (a redelivered one is already there).
-async fn insert_parked(
+pub(crate) async fn insert_parked(
     tx: &mut PgConnection,
     target: &Target<'_>,
     parked: &[&Parked],
@@ -285,7 +285,7 @@ async fn upsert_products(
 /// Adds each seller's delta to its stats row (created at zero if missing). Additions commute,
 /// so instances that touch one seller at the same time need no lock beyond the row's own;
 /// sellers come sorted, so two transactions take those row locks in one order.
-async fn add_seller_deltas(
+pub(crate) async fn add_seller_deltas(
     tx: &mut PgConnection,
     s: &str,
     deltas: &[(String, SellerDelta)],
@@ -315,7 +315,7 @@ async fn add_seller_deltas(
     Ok(())
 }
 
-async fn add_event_counts(
+pub(crate) async fn add_event_counts(
     tx: &mut PgConnection,
     s: &str,
     counts: &[EventCount],

@@ -6,6 +6,8 @@
 //!   same transaction.
 //! - [`history`]: every event of every product (`product_events`), written with its batch.
 //! - [`sink`]: the projector's sink on the shared consumer runtime.
+//! - [`bulk`] and [`copy`]: a rebuild's bulk load: the log folded in memory and written
+//!   with binary `COPY`, keys and indexes built after the rows.
 //! - [`rebuild`]: rebuilds the model into a shadow schema and swaps it in atomically.
 //! - [`compare`]: what the rebuild checks before the swap: the new model equals the live one,
 //!   the bulk at a snapshot outside the swap lock, what changed since under it.
@@ -14,7 +16,9 @@
 //! `consumers/query`.
 
 pub mod apply;
+pub mod bulk;
 pub mod compare;
+pub mod copy;
 pub mod history;
 pub mod model;
 pub mod rebuild;

@@ -21,6 +21,7 @@ use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
 use crate::apply::{apply_batch, Applied, ApplyError, Target};
+use crate::bulk::Loaded;
 use crate::compare::{compare, Comparison, Scope};
 use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
@@ -35,6 +36,9 @@ pub struct RebuildConfig {
     pub show_progress: bool,
     /// Swap even when the new model differs from the live one.
     pub force: bool,
+    /// Load the bulk with `COPY` from an in-memory fold ([`crate::bulk`]); false: batch by
+    /// batch, as the live projector writes.
+    pub bulk: bool,
 }
 
 /// The new model differed from the live one and was not swapped in (nor kept).
@@ -57,6 +61,54 @@ pub struct RebuildReport {
     pub old_schema: String,
     pub new_schema: String,
     pub comparison: Comparison,
+    /// How the bulk was loaded: `Some` by the bulk load ([`crate::bulk`]).
+    pub bulk: Option<BulkTimings>,
+    /// Why the bulk load gave way to the batch-by-batch rebuild, when it did.
+    pub fell_back: Option<String>,
+}
+
+/// Where the bulk load's time went.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BulkTimings {
+    pub read_seconds: f64,
+    pub rows_seconds: f64,
+    pub index_seconds: f64,
+}
+
+/// What phase 1 leaves: the events read, the products parked, where the read ended.
+#[derive(Default)]
+struct FirstPhase {
+    events: u64,
+    parked: ParkedSet,
+    next: Offsets,
+    bulk: Option<BulkTimings>,
+    fell_back: Option<String>,
+}
+
+/// Phase 1 batch by batch, one transaction each, parking as the live projector does.
+async fn in_batches<S: EventSource + Send>(
+    model: &ReadModel,
+    target: &Target<'_>,
+    source: &mut S,
+    progress: &ProgressBar,
+) -> anyhow::Result<FirstPhase> {
+    let mut phase = FirstPhase::default();
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let start = Offsets::new();
+    let read = source.read(&start, tx);
+    let write = async {
+        while let Some(batch) = rx.recv().await {
+            let mut conn = model.pool.begin().await?;
+            apply_or_park(&mut conn, target, &batch, &mut phase.parked).await?;
+            conn.commit().await?;
+            count(&batch, &mut phase.events, progress);
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (next, written) = tokio::join!(read, write);
+    written?;
+    phase.next = next?;
+    Ok(phase)
 }
 
 /// Rebuilds the read model from `source` into a new schema and swaps it in.
@@ -77,26 +129,51 @@ pub async fn rebuild<S: EventSource + Send>(
         topic: &config.log.topic,
         low_stock_threshold: config.low_stock_threshold,
     };
-    let mut events = 0u64;
-    // Products parked in the new schema: a record the live projector parked is parked again.
-    let mut parked = ParkedSet::default();
-
-    // Phase 1: the bulk, one transaction per batch, while the live model keeps serving.
-    let (tx, mut rx) = mpsc::channel::<Batch>(2);
-    let from = Offsets::new();
-    let read = source.read(&from, tx);
-    let write = async {
-        while let Some(batch) = rx.recv().await {
-            let mut conn = model.pool.begin().await?;
-            apply_or_park(&mut conn, &target, &batch, &mut parked).await?;
-            conn.commit().await?;
-            count(&batch, &mut events, &progress);
+    // Phase 1: the bulk into the new schema, while the live model keeps serving.
+    let mut phase = FirstPhase::default();
+    if config.bulk {
+        let mut conn = model.pool.acquire().await?;
+        match crate::bulk::load(&mut conn, &target, &mut source, &progress).await? {
+            Loaded::Done(report) => {
+                tracing::info!(
+                    events = report.events,
+                    products = report.products,
+                    read_seconds = report.read_seconds,
+                    rows_seconds = report.rows_seconds,
+                    index_seconds = report.index_seconds,
+                    "rebuild: bulk load done"
+                );
+                phase.events = report.events;
+                phase.next = report.next;
+                phase.parked = report.parked;
+                phase.bulk = Some(BulkTimings {
+                    read_seconds: report.read_seconds,
+                    rows_seconds: report.rows_seconds,
+                    index_seconds: report.index_seconds,
+                });
+            }
+            Loaded::FellBack(why) => {
+                tracing::warn!(%why, "rebuild: the log needs the batch-by-batch rebuild; starting again");
+                // The connection may be mid-COPY: closed, not returned to the pool.
+                conn.close_on_drop();
+                drop(conn);
+                model.drop_model(&new_schema).await?;
+                model.create_model(&new_schema).await?;
+                progress.reset();
+                phase = in_batches(model, &target, &mut source, &progress).await?;
+                phase.fell_back = Some(why);
+            }
         }
-        Ok::<_, anyhow::Error>(())
-    };
-    let (next, written) = tokio::join!(read, write);
-    written?;
-    let next = next?;
+    } else {
+        phase = in_batches(model, &target, &mut source, &progress).await?;
+    }
+    let FirstPhase {
+        mut events,
+        mut parked,
+        next,
+        bulk,
+        fell_back,
+    } = phase;
 
     // Phase 2: compare the bulk at a snapshot, outside the lock: the live projector goes on.
     let (snapshot_live, snapshot) = compare_at_snapshot(model, config, &new_schema).await?;
@@ -197,6 +274,8 @@ pub async fn rebuild<S: EventSource + Send>(
         old_schema: live,
         new_schema,
         comparison,
+        bulk,
+        fell_back,
     })
 }
 
@@ -311,7 +390,7 @@ fn expect_done(applied: Applied) -> anyhow::Result<()> {
     }
 }
 
-fn count(batch: &Batch, events: &mut u64, progress: &ProgressBar) {
+pub(crate) fn count(batch: &Batch, events: &mut u64, progress: &ProgressBar) {
     let offsets: i64 = batch
         .ranges
         .values()

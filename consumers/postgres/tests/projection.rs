@@ -355,6 +355,10 @@ async fn a_replay_swaps_in_a_complete_model_while_readers_keep_reading() {
         serde_json::from_slice(&output.stdout).expect("replay --json prints one object");
     assert_eq!(report["events"], total, "{report}");
     assert_eq!(report["differences"], 0, "{report}");
+    assert!(
+        report["bulk"].is_object() && report["fell_back"].is_null(),
+        "a log written through the API loads in bulk: {report}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     reading.store(false, std::sync::atomic::Ordering::Release);
     let answers = reader.await.unwrap();

@@ -74,6 +74,7 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
         printed.contains(&format!("replayed {} events", events.len())),
         "{printed}"
     );
+    assert!(printed.contains("bulk load: read and folded"), "{printed}");
     stack.assert_model_equals_fold(&events).await;
 
     // A topic that no longer holds any of it (an empty one stands for expired retention):
@@ -83,7 +84,7 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
         .await
         .unwrap();
     let mut env = archive_env.clone();
-    env.push(("FOLDLINE_TOPIC", empty));
+    env.push(("FOLDLINE_TOPIC", empty.clone()));
     let printed = replay(&stack, &["--from-archive"], &env).await;
     assert!(
         printed.contains(&format!("replayed {} events", archived.len())),
@@ -93,4 +94,24 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
     stack.assert_model_equals_fold(&archived).await;
     // And every product's history with it: what the topic lost is still answered.
     stack.assert_histories_equal(&archived).await;
+
+    // `foldline verify` on the same reader checks that model against the archive; reading
+    // the topic alone it cannot, and says the model holds events the log does not.
+    let verify_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, printed) =
+        stack.verify("g1", &["--only", "postgres", "--from-archive"], &verify_env);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "read model: {} events before its cut",
+            archived.len()
+        )),
+        "{printed}"
+    );
+    let (code, printed) = stack.verify("g1", &["--only", "postgres"], &verify_env);
+    assert_eq!(
+        code,
+        Some(1),
+        "the topic alone lacks the archived events: {printed}"
+    );
 }

@@ -12,7 +12,7 @@ use foldline_consumer_runtime::history::TopicSource;
 use foldline_consumer_runtime::{Consumer, RuntimeConfig};
 use foldline_postgres::compare::Comparison;
 use foldline_postgres::model::ReadModel;
-use foldline_postgres::rebuild::{rebuild, RebuildConfig, Refused};
+use foldline_postgres::rebuild::{rebuild, BulkTimings, RebuildConfig, Refused};
 use foldline_postgres::sink::PostgresSink;
 use foldline_postgres::DEFAULT_GROUP;
 use foldline_schemas::wire::EventCodec;
@@ -65,6 +65,11 @@ enum Command {
         /// history the topic no longer holds.
         #[arg(long)]
         from_archive: bool,
+        /// Write the bulk batch by batch, as the live projector writes, instead of folding
+        /// the log in memory and loading it with COPY (the bulk load falls back to this by
+        /// itself when the log needs it, and says why).
+        #[arg(long)]
+        batches: bool,
         /// Swap the new model in even when it differs from the live one at the live model's
         /// offsets (the differences are printed either way).
         #[arg(long)]
@@ -95,6 +100,12 @@ struct ReplayReport<'a> {
     differences: i64,
     old_schema: &'a str,
     new_schema: &'a str,
+    /// Where the bulk load's time went (absent: batch by batch).
+    bulk: Option<BulkTimings>,
+    /// Why the bulk load gave way to the batch-by-batch rebuild, when it did.
+    fell_back: Option<&'a str>,
+    /// Whether the archive was read before the topic.
+    from_archive: bool,
 }
 
 #[tokio::main]
@@ -107,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             drop_grace_ms,
             batch_records,
             from_archive,
+            batches,
             force,
             json,
             archive,
@@ -119,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 drop_grace: Duration::from_millis(drop_grace_ms),
                 show_progress: !json,
                 force,
+                bulk: !batches,
             };
             let source = TopicSource {
                 brokers: config.log.brokers.clone(),
@@ -130,8 +143,19 @@ async fn main() -> anyhow::Result<()> {
                 batch_records,
                 undecodable: 0,
             };
-            let report = if from_archive {
-                let archive = ArchiveReader::open(ArchiveBucket::connect(&archive).await).await?;
+            let archive = match from_archive {
+                true => Some(ArchiveReader::open(ArchiveBucket::connect(&archive).await).await?),
+                false => None,
+            };
+            let archive = archive.filter(|archive| {
+                let empty = archive.files.values().all(|files| files.is_empty());
+                if empty {
+                    tracing::warn!("rebuild: the archive holds no files: reading the topic alone");
+                }
+                !empty
+            });
+            let read_archive = archive.is_some();
+            let report = if let Some(archive) = archive {
                 tracing::info!(ends = %archive.ends(), "rebuild: reading the archive, then the topic");
                 rebuild(
                     &model,
@@ -143,6 +167,11 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await
             } else {
+                if !from_archive {
+                    tracing::info!(
+                        "rebuild: reading the topic (--from-archive reads the archive first)"
+                    );
+                }
                 rebuild(&model, &config, source).await
             };
             let report = match report {
@@ -171,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
                     differences: report.comparison.differences,
                     old_schema: &report.old_schema,
                     new_schema: &report.new_schema,
+                    bulk: report.bulk,
+                    fell_back: report.fell_back.as_deref(),
+                    from_archive: read_archive,
                 };
                 println!("{}", serde_json::to_string(&printed)?);
                 return Ok(());
@@ -189,6 +221,14 @@ async fn main() -> anyhow::Result<()> {
                 "the swap lock was held {:.2} s (the live projector's pause: the tail, the comparison's second step, the swap)",
                 report.locked.as_secs_f64()
             );
+            match (&report.bulk, &report.fell_back) {
+                (Some(bulk), _) => println!(
+                    "bulk load: read and folded {:.1} s, rows {:.1} s, keys and indexes {:.1} s",
+                    bulk.read_seconds, bulk.rows_seconds, bulk.index_seconds
+                ),
+                (None, Some(why)) => println!("written batch by batch: {why}"),
+                (None, None) => println!("written batch by batch (--batches)"),
+            }
             Ok(())
         }
         None => {
