@@ -10,7 +10,7 @@ pub mod products;
 pub mod sellers;
 
 pub use analytics::{count_events, EventCount};
-pub use log_fold::{FoldedLog, LogFold, VersionNotGrowing};
+pub use log_fold::{FoldedLog, LogFold, NotAsWritten};
 pub use products::{fold_products, ProductChange};
 pub use sellers::{seller_deltas, ProductRow, SellerDelta, StatsOverflow};
 

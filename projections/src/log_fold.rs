@@ -2,10 +2,12 @@
 //! product, one count per event type and hour, every seller's stats — memory in proportion to
 //! products and sellers, never to events.
 //!
-//! It gives what the batch-by-batch projector gives when each product's versions only grow,
-//! which is what the write API appends. A version that does not grow (a record written around
-//! the API, a duplicate) is reported, not folded: the loader then rebuilds batch by batch,
-//! where the version guard of the upsert decides as the live projector does.
+//! It gives what the batch-by-batch projector gives on a log the write API appends: each
+//! product created once, first, then events of growing versions, none after its deletion.
+//! On any other log (records written around the API) the projector's own result depends on
+//! where its batches happen to end — a later batch's change to a deleted product revives it,
+//! a second creation keeps an older threshold — so such a record is reported, not folded
+//! ([`NotAsWritten`]), and the loader rebuilds batch by batch, as the live projector writes.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -15,13 +17,21 @@ use foldline_schemas::{Envelope, Payload};
 use crate::sellers::{seller_deltas, ProductRow, SellerDelta, StatsOverflow};
 use crate::{EventCount, ProductChange};
 
-/// A product's event whose version is not above the versions folded before it.
+/// An event the write API would not have appended where it is in the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("product {product:?}: version {version} follows version {after}")]
-pub struct VersionNotGrowing {
-    pub product: String,
-    pub version: i64,
-    pub after: i64,
+pub enum NotAsWritten {
+    #[error("product {product:?}: version {version} follows version {after}")]
+    VersionNotGrowing {
+        product: String,
+        version: i64,
+        after: i64,
+    },
+    #[error("product {product:?}: version {version} is not its creation but its first event")]
+    NotCreatedFirst { product: String, version: i64 },
+    #[error("product {product:?}: version {version} follows its deletion")]
+    AfterDeletion { product: String, version: i64 },
+    #[error("product {product:?}: version {version} creates it again")]
+    CreatedAgain { product: String, version: i64 },
 }
 
 #[derive(Debug, Default)]
@@ -44,24 +54,31 @@ pub struct FoldedLog {
 
 impl LogFold {
     /// Folds one event (events of a product in log order).
-    pub fn apply(&mut self, event: &Envelope) -> Result<(), VersionNotGrowing> {
+    pub fn apply(&mut self, event: &Envelope) -> Result<(), NotAsWritten> {
         let hour = event
             .occurred_at
             .duration_trunc(TimeDelta::hours(1))
             .expect("an hour divides any timestamp");
+        let (product, version) = (event.product_id.clone(), event.version);
+        let creation = matches!(event.payload, Payload::ProductCreated(_));
         match self.products.get_mut(event.product_id.as_str()) {
-            Some(row) if event.version <= row.version => {
-                return Err(VersionNotGrowing {
-                    product: event.product_id.clone(),
-                    version: event.version,
+            Some(row) if version <= row.version => {
+                return Err(NotAsWritten::VersionNotGrowing {
+                    product,
+                    version,
                     after: row.version,
                 })
             }
+            Some(row) if row.deleted => {
+                return Err(NotAsWritten::AfterDeletion { product, version })
+            }
+            Some(_) if creation => return Err(NotAsWritten::CreatedAgain { product, version }),
             Some(row) => row.apply(event),
+            None if !creation => return Err(NotAsWritten::NotCreatedFirst { product, version }),
             None => {
                 let mut row = ProductChange::new(event);
                 row.apply(event);
-                self.products.insert(event.product_id.clone(), row);
+                self.products.insert(product, row);
             }
         }
         if let Payload::ProductCreated(created) = &event.payload {
@@ -153,7 +170,7 @@ mod tests {
         })
     }
 
-    fn fold(events: &[Envelope]) -> Result<FoldedLog, VersionNotGrowing> {
+    fn fold(events: &[Envelope]) -> Result<FoldedLog, NotAsWritten> {
         let mut fold = LogFold::default();
         for e in events {
             fold.apply(e)?;
@@ -205,12 +222,50 @@ mod tests {
         ];
         assert_eq!(
             fold(&events).unwrap_err(),
-            VersionNotGrowing {
+            NotAsWritten::VersionNotGrowing {
                 product: "p1".into(),
                 version: 2,
                 after: 2
             }
         );
+    }
+
+    #[test]
+    fn given_events_the_api_would_refuse_then_each_is_reported_not_folded() {
+        let deleted = Payload::ProductDeleted(ProductDeleted {});
+        let cases = [
+            (
+                vec![event("p1", 1, adjusted(1))],
+                NotAsWritten::NotCreatedFirst {
+                    product: "p1".into(),
+                    version: 1,
+                },
+            ),
+            (
+                vec![
+                    event("p1", 1, created("s1", 2)),
+                    event("p1", 2, deleted),
+                    event("p1", 3, adjusted(4)),
+                ],
+                NotAsWritten::AfterDeletion {
+                    product: "p1".into(),
+                    version: 3,
+                },
+            ),
+            (
+                vec![
+                    event("p1", 1, created("s1", 2)),
+                    event("p1", 2, created("s2", 3)),
+                ],
+                NotAsWritten::CreatedAgain {
+                    product: "p1".into(),
+                    version: 2,
+                },
+            ),
+        ];
+        for (events, want) in cases {
+            assert_eq!(fold(&events).unwrap_err(), want);
+        }
     }
 
     #[test]
