@@ -326,7 +326,14 @@ async fn a_rebuild_of_a_log_whose_versions_do_not_grow_falls_back_to_batches() {
         &stack.topic,
         &[
             event(&id, 1, created("Lamp", 100, 7, "s1")),
-            event(&id, 2, created("Lamp v2", 200, 8, "s1")),
+            event(
+                &id,
+                2,
+                Payload::ProductUpdated(ProductUpdated {
+                    name: Some("Lamp v2".into()),
+                    price_cents: None,
+                }),
+            ),
             event(&id, 1, created("Lamp again", 300, 9, "s1")),
         ],
     )

@@ -77,6 +77,28 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
     assert!(printed.contains("bulk load: read and folded"), "{printed}");
     stack.assert_model_equals_fold(&events).await;
 
+    // Retention takes the oldest half of what the archive holds (DeleteRecords moves each
+    // partition's log start): the topic alone no longer folds into the model, the archive
+    // then the topic still does, for a rebuild and for verify.
+    let lost = lose_oldest_half(&stack.topic, &format!("{}-archiver", stack.topic)).await;
+    assert!(lost > 0, "retention took records");
+    let printed = replay(&stack, &["--from-archive"], &archive_env).await;
+    assert!(
+        printed.contains(&format!("replayed {} events", events.len())),
+        "{printed}"
+    );
+    stack.assert_model_equals_fold(&events).await;
+    let verify_env: Vec<(&str, &str)> = archive_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, printed) =
+        stack.verify("g1", &["--only", "postgres", "--from-archive"], &verify_env);
+    assert_eq!(code, Some(0), "{printed}");
+    let (code, printed) = stack.verify("g1", &["--only", "postgres"], &verify_env);
+    assert_eq!(
+        code,
+        Some(1),
+        "the topic alone lost {lost} events: {printed}"
+    );
+
     // A topic that no longer holds any of it (an empty one stands for expired retention):
     // the archive alone brings the archived history back.
     let empty = foldline_testkit::unique("expired");
@@ -114,4 +136,58 @@ async fn a_rebuild_from_archive_and_topic_equals_the_rebuild_from_the_topic() {
         Some(1),
         "the topic alone lacks the archived events: {printed}"
     );
+}
+
+/// Deletes, on each partition of `topic`, the records before the middle of what the archiver
+/// (group `archiver_group`) has archived of it; returns how many.
+async fn lose_oldest_half(topic: &str, archiver_group: &str) -> i64 {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let brokers = foldline_testkit::brokers();
+    let admin: AdminClient<DefaultClientContext> =
+        foldline_service::kafka::base_config(&brokers, "retention")
+            .create()
+            .unwrap();
+    let archiver: BaseConsumer = foldline_service::kafka::base_config(&brokers, "retention")
+        .set("group.id", archiver_group)
+        .create()
+        .unwrap();
+    let partitions = foldline_service::kafka::topic_partition_count(&brokers, topic)
+        .await
+        .unwrap();
+    let mut asked = TopicPartitionList::new();
+    for partition in 0..partitions {
+        asked.add_partition(topic, partition);
+    }
+    let archived = archiver
+        .committed_offsets(asked, Duration::from_secs(10))
+        .unwrap();
+    let mut cut = TopicPartitionList::new();
+    let mut lost = 0;
+    for element in archived.elements() {
+        let Offset::Offset(end) = element.offset() else {
+            continue;
+        };
+        lost += end / 2;
+        cut.add_partition_offset(topic, element.partition(), Offset::Offset(end / 2))
+            .unwrap();
+    }
+    let deleted = admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .unwrap();
+    for element in deleted.elements() {
+        assert!(element.error().is_ok(), "{element:?}");
+        let (low, _) = archiver
+            .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            Offset::Offset(low),
+            element.offset(),
+            "the log starts later"
+        );
+    }
+    lost
 }
