@@ -5,13 +5,24 @@ use std::path::Path;
 
 /// CPU time (user + system) of `pid` so far, in microseconds.
 pub fn cpu_us(pid: u32) -> u64 {
+    stat_cpu_us(pid, &[11, 12])
+}
+
+/// CPU time of `pid` and of its children that have exited (and were waited for), µs: a
+/// PostgreSQL backend that ends during a measurement moves its time into the postmaster's.
+fn cpu_with_exited_children_us(pid: u32) -> u64 {
+    stat_cpu_us(pid, &[11, 12, 13, 14])
+}
+
+/// The sum of the given fields of /proc/PID/stat (utime, stime, cutime, cstime), µs.
+fn stat_cpu_us(pid: u32, fields_wanted: &[usize]) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) in parentheses.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: u64 = [11, 12]
+    let ticks: u64 = fields_wanted
         .iter()
         .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
@@ -19,7 +30,8 @@ pub fn cpu_us(pid: u32) -> u64 {
     ticks * 10_000
 }
 
-/// Every live process: pid → (parent pid, CPU time so far in µs).
+/// Every live process: pid → (parent pid, CPU time so far in µs, its exited children's
+/// included, so a tree's sum never drops when one of its processes ends).
 pub fn processes() -> BTreeMap<u32, (u32, u64)> {
     let mut all = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -39,7 +51,7 @@ pub fn processes() -> BTreeMap<u32, (u32, u64)> {
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         if let Some(parent) = parent {
-            all.insert(pid, (parent, cpu_us(pid)));
+            all.insert(pid, (parent, cpu_with_exited_children_us(pid)));
         }
     }
     all

@@ -78,6 +78,9 @@ pub struct CopyArgs {
 pub enum CopyShape {
     Products,
     History,
+    /// The history with the model's primary key (product_id, version): the floor of the live
+    /// projector's history insert.
+    HistoryKeyed,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +114,11 @@ pub async fn raw_archive_read(args: ArchiveReadArgs) -> anyhow::Result<()> {
     })
 }
 
+const HISTORY_TABLE: &str = "CREATE TABLE bench_copy.product_events (product_id text NOT NULL,
+    version int8 NOT NULL, event_type text NOT NULL, occurred_at timestamptz NOT NULL,
+    partition int4 NOT NULL, \"offset\" int8 NOT NULL, actor text, correlation_id text NOT NULL,
+    payload jsonb NOT NULL)";
+
 /// COPYs `rows` product rows into a products table shaped like the read model's (in a scratch
 /// schema, dropped after): Postgres's own ingest limit on this machine.
 pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
@@ -130,10 +138,11 @@ pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
             ],
             "COPY bench_copy.products (id, name, price_cents, stock, seller_id, version, updated_at, deleted) FROM STDIN",
         ),
-        CopyShape::History => (
-            &["CREATE TABLE bench_copy.product_events (product_id text NOT NULL, version int8 NOT NULL,
-               event_type text NOT NULL, occurred_at timestamptz NOT NULL, partition int4 NOT NULL,
-               \"offset\" int8 NOT NULL, actor text, correlation_id text NOT NULL, payload jsonb NOT NULL)"],
+        CopyShape::History | CopyShape::HistoryKeyed => (
+            match args.shape {
+                CopyShape::HistoryKeyed => &[HISTORY_TABLE, "ALTER TABLE bench_copy.product_events ADD PRIMARY KEY (product_id, version)"],
+                _ => &[HISTORY_TABLE],
+            },
             "COPY bench_copy.product_events FROM STDIN",
         ),
     };
@@ -153,7 +162,7 @@ pub async fn raw_copy(args: CopyArgs) -> anyhow::Result<()> {
                 1 + i % 20
             )),
             // As the bench's own events are: a stock adjustment's payload, a correlation id.
-            CopyShape::History => chunk.push_str(&format!(
+            CopyShape::History | CopyShape::HistoryKeyed => chunk.push_str(&format!(
                 "bench-{:010}\t{}\tStockAdjusted\t2026-11-21 12:00:00+00\t{}\t{i}\t\\N\t\
                  1b4e28ba-2fa1-11d2-883f-0016d3cca427\t\
                  {{\"delta\": -1, \"reason\": null, \"new_stock\": {}, \"previous_stock\": {}}}\n",

@@ -115,6 +115,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
         })
         .await?;
+    let (raw_copy_history_keyed, copy_keyed_pg_us): (Copied, u64) =
+        crate::cpu::during(postgres, async {
+            probe::run(
+                &[
+                    "raw-copy",
+                    "--database-url",
+                    &model_url,
+                    "--rows",
+                    &events,
+                    "--shape",
+                    "history-keyed",
+                ],
+                &[],
+            )
+            .await
+        })
+        .await?;
     eprintln!("the archive of the topic (the archiver), and the floor of reading it");
     let bucket = foldline_testkit::unique("bench-project-archive");
     archive(&args, &topic, &bucket, fill.events as u64).await?;
@@ -156,6 +173,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             copy_history_pg_us as f64 / raw_copy_history.rows.max(1) as f64,
         ),
         raw_copy_history: Some(raw_copy_history),
+        raw_copy_history_keyed_postgres_cpu_us_per_row: Some(
+            copy_keyed_pg_us as f64 / raw_copy_history_keyed.rows.max(1) as f64,
+        ),
+        raw_copy_history_keyed: Some(raw_copy_history_keyed),
         raw_archive: Some(raw_archive),
         rebuild_archive: Some(rebuild_archive),
         verify_archive: Some(verify_archive),

@@ -37,6 +37,12 @@ pub struct ProjectResult {
     pub raw_copy_history: Option<Copied>,
     #[serde(default)]
     pub raw_copy_history_postgres_cpu_us_per_row: Option<f64>,
+    /// The floor of the live projector's history insert: as many history rows COPYed into a
+    /// table with the model's primary key.
+    #[serde(default)]
+    pub raw_copy_history_keyed: Option<Copied>,
+    #[serde(default)]
+    pub raw_copy_history_keyed_postgres_cpu_us_per_row: Option<f64>,
     /// The floor of reading the archive: every file fetched and decoded, nothing done.
     #[serde(default)]
     pub raw_archive: Option<ArchiveRead>,
@@ -190,6 +196,20 @@ pub fn render(r: &ProjectResult) -> String {
         r.postgres_cpu_vs_copy(),
         verdict(r.postgres_cpu_vs_copy() <= POSTGRES_CPU_VS_COPY_GOAL)
     );
+    if let (Some(keyed), Some(history)) = (
+        r.raw_copy_history_keyed_postgres_cpu_us_per_row,
+        r.statements
+            .iter()
+            .find(|s| s.query.starts_with("INSERT INTO product_events")),
+    ) {
+        let _ = writeln!(
+            out,
+            "| … of which its history insert (execution time), µs per event | {:.1} | COPY into the keyed history table {:.1} per row (PostgreSQL CPU) | {:.1}× | |",
+            history.us_per_event,
+            keyed,
+            history.us_per_event / keyed.max(1e-9)
+        );
+    }
     let _ = writeln!(
         out,
         "| projector process CPU, µs per event | {:.1} | raw consume + decode {:.1} per record | {:.1}× | |",

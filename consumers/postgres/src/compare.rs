@@ -181,6 +181,11 @@ pub async fn compare(
     topic: &str,
     scope: Scope<'_>,
 ) -> Result<Comparison, sqlx::Error> {
+    // The history join holds a million rows a side: with the default 4 MB it spills to disk
+    // in many batches. For this transaction only.
+    sqlx::query("SET LOCAL work_mem = '256MB'")
+        .execute(&mut *conn)
+        .await?;
     let cut_rows: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {live}.consumer_offsets WHERE consumer_group = $1 AND topic = $2"
     ))
