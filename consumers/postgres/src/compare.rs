@@ -183,9 +183,10 @@ pub async fn compare(
 ) -> Result<Comparison, sqlx::Error> {
     // The history join holds a million rows a side: with the default 4 MB it spills to disk
     // in many batches. For this transaction only.
-    sqlx::query("SET LOCAL work_mem = '256MB'")
-        .execute(&mut *conn)
-        .await?;
+    // JIT compiling these one-off queries cost more than it saved (0.4 s of 1.4 s).
+    for setting in ["SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"] {
+        sqlx::query(setting).execute(&mut *conn).await?;
+    }
     let cut_rows: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {live}.consumer_offsets WHERE consumer_group = $1 AND topic = $2"
     ))
@@ -262,6 +263,9 @@ pub async fn compare(
              UNION SELECT product_id FROM {new}.parked_events
              WHERE consumer_group = $1 AND topic = $2"
         ),
+        // Unanalyzed, a temporary table is planned as 1,700 rows: the cut's three rows then
+        // had a million history rows sorted (on disk) to merge-join with them.
+        "ANALYZE compare_cut, compare_parked".to_string(),
         // Parked or ahead, as bytes (a parked id may hold a NUL, which text cannot).
         format!(
             "CREATE TEMP TABLE compare_left_out ON COMMIT DROP AS
@@ -359,12 +363,18 @@ pub async fn compare(
         rows_of(live),
         rows_of(new)
     );
+    // Without parked products the filter is left out: it cost a byte conversion per row.
+    let not_parked = match comparison.parked {
+        0 => "",
+        _ => {
+            " AND NOT EXISTS (SELECT 1 FROM compare_parked x
+                               WHERE x.id = convert_to(e.product_id, 'UTF8'))"
+        }
+    };
     let before_cut = |schema: &str| {
         format!(
             "SELECT e.* FROM {schema}.product_events e JOIN compare_cut c USING (partition)
-             WHERE e.\"offset\" < c.next_offset AND e.\"offset\" >= c.history_from
-             AND NOT EXISTS (SELECT 1 FROM compare_parked x
-                             WHERE x.id = convert_to(e.product_id, 'UTF8')){}",
+             WHERE e.\"offset\" < c.next_offset AND e.\"offset\" >= c.history_from{not_parked}{}",
             only("e.product_id")
         )
     };
