@@ -374,11 +374,14 @@ pub fn render_before_after(before: &ProjectResult, r: &ProjectResult) -> String 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Before and after the bulk load and set-based projector (issue 39), on {} — before: {} (commit `{}`), after: {} (commit `{}`):\n",
-        r.provenance.machine,
+        "Before and after the bulk load, the archive reader and the HOT updates (issue 39) — \
+         before: {} on {} (commit `{}`); after: {} on {} (commit `{}`); each beside the raw \
+         consume of its own run, which tells how fast that machine was:\n",
         before.provenance.when(),
+        before.provenance.machine,
         before.provenance.commit,
         r.provenance.when(),
+        r.provenance.machine,
         r.provenance.commit
     );
     out.push_str(
@@ -411,10 +414,16 @@ pub fn render_before_after(before: &ProjectResult, r: &ProjectResult) -> String 
             r.projector_cpu_us_per_event.postgres,
         ),
     ];
-    for (figure, was, is) in rows {
+    let figure = |v: f64| match v >= 1000.0 {
+        true => thousands(v),
+        false => format!("{v:.1}"),
+    };
+    for (name, was, is) in rows {
         let _ = writeln!(
             out,
-            "| {figure} | {was:.1} | {is:.1} | {} / {} records/s |",
+            "| {name} | {} | {} | {} / {} records/s |",
+            figure(was),
+            figure(is),
             thousands(before.raw_consume.rate),
             thousands(r.raw_consume.rate)
         );
