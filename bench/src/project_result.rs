@@ -387,9 +387,14 @@ pub fn render_before_after(before: &ProjectResult, r: &ProjectResult) -> String 
     out.push_str(
         "| figure | before | after | raw consume, before / after |\n|---|---:|---:|---:|\n",
     );
-    let rows: [(&str, f64, f64); 5] = [
+    let rows: [(&str, f64, f64); 7] = [
         (
-            "rebuild, s (comparison included)",
+            "rebuild reading the topic, s (comparison included)",
+            before.rebuild.seconds,
+            r.rebuild.seconds,
+        ),
+        (
+            "rebuild, the issue's path (after: `--from-archive`), s",
             before.headline_rebuild().seconds,
             r.headline_rebuild().seconds,
         ),
@@ -399,7 +404,12 @@ pub fn render_before_after(before: &ProjectResult, r: &ProjectResult) -> String 
             r.headline_rebuild().compare_snapshot_seconds,
         ),
         (
-            "`foldline verify`, s",
+            "`foldline verify` reading the topic, s",
+            before.verify.seconds,
+            r.verify.seconds,
+        ),
+        (
+            "`foldline verify`, the issue's path (after: `--from-archive`), s",
             before.headline_verify().seconds,
             r.headline_verify().seconds,
         ),
