@@ -145,10 +145,18 @@ async fn stream_history(
         Type::TEXT,
         Type::JSONB,
     ];
-    let mut copy = conn
+    // Truncated in the COPY's own transaction, the table takes the rows frozen and all
+    // visible (`FREEZE`): nothing is left for a first reader to mark (the comparison reads
+    // every row next) nor for autovacuum to visit after the swap.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query(&format!("TRUNCATE {schema}.product_events"))
+        .execute(&mut *tx)
+        .await?;
+    let mut copy = tx
         .copy_in_raw(&format!(
             "COPY {schema}.product_events (product_id, version, event_type, occurred_at, \
-             partition, \"offset\", actor, correlation_id, payload) FROM STDIN (FORMAT binary)"
+             partition, \"offset\", actor, correlation_id, payload) \
+             FROM STDIN (FORMAT binary, FREEZE)"
         ))
         .await?;
     let mut rows = CopyRows::new(COLUMNS);
@@ -184,6 +192,7 @@ async fn stream_history(
     if let Err(error) = copy.finish().await {
         return refused(error);
     }
+    tx.commit().await?;
     Ok(Ok(streamed))
 }
 
