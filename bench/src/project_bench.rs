@@ -89,49 +89,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
     })
     .await?;
-    let (raw_copy, copy_pg_us): (Copied, u64) = crate::cpu::during(postgres, async {
-        probe::run(
-            &["raw-copy", "--database-url", &model_url, "--rows", &events],
-            &[],
-        )
-        .await
-    })
-    .await?;
-
-    let (raw_copy_history, copy_history_pg_us): (Copied, u64) =
-        crate::cpu::during(postgres, async {
-            probe::run(
-                &[
-                    "raw-copy",
-                    "--database-url",
-                    &model_url,
-                    "--rows",
-                    &events,
-                    "--shape",
-                    "history",
-                ],
-                &[],
-            )
-            .await
+    let raw_copy = |shape: &'static str| {
+        let (model_url, events) = (model_url.clone(), events.clone());
+        crate::cpu::during(postgres, async move {
+            let args = ["raw-copy", "--database-url", &model_url, "--rows", &events];
+            probe::run::<Copied>(&[&args[..], &["--shape", shape]].concat(), &[]).await
         })
-        .await?;
-    let (raw_copy_history_keyed, copy_keyed_pg_us): (Copied, u64) =
-        crate::cpu::during(postgres, async {
-            probe::run(
-                &[
-                    "raw-copy",
-                    "--database-url",
-                    &model_url,
-                    "--rows",
-                    &events,
-                    "--shape",
-                    "history-keyed",
-                ],
-                &[],
-            )
-            .await
-        })
-        .await?;
+    };
+    let (raw_copy_products, copy_pg_us) = raw_copy("products").await?;
+    let (raw_copy_history, copy_history_pg_us) = raw_copy("history").await?;
+    let (raw_copy_history_keyed, copy_keyed_pg_us) = raw_copy("history-keyed").await?;
     eprintln!("the archive of the topic (the archiver), and the floor of reading it");
     let bucket = foldline_testkit::unique("bench-project-archive");
     archive(&args, &topic, &bucket, fill.events as u64).await?;
@@ -168,7 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         provenance,
         products: args.products,
         raw_decode_broker_cpu_us_per_record: broker_us as f64 / raw_decode.records.max(1) as f64,
-        raw_copy_postgres_cpu_us_per_row: copy_pg_us as f64 / raw_copy.rows.max(1) as f64,
+        raw_copy_postgres_cpu_us_per_row: copy_pg_us as f64 / raw_copy_products.rows.max(1) as f64,
         raw_copy_history_postgres_cpu_us_per_row: Some(
             copy_history_pg_us as f64 / raw_copy_history.rows.max(1) as f64,
         ),
@@ -197,7 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         fill,
         raw_consume,
         raw_decode,
-        raw_copy,
+        raw_copy: raw_copy_products,
         projector,
         rebuild: rebuild_topic,
         verify: verify_topic,

@@ -59,26 +59,40 @@ impl LogFold {
             .occurred_at
             .duration_trunc(TimeDelta::hours(1))
             .expect("an hour divides any timestamp");
-        let (product, version) = (event.product_id.clone(), event.version);
+        // The id is copied only into an error or a new row: this runs once per event.
+        let (product, version) = (|| event.product_id.clone(), event.version);
         let creation = matches!(event.payload, Payload::ProductCreated(_));
         match self.products.get_mut(event.product_id.as_str()) {
             Some(row) if version <= row.version => {
                 return Err(NotAsWritten::VersionNotGrowing {
-                    product,
+                    product: product(),
                     version,
                     after: row.version,
                 })
             }
             Some(row) if row.deleted => {
-                return Err(NotAsWritten::AfterDeletion { product, version })
+                return Err(NotAsWritten::AfterDeletion {
+                    product: product(),
+                    version,
+                })
             }
-            Some(_) if creation => return Err(NotAsWritten::CreatedAgain { product, version }),
+            Some(_) if creation => {
+                return Err(NotAsWritten::CreatedAgain {
+                    product: product(),
+                    version,
+                })
+            }
             Some(row) => row.apply(event),
-            None if !creation => return Err(NotAsWritten::NotCreatedFirst { product, version }),
+            None if !creation => {
+                return Err(NotAsWritten::NotCreatedFirst {
+                    product: product(),
+                    version,
+                })
+            }
             None => {
                 let mut row = ProductChange::new(event);
                 row.apply(event);
-                self.products.insert(product, row);
+                self.products.insert(product(), row);
             }
         }
         if let Payload::ProductCreated(created) = &event.payload {

@@ -84,14 +84,14 @@ pub async fn load<S: EventSource + Send>(
         Err(overflow) => return Ok(Loaded::FellBack(overflow.to_string())),
     };
     if let Err(error) = write_rows(conn, target, &folded, &streamed.parked, &next).await {
-        return refused_or_failed(ApplyError::from(error));
+        return refusal(error, "a row").map(Loaded::FellBack);
     }
     let rows_seconds = rows_started.elapsed().as_secs_f64();
 
     let index_started = Instant::now();
     if let Err(error) = deferred.put_back(conn).await {
         // A duplicate key the fold did not see (it checks versions per product).
-        return refused_or_failed(ApplyError::from(error));
+        return refusal(error, "a row").map(Loaded::FellBack);
     }
     for table in BULK_TABLES.iter().chain(&["seller_stats", "event_counts"]) {
         sqlx::query(&format!("ANALYZE {}.{table}", target.schema))
@@ -109,12 +109,11 @@ pub async fn load<S: EventSource + Send>(
     }))
 }
 
-/// A data error of PostgreSQL's makes the caller fall back; any other is an error.
-fn refused_or_failed(error: ApplyError) -> anyhow::Result<Loaded> {
+/// Why the load falls back, when PostgreSQL refused the data; any other failure is an error.
+fn refusal(error: sqlx::Error, what: &str) -> anyhow::Result<String> {
+    let error = ApplyError::from(error);
     match error.is_data() {
-        true => Ok(Loaded::FellBack(format!(
-            "PostgreSQL refused a row: {error}"
-        ))),
+        true => Ok(format!("PostgreSQL refused {what}: {error}")),
         false => Err(error.into()),
     }
 }
@@ -197,11 +196,7 @@ async fn stream_history(
 }
 
 fn refused(error: sqlx::Error) -> anyhow::Result<Result<Streamed, String>> {
-    let error = ApplyError::from(error);
-    match error.is_data() {
-        true => Ok(Err(format!("PostgreSQL refused a history row: {error}"))),
-        false => Err(error.into()),
-    }
+    refusal(error, "a history row").map(Err)
 }
 
 fn history_row(rows: &mut CopyRows, record: &Record) -> anyhow::Result<()> {

@@ -257,23 +257,18 @@ async fn given_a_log_when_loaded_in_bulk_then_the_model_equals_the_one_written_b
     );
 
     // The keys and indexes the migrations declare are back, and they hold.
-    let indexes: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_indexes WHERE schemaname = $1
-         AND tablename IN ('products', 'product_events')",
-    )
-    .bind(&bulk)
-    .fetch_one(&model.pool)
-    .await
-    .unwrap();
-    let expected: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_indexes WHERE schemaname = $1
-         AND tablename IN ('products', 'product_events')",
-    )
-    .bind(&batches)
-    .fetch_one(&model.pool)
-    .await
-    .unwrap();
-    assert_eq!(indexes, expected);
+    let pool = &model.pool;
+    let indexes = |schema: String| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1
+             AND tablename IN ('products', 'product_events')",
+        )
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(indexes(bulk.clone()).await, indexes(batches.clone()).await);
     let duplicate = sqlx::query(&format!(
         "INSERT INTO {bulk}.product_events SELECT * FROM {bulk}.product_events LIMIT 1"
     ))
