@@ -4,13 +4,14 @@
 //! layer keeps the body (within the body limit), lets the handler run, and when the answer
 //! is the `partition-elsewhere` problem with a known owner, sends the same request there
 //! and answers what the owner answered. A forwarded request carries `Foldline-Forwarded-By`
-//! and is never forwarded on by the instance it reached: when that instance gave the
-//! partition up meanwhile (a hand-over), it answers `partition-elsewhere` naming the next
-//! owner, and this instance routes the request again (up to [`MAX_BOUNCES`] times); an owner
-//! that does not answer (it stopped after handing over) is waited out until the directory
-//! names the next one — so a hand-over costs the client a slower answer, not a 503. A
+//! and is never forwarded on by the instance it reached. When that instance gave the
+//! partition up meanwhile (a hand-over; it answers `partition-elsewhere` naming the next
+//! owner) or does not answer (it stopped after handing over), this instance waits until its
+//! own directory names another owner for that partition, then routes the request again (up to
+//! [`MAX_BOUNCES`] times) — so a hand-over costs the client a slower answer, not a 503. A
 //! hand-over that outlasts these waits (a SIGKILLed owner: its partitions move only after the
-//! group's session timeout) is a 503 (nothing was appended) and the client retries. Forwarding adds one hop on loopback or the cluster network; clients that want
+//! group's session timeout) is a 503 (nothing was appended) and the client retries.
+//! Forwarding adds one hop on loopback or the cluster network; clients that want
 //! none can send to the owner named in the problem's `owner` member.
 
 use std::sync::Arc;
@@ -62,21 +63,32 @@ impl Forwarder {
     }
 }
 
+/// Who a `partition-elsewhere` answer names as its partition's writer.
+struct Elsewhere {
+    partition: i32,
+    owner: String,
+}
+
 /// The owner named by a `partition-elsewhere` answer, if that is what `response` is.
-async fn owner_named(response: Response) -> (Option<String>, Response) {
+async fn owner_named(response: Response) -> (Option<Elsewhere>, Response) {
     if response.status() != StatusCode::SERVICE_UNAVAILABLE {
         return (None, response);
     }
     let (parts, body) = response.into_parts();
     // A problem body is small; anything larger is not ours to read.
     let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
-    let owner = serde_json::from_slice::<serde_json::Value>(&bytes)
+    let named = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .filter(|p| {
             p["type"].as_str() == Some(&format!("urn:foldline:problem:{PARTITION_ELSEWHERE}"))
         })
-        .and_then(|p| p["owner"].as_str().map(str::to_owned));
-    (owner, Response::from_parts(parts, Body::from(bytes)))
+        .and_then(|p| {
+            Some(Elsewhere {
+                partition: i32::try_from(p["partition"].as_i64()?).ok()?,
+                owner: p["owner"].as_str()?.to_owned(),
+            })
+        });
+    (named, Response::from_parts(parts, Body::from(bytes)))
 }
 
 pub async fn forward(
@@ -113,43 +125,44 @@ pub async fn forward(
         if forwarded {
             return response;
         }
-        let (owner, response) = owner_named(response).await;
-        let Some(owner) = owner else {
+        let (named, response) = owner_named(response).await;
+        let Some(Elsewhere { partition, owner }) = named else {
             return response;
         };
-        // Subscribed before sending, so an owner published meanwhile is not missed.
-        let mut owners_changed = forwarder.directory.as_ref().map(|d| d.changes());
         let (answer, reached) = forwarder.send(&parts, &owner, bytes.clone()).await;
         if bounces == MAX_BOUNCES {
             return answer;
         }
         bounces += 1;
-        if reached {
-            // The instance named gave the partition up on the way (a hand-over) and names
-            // the next owner: ask again here, where the route now knows (or waits for) it.
+        let answer = if reached {
             let (next_owner, answer) = owner_named(answer).await;
             if next_owner.is_none() {
+                // The owner's own answer (written, or refused on its merits).
                 return answer;
             }
+            answer
         } else {
-            // The owner named is gone (it stopped after handing over, or died): wait for the
-            // directory to name the next one, then ask again here.
-            let Some(changed) = owners_changed.as_mut() else {
-                return answer;
-            };
-            if tokio::time::timeout(HAND_OVER_WAIT, changed.changed())
-                .await
-                .is_err()
-            {
-                return answer;
-            }
+            answer
+        };
+        // The instance named gave the partition up on the way (a hand-over; it names the
+        // next owner) or does not answer (it stopped after handing over, or died): wait until
+        // the directory here names someone else for this partition, then route again.
+        let Some(directory) = forwarder.directory.as_ref() else {
+            return answer;
+        };
+        if !directory
+            .moved_from(partition, &owner, HAND_OVER_WAIT)
+            .await
+        {
+            return answer;
         }
     }
 }
 
 /// How often one request follows a hand-over (its owner gave the partition up while the
-/// request was on its way) before the client is answered 503.
-const MAX_BOUNCES: usize = 2;
+/// request was on its way, or stopped) before the client is answered 503. Each follow waits
+/// for this partition's owner to change, so a stop and a join in a row (two moves) fit.
+const MAX_BOUNCES: usize = 3;
 
 impl Forwarder {
     /// Sends the request to `owner` once: its answer (and `true`), or a 503 when it did not

@@ -130,6 +130,35 @@ impl Directory {
         self.changes.subscribe()
     }
 
+    /// Waits until the directory names someone other than `gone` for `partition` (this
+    /// instance included), up to `wait`; `false` when it still names `gone` then. A change
+    /// to another partition's owner does not end the wait: during a rebalance many move at
+    /// once, and a request woken by the wrong one would only find the same owner again.
+    pub async fn moved_from(&self, partition: i32, gone: &str, wait: Duration) -> bool {
+        let mut changes = self.changes.subscribe();
+        let named_gone = |directory: &Directory| {
+            directory
+                .owners
+                .read()
+                .expect("not poisoned")
+                .get(&partition)
+                .is_some_and(|url| url == gone)
+        };
+        let moved = async {
+            loop {
+                // Marked seen before looking, so a change after the look wakes the wait.
+                changes.borrow_and_update();
+                if !named_gone(self) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        tokio::time::timeout(wait, moved).await.is_ok()
+    }
+
     /// Says that this instance now serves `partitions` (in the background; librdkafka retries).
     pub fn publish(self: &Arc<Self>, partitions: &[i32]) {
         for &partition in partitions {
