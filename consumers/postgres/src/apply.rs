@@ -8,6 +8,8 @@ use foldline_projections::{
     fold_batch, seller_deltas, EventCount, ProductChange, ProductRow, SellerDelta, StatsOverflow,
 };
 use foldline_service::position::Offsets;
+use std::collections::HashMap;
+
 use sqlx::PgConnection;
 
 /// Why a batch could not be applied.
@@ -139,12 +141,17 @@ pub async fn apply_events<'r>(
 ) -> Result<(), ApplyError> {
     let s = target.schema;
     let changes = fold_batch(records.clone().into_iter().map(|r| &r.event));
-    let before = lock_products(tx, s, &changes.products).await?;
-    let after = upsert_products(tx, target, &changes.products).await?;
+    let locked = lock_products(tx, s, &changes.products).await?;
+    let after = write_products(tx, target, &changes.products, &locked).await?;
+    let stored_versions: HashMap<&str, i64> = locked
+        .iter()
+        .map(|l| (l.row.id.as_str(), l.version))
+        .collect();
+    crate::history::insert_events(tx, s, records, &stored_versions).await?;
+    let before: Vec<ProductRow> = locked.into_iter().map(|l| l.row).collect();
     let deltas = seller_deltas(&before, &after, target.low_stock_threshold)?;
     add_seller_deltas(tx, s, &deltas).await?;
     add_event_counts(tx, s, &changes.event_counts).await?;
-    crate::history::insert_events(tx, s, records).await?;
     Ok(())
 }
 
@@ -187,26 +194,57 @@ pub(crate) async fn insert_parked(
     Ok(())
 }
 
+/// A product row the batch is about to change, as it is, locked until the transaction ends.
+struct LockedRow {
+    row: ProductRow,
+    version: i64,
+    /// Where the row is: locked, it cannot move before this transaction updates it, so the
+    /// update finds it without a second index probe (and without a plan that might scan).
+    ctid: String,
+}
+
 /// The rows the batch is about to change, as they are, locked until the transaction ends
 /// (a product's partition has one projector at a time; the lock makes that certain).
 async fn lock_products(
     tx: &mut PgConnection,
     s: &str,
     changes: &[ProductChange],
-) -> Result<Vec<ProductRow>, sqlx::Error> {
+) -> Result<Vec<LockedRow>, sqlx::Error> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
-    let rows: Vec<RowTuple> = sqlx::query_as(&format!(
-        "SELECT id, seller_id, stock, price_cents, deleted, low_stock_threshold FROM {s}.products
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    let rows: Vec<LockedTuple> = sqlx::query_as(&format!(
+        "SELECT ctid::text, version, id, seller_id, stock, price_cents, deleted,
+                    low_stock_threshold
+             FROM {s}.products WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     ))
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().map(product_row).collect())
+    Ok(rows
+        .into_iter()
+        .map(
+            |(ctid, version, id, seller_id, stock, price_cents, deleted, low)| LockedRow {
+                row: product_row((id, seller_id, stock, price_cents, deleted, low)),
+                version,
+                ctid,
+            },
+        )
+        .collect())
 }
+
+/// `ctid`, `version`, then a [`RowTuple`].
+type LockedTuple = (
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    Option<i64>,
+);
 
 type RowTuple = (
     String,
@@ -230,16 +268,91 @@ fn product_row(
     }
 }
 
-/// Upserts the changed rows; returns the rows that changed, as they are now, in one round trip.
-async fn upsert_products(
+/// Writes the changed rows; returns the rows that changed, as they are now. Rows the lock
+/// found are updated where they lie (by `ctid`); the rest, new products, are upserted (the
+/// conflict arm only matters for a log that names one product in two partitions).
+async fn write_products(
     tx: &mut PgConnection,
     target: &Target<'_>,
     changes: &[ProductChange],
+    locked: &[LockedRow],
+) -> Result<Vec<ProductRow>, sqlx::Error> {
+    let found: HashMap<&str, &str> = locked
+        .iter()
+        .map(|l| (l.row.id.as_str(), l.ctid.as_str()))
+        .collect();
+    let (existing, new): (Vec<&ProductChange>, Vec<&ProductChange>) = changes
+        .iter()
+        .partition(|c| found.contains_key(c.id.as_str()));
+    let ctids: Vec<&str> = existing.iter().map(|c| found[c.id.as_str()]).collect();
+    // The version guard makes a stale change (already applied) a no-op.
+    let mut changed = write_rows(
+        tx,
+        &existing,
+        &format!(
+            "UPDATE {s}.products AS p SET
+                 name = COALESCE(e.name, p.name),
+                 price_cents = COALESCE(e.price_cents, p.price_cents),
+                 stock = COALESCE(e.stock, p.stock),
+                 seller_id = COALESCE(e.seller_id, p.seller_id),
+                 version = e.version,
+                 updated_at = e.updated_at,
+                 deleted = e.deleted,
+                 low_stock_threshold = COALESCE(e.low_stock_threshold, p.low_stock_threshold)
+             FROM {ROWS} AS e ({COLUMNS})
+             WHERE p.ctid = ANY($10::text[]::tid[]) AND p.id = e.id AND p.version < e.version
+             RETURNING {RETURNED}",
+            s = target.schema,
+        ),
+        Some(&ctids),
+    )
+    .await?;
+    changed.extend(
+        write_rows(
+            tx,
+            &new,
+            &format!(
+                "INSERT INTO {s}.products AS p ({COLUMNS})
+                 SELECT * FROM {ROWS}
+                 ON CONFLICT (id) DO UPDATE SET
+                     name = COALESCE(EXCLUDED.name, p.name),
+                     price_cents = COALESCE(EXCLUDED.price_cents, p.price_cents),
+                     stock = COALESCE(EXCLUDED.stock, p.stock),
+                     seller_id = COALESCE(EXCLUDED.seller_id, p.seller_id),
+                     version = EXCLUDED.version,
+                     updated_at = EXCLUDED.updated_at,
+                     deleted = EXCLUDED.deleted,
+                     low_stock_threshold =
+                         COALESCE(EXCLUDED.low_stock_threshold, p.low_stock_threshold)
+                 WHERE p.version < EXCLUDED.version
+                 RETURNING {RETURNED}",
+                s = target.schema,
+            ),
+            None,
+        )
+        .await?,
+    );
+    Ok(changed)
+}
+
+/// The changes as rows: `$1` … `$9`, in [`COLUMNS`] order.
+const ROWS: &str = "UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                           $6::int8[], $7::timestamptz[], $8::bool[], $9::int8[])";
+const COLUMNS: &str =
+    "id, name, price_cents, stock, seller_id, version, updated_at, deleted, low_stock_threshold";
+const RETURNED: &str =
+    "p.id, p.seller_id, p.stock, p.price_cents, p.deleted, p.low_stock_threshold";
+
+/// Runs `sql` with `changes` bound as [`ROWS`] (and `ctids` as `$10`); the rows it returns.
+async fn write_rows(
+    tx: &mut PgConnection,
+    changes: &[&ProductChange],
+    sql: &str,
+    ctids: Option<&[&str]>,
 ) -> Result<Vec<ProductRow>, sqlx::Error> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let s = target.schema;
     let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
     let names: Vec<Option<&str>> = changes.iter().map(|c| c.name.as_deref()).collect();
     let prices: Vec<Option<i64>> = changes.iter().map(|c| c.price_cents).collect();
@@ -249,36 +362,20 @@ async fn upsert_products(
     let updated: Vec<DateTime<Utc>> = changes.iter().map(|c| c.updated_at).collect();
     let deleted: Vec<bool> = changes.iter().map(|c| c.deleted).collect();
     let thresholds: Vec<Option<i64>> = changes.iter().map(|c| c.low_stock_threshold).collect();
-    // The version guard makes a stale change (already applied) a no-op.
-    let changed: Vec<RowTuple> = sqlx::query_as(&format!(
-        "INSERT INTO {s}.products AS p
-             (id, name, price_cents, stock, seller_id, version, updated_at, deleted,
-              low_stock_threshold)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[],
-                              $6::int8[], $7::timestamptz[], $8::bool[], $9::int8[])
-         ON CONFLICT (id) DO UPDATE SET
-             name = COALESCE(EXCLUDED.name, p.name),
-             price_cents = COALESCE(EXCLUDED.price_cents, p.price_cents),
-             stock = COALESCE(EXCLUDED.stock, p.stock),
-             seller_id = COALESCE(EXCLUDED.seller_id, p.seller_id),
-             version = EXCLUDED.version,
-             updated_at = EXCLUDED.updated_at,
-             deleted = EXCLUDED.deleted,
-             low_stock_threshold = COALESCE(EXCLUDED.low_stock_threshold, p.low_stock_threshold)
-         WHERE p.version < EXCLUDED.version
-         RETURNING p.id, p.seller_id, p.stock, p.price_cents, p.deleted, p.low_stock_threshold"
-    ))
-    .bind(&ids)
-    .bind(&names)
-    .bind(&prices)
-    .bind(&stocks)
-    .bind(&sellers)
-    .bind(&versions)
-    .bind(&updated)
-    .bind(&deleted)
-    .bind(&thresholds)
-    .fetch_all(&mut *tx)
-    .await?;
+    let mut query = sqlx::query_as::<_, RowTuple>(sql)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&prices)
+        .bind(&stocks)
+        .bind(&sellers)
+        .bind(&versions)
+        .bind(&updated)
+        .bind(&deleted)
+        .bind(&thresholds);
+    if let Some(ctids) = ctids {
+        query = query.bind(ctids);
+    }
+    let changed = query.fetch_all(&mut *tx).await?;
     Ok(changed.into_iter().map(product_row).collect())
 }
 
