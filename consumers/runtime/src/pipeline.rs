@@ -30,6 +30,10 @@ pub struct Limits {
     pub max_records: usize,
     pub max_bytes: usize,
     pub max_wait: Duration,
+    /// A batch closes before `max_wait` when no record came for this long: the log holds no
+    /// more for now, so a trickle is written at once while a flood still fills batches (the
+    /// records a write waits for are the ones already fetched, not the ones yet to come).
+    pub quiet_gap: Duration,
     pub idle_flush: Duration,
 }
 
@@ -181,13 +185,15 @@ impl<Src: Source, Dec: Decoder, Dl: DeadLetters> Pipeline<Src, Dec, Dl> {
         f(&mut known.1)
     }
 
-    /// Adds what arrives within the batch window, up to the count and byte limits.
+    /// Adds what arrives within the batch window, up to the count and byte limits, until the
+    /// window ends or the log goes quiet for [`Limits::quiet_gap`].
     async fn fill(&self, batch: &mut Batch, letters: &mut Vec<DeadLetter>) {
         let deadline = tokio::time::Instant::now() + self.limits.max_wait;
         while batch.records.len() + letters.len() < self.limits.max_records
             && batch.bytes < self.limits.max_bytes
         {
-            match tokio::time::timeout_at(deadline, self.source.recv()).await {
+            let until = deadline.min(tokio::time::Instant::now() + self.limits.quiet_gap);
+            match tokio::time::timeout_at(until, self.source.recv()).await {
                 Ok(Ok(message)) => self.take(&message, batch, letters).await,
                 Ok(Err(error)) => tracing::warn!(%error, "poll failed"),
                 Err(_) => break,

@@ -38,6 +38,10 @@ pub struct RuntimeConfig {
     /// Longest a batch waits for more records after its first one, in ms.
     #[arg(long, env = "FOLDLINE_BATCH_WAIT_MS", default_value_t = 20)]
     pub max_batch_wait_ms: u64,
+    /// A batch is written before its wait ends when no record came for this long, in ms (the
+    /// log has no more for now: a trickle is written at once, a flood still fills batches).
+    #[arg(long, env = "FOLDLINE_BATCH_QUIET_MS", default_value_t = 2)]
+    pub batch_quiet_ms: u64,
     /// After this long without records the sink is asked to flush what it holds back, in ms.
     #[arg(long, env = "FOLDLINE_IDLE_FLUSH_MS", default_value_t = 1000)]
     pub idle_flush_ms: u64,
@@ -125,6 +129,7 @@ pub async fn run<S: Sink>(
             max_records: config.max_batch_records,
             max_bytes: config.max_batch_bytes,
             max_wait: Duration::from_millis(config.max_batch_wait_ms),
+            quiet_gap: Duration::from_millis(config.batch_quiet_ms),
             idle_flush: Duration::from_millis(config.idle_flush_ms),
         },
     );

@@ -248,6 +248,23 @@ fn start_any<S: Sink>(
     dead_letters: FakeDeadLetters,
     requests: Option<mpsc::Receiver<ParkingRequest>>,
 ) -> Running {
+    let limits = Limits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+        max_wait: Duration::from_millis(20),
+        quiet_gap: Duration::from_millis(20),
+        idle_flush: Duration::from_millis(150),
+    };
+    start_limited(sink, source, dead_letters, requests, limits)
+}
+
+fn start_limited<S: Sink>(
+    sink: S,
+    source: FakeSource,
+    dead_letters: FakeDeadLetters,
+    requests: Option<mpsc::Receiver<ParkingRequest>>,
+    limits: Limits,
+) -> Running {
     let healthy = Arc::new(AtomicBool::new(true));
     let metrics = RuntimeMetrics::new(&prometheus::Registry::new());
     let mut pipeline = Pipeline::new(
@@ -256,12 +273,7 @@ fn start_any<S: Sink>(
         dead_letters.clone(),
         metrics.clone(),
         healthy.clone(),
-        Limits {
-            max_records: 100,
-            max_bytes: 1 << 20,
-            max_wait: Duration::from_millis(20),
-            idle_flush: Duration::from_millis(150),
-        },
+        limits,
     );
     if let Some(requests) = requests {
         pipeline = pipeline.with_parking_requests(requests);
@@ -336,6 +348,42 @@ async fn a_durable_batch_is_committed_and_the_next_batch_reads_on_from_it() {
     );
     assert!(sink.batches()[1].continues_from(0, 12));
     assert_eq!(run.metrics.events.get(), 4);
+    run.stop().await.unwrap();
+}
+
+/// Given a long batch window and a short quiet gap, records that come close together share a
+/// batch, and the batch is written as soon as the log goes quiet — not when the window ends.
+#[tokio::test(start_paused = true)]
+async fn a_batch_is_written_when_the_log_goes_quiet_not_when_its_window_ends() {
+    let sink = FakeSink::default();
+    let limits = Limits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+        max_wait: Duration::from_secs(10),
+        quiet_gap: Duration::from_millis(5),
+        idle_flush: Duration::from_secs(60),
+    };
+    let run = start_limited(
+        sink.clone(),
+        FakeSource::default(),
+        FakeDeadLetters::default(),
+        None,
+        limits,
+    );
+    let started = tokio::time::Instant::now();
+    run.source.push(0, 1, Some("a"));
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    run.source.push(0, 2, Some("b"));
+    until(|| !sink.batches().is_empty()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "written {:?} after the first record: the batch waited for its window",
+        started.elapsed()
+    );
+    assert_eq!(
+        products(&sink.batches()[0]),
+        [(0, 1, "a".into()), (0, 2, "b".into())]
+    );
     run.stop().await.unwrap();
 }
 
@@ -732,6 +780,7 @@ async fn given_a_sink_that_does_not_park_when_it_refuses_data_then_the_consumer_
             max_records: 100,
             max_bytes: 1 << 20,
             max_wait: Duration::from_millis(20),
+            quiet_gap: Duration::from_millis(20),
             idle_flush: Duration::from_millis(150),
         },
     );
