@@ -2,13 +2,14 @@
 //!
 //! - [`model`]: model schemas (live and shadow), their migrations, and the `active_model`
 //!   pointer readers follow.
-//! - [`apply`]: writes one batch set-based (UNNEST upserts), with the consumer offsets in the
-//!   same transaction.
+//! - [`apply`]: writes one batch set-based (a handful of statements whatever its size), with
+//!   the consumer offsets in the same transaction.
 //! - [`history`]: every event of every product (`product_events`), written with its batch.
 //! - [`sink`]: the projector's sink on the shared consumer runtime.
 //! - [`bulk`] and [`copy`]: a rebuild's bulk load: the log folded in memory and written
 //!   with binary `COPY`, keys and indexes built after the rows.
 //! - [`rebuild`]: rebuilds the model into a shadow schema and swaps it in atomically.
+//! - [`leftovers`]: the model schemas killed rebuilds left behind, dropped by the next one.
 //! - [`compare`]: what the rebuild checks before the swap: the new model equals the live one,
 //!   the bulk at a snapshot outside the swap lock, what changed since under it.
 //!
@@ -20,6 +21,7 @@ pub mod bulk;
 pub mod compare;
 pub mod copy;
 pub mod history;
+pub mod leftovers;
 pub mod model;
 pub mod rebuild;
 pub mod sink;

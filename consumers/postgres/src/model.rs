@@ -114,6 +114,11 @@ impl ReadModel {
         Ok(())
     }
 
+    /// A connection of its own, outside the pool (for session state: locks, search paths).
+    pub async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.options).await
+    }
+
     pub async fn active(&self) -> Result<String, sqlx::Error> {
         sqlx::query_scalar(&format!(
             "SELECT schema_name FROM {META_SCHEMA}.active_model"

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::apply::{apply_batch, Applied, ApplyError, Target};
 use crate::bulk::Loaded;
 use crate::compare::{compare, Comparison, Scope};
+use crate::leftovers::Claims;
 use crate::model::{new_schema_name, ReadModel, META_SCHEMA};
 
 #[derive(Debug, Clone)]
@@ -65,6 +66,8 @@ pub struct RebuildReport {
     pub bulk: Option<BulkTimings>,
     /// Why the bulk load gave way to the batch-by-batch rebuild, when it did.
     pub fell_back: Option<String>,
+    /// Model schemas killed rebuilds had left, dropped before this one began.
+    pub left_over: Vec<String>,
 }
 
 /// Where the bulk load's time went.
@@ -119,7 +122,12 @@ pub async fn rebuild<S: EventSource + Send>(
 ) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
     let old_schema = model.bootstrap().await?;
+    let left_over = crate::leftovers::drop_left_over(model).await?;
+    // Claimed before created: no other rebuild's clean-up can take it for a leftover.
+    let mut claims = Claims::open(model).await?;
+    claims.claim(&old_schema).await?;
     let new_schema = new_schema_name();
+    claims.claim(&new_schema).await?;
     model.create_model(&new_schema).await?;
     tracing::info!(%old_schema, %new_schema, "rebuild: building a new model schema");
     let progress = progress_bar(model, config, &old_schema).await;
@@ -276,6 +284,7 @@ pub async fn rebuild<S: EventSource + Send>(
         comparison,
         bulk,
         fell_back,
+        left_over,
     })
 }
 

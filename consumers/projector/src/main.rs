@@ -106,6 +106,8 @@ struct ReplayReport<'a> {
     fell_back: Option<&'a str>,
     /// Whether the archive was read before the topic.
     from_archive: bool,
+    /// Model schemas killed rebuilds had left, dropped before this one began.
+    left_over_dropped: &'a [String],
 }
 
 #[tokio::main]
@@ -203,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
                     bulk: report.bulk,
                     fell_back: report.fell_back.as_deref(),
                     from_archive: read_archive,
+                    left_over_dropped: &report.left_over,
                 };
                 println!("{}", serde_json::to_string(&printed)?);
                 return Ok(());
@@ -228,6 +231,12 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 (None, Some(why)) => println!("written batch by batch: {why}"),
                 (None, None) => println!("written batch by batch (--batches)"),
+            }
+            if !report.left_over.is_empty() {
+                println!(
+                    "dropped first what killed rebuilds had left: {}",
+                    report.left_over.join(", ")
+                );
             }
             Ok(())
         }
