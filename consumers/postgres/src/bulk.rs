@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use foldline_consumer_runtime::history::EventSource;
 use foldline_consumer_runtime::parking::{set_aside, ParkedSet};
-use foldline_consumer_runtime::{Batch, Parked, Record};
+use foldline_consumer_runtime::{Batch, Parked};
 use foldline_projections::{FoldedLog, LogFold};
 use foldline_service::position::Offsets;
 use indicatif::ProgressBar;
@@ -24,7 +24,8 @@ use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
 use crate::apply::{ApplyError, Target};
-use crate::copy::{CopyRows, JsonbText};
+use crate::copy::CopyRows;
+use crate::history::{history_row, HISTORY_COLUMNS, HISTORY_TYPES};
 
 /// Bytes of rows sent to PostgreSQL at a time.
 const CHUNK: usize = 1 << 20;
@@ -133,17 +134,6 @@ async fn stream_history(
     mut batches: mpsc::Receiver<Batch>,
     progress: &ProgressBar,
 ) -> anyhow::Result<Result<Streamed, String>> {
-    static COLUMNS: &[Type] = &[
-        Type::TEXT,
-        Type::INT8,
-        Type::TEXT,
-        Type::TIMESTAMPTZ,
-        Type::INT4,
-        Type::INT8,
-        Type::TEXT,
-        Type::TEXT,
-        Type::JSONB,
-    ];
     // Truncated in the COPY's own transaction, the table takes the rows frozen and all
     // visible (`FREEZE`): nothing is left for a first reader to mark (the comparison reads
     // every row next) nor for autovacuum to visit after the swap.
@@ -153,12 +143,10 @@ async fn stream_history(
         .await?;
     let mut copy = tx
         .copy_in_raw(&format!(
-            "COPY {schema}.product_events (product_id, version, event_type, occurred_at, \
-             partition, \"offset\", actor, correlation_id, payload) \
-             FROM STDIN (FORMAT binary, FREEZE)"
+            "COPY {schema}.product_events ({HISTORY_COLUMNS}) FROM STDIN (FORMAT binary, FREEZE)"
         ))
         .await?;
-    let mut rows = CopyRows::new(COLUMNS);
+    let mut rows = CopyRows::new(HISTORY_TYPES);
     let mut streamed = Streamed {
         fold: LogFold::default(),
         events: 0,
@@ -172,7 +160,8 @@ async fn stream_history(
                 copy.abort(why.to_string()).await.ok();
                 return Ok(Err(why.to_string()));
             }
-            history_row(&mut rows, record)?;
+            history_row(&mut rows, record)
+                .map_err(|e| anyhow::anyhow!("encoding a history row: {e}"))?;
         }
         for entry in &batch.parked {
             streamed.parked_set.insert(&entry.product_id);
@@ -197,23 +186,6 @@ async fn stream_history(
 
 fn refused(error: sqlx::Error) -> anyhow::Result<Result<Streamed, String>> {
     refusal(error, "a history row").map(Err)
-}
-
-fn history_row(rows: &mut CopyRows, record: &Record) -> anyhow::Result<()> {
-    let event = &record.event;
-    let payload = event.payload.fields_json();
-    rows.row(&[
-        &event.product_id.as_str(),
-        &event.version,
-        &event.event_type().as_str(),
-        &event.occurred_at,
-        &record.partition,
-        &record.offset,
-        &event.actor.as_deref(),
-        &event.correlation_id.as_str(),
-        &JsonbText(&payload),
-    ])
-    .map_err(|e| anyhow::anyhow!("encoding a history row: {e}"))
 }
 
 /// The products (one `COPY`), seller stats, event counts, parked records and offsets.
