@@ -87,7 +87,16 @@ pub async fn during<T>(
 ) -> anyhow::Result<(T, u64)> {
     let before = crate::cpu::tree_now(pid);
     let out = work.await?;
-    Ok((out, crate::cpu::tree_now(pid).saturating_sub(before)))
+    Ok((out, tree_settled(pid).await.saturating_sub(before)))
+}
+
+/// [`tree_now`] once processes that were ending have ended. A client that just closed leaves
+/// a PostgreSQL backend ending: read mid-exit, its time is in neither its own /proc entry
+/// (read after it left) nor yet in the postmaster's (read before it was reaped); a run's
+/// COPY floor came out near zero that way (2026-12-08).
+pub async fn tree_settled(root: u32) -> u64 {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tree_now(root)
 }
 
 /// The pid in a pid file (`scripts/lib/run.sh` writes one per process it starts).

@@ -299,7 +299,9 @@ async fn rebuild(
     let during = during.transpose()?;
     let postgres_before = crate::cpu::tree_now(postgres);
     let rebuilt = replay_from(&bin(args, "foldline-projector"), topic, model_url, bucket).await;
-    let postgres_us = crate::cpu::tree_now(postgres).saturating_sub(postgres_before);
+    let postgres_us = crate::cpu::tree_settled(postgres)
+        .await
+        .saturating_sub(postgres_before);
     drop(during);
     let mut rebuilt = rebuilt?;
     rebuilt.writes_per_s_during = args.replay_write_rate;
