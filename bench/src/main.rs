@@ -110,6 +110,8 @@ enum Command {
     /// A schema change shipped under load: the previous release's binaries replaced by the
     /// current ones one process at a time, then checked (`scripts/upgrade-drill`).
     UpgradeDrill(upgrade_drill::Args),
+    /// Print a TCP port nothing listens on now, chosen by the OS (the scripts' `free_port`).
+    FreePort,
     /// Rewrite the generated tables of docs/benchmarks.md from bench/results/ (`--check`:
     /// fail when they differ).
     Docs(docs::Args),
@@ -137,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Restart(args) => restart::run(args).await,
         Command::UpgradeDrill(args) => upgrade_drill::run(args).await,
         Command::Docs(args) => docs::run(args).await,
+        Command::FreePort => {
+            println!("{}", foldline_testkit::process::free_port());
+            Ok(())
+        }
         Command::Sinks(args) => sinks_bench::run(args).await,
         Command::Log(args) => log_bench::run(args).await,
         Command::Write(args) => write_bench::run(args).await,

@@ -50,17 +50,15 @@ start_prometheus() {
 
 # wait_targets_up PROMETHEUS_URL [SECONDS]: until every scrape target of Prometheus is up.
 wait_targets_up() {
-  local url="$1" seconds="${2:-60}" down=""
+  local url="$1" seconds="${2:-60}" targets total up
   for _ in $(seq $((seconds * 2))); do
-    down="$(curl -fsS "$url/api/v1/targets?state=active" 2>/dev/null | python3 -c '
-import json, sys
-targets = json.load(sys.stdin)["data"]["activeTargets"]
-print(" ".join(t["labels"]["job"] for t in targets if t["health"] != "up") if targets else "none yet")
-' 2>/dev/null || echo "not answering")"
-    [ -z "$down" ] && return 0
+    targets="$(curl -fsS "$url/api/v1/targets?state=active" 2>/dev/null || true)"
+    total=$(grep -o '"health":"[a-z]*"' <<<"$targets" | wc -l)
+    up=$(grep -o '"health":"up"' <<<"$targets" | wc -l)
+    [ "$total" -gt 0 ] && [ "$up" = "$total" ] && return 0
     sleep 0.5
   done
-  die "Prometheus targets not up after $seconds s: $down"
+  die "Prometheus targets not up after $seconds s: $up of $total up (see $url/targets)"
 }
 
 # stop_all PIDDIR: stops every process we started: services first, then the servers they
@@ -151,10 +149,11 @@ start_postgres() {
     || "$bin/createdb" -h 127.0.0.1 -p "$port" -U foldline foldline
 }
 
-# free_port: a TCP port nothing listens on now, chosen by the OS. Random numbers in fixed
-# ranges collided (a benchmark's archiver got the S3 server's port and never started).
+# free_port: a TCP port nothing listens on now, chosen by the OS (asked by the bench program
+# in FOLDLINE_BIN_DIR, which start_core_stack sets to the builds it runs). Random numbers in
+# fixed ranges collided (a benchmark's archiver got the S3 server's port and never started).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "${FOLDLINE_BIN_DIR:-$REPO/target/debug}/foldline-bench" free-port
 }
 
 # start_core_stack DATA BINDIR: S3, broker and registry on random free-ish ports under DATA, for
@@ -162,6 +161,7 @@ free_port() {
 # FOLDLINE_BROKERS, FOLDLINE_REGISTRY_URL and the S3 settings; sets S3_PORT.
 start_core_stack() {
   local data="$1" bin="$2" broker_port registry_port
+  export FOLDLINE_BIN_DIR="$bin"
   mkdir -p "$data"
   S3_PORT=$(free_port); broker_port=$(free_port)
   registry_port=$(free_port)
