@@ -239,6 +239,19 @@ pub fn render(r: &ProjectResult) -> String {
             thousands(r.raw_consume.rate),
             absorbs / r.raw_consume.rate.max(1e-9)
         );
+        if let Some(cores) = r.provenance.cores() {
+            // Reading and writing at their floors, every process of the run sharing the cores.
+            let sum =
+                r.raw_decode.cpu_us_per_record + r.raw_decode_broker_cpu_us_per_record + floor;
+            let absorbs = f64::from(cores) * 1e6 / sum.max(1e-9);
+            let _ = writeln!(
+                out,
+                "| … what the machine's {cores} cores absorb with every part at its floor (consume + decode, the consumer's CPU and the broker's, and the rows COPYed: {sum:.1} µs per event), events/s | {} | raw consume {} records/s | {:.2}× | |",
+                thousands(absorbs),
+                thousands(r.raw_consume.rate),
+                absorbs / r.raw_consume.rate.max(1e-9)
+            );
+        }
     }
     // New rows by COPY, redelivered ones by INSERT … ON CONFLICT (older runs: all by INSERT).
     let history_us: f64 = r

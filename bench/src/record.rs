@@ -25,6 +25,12 @@ impl Provenance {
         }
     }
 
+    /// The machine's cores, from [`Provenance::machine`].
+    pub fn cores(&self) -> Option<u32> {
+        let (count, rest) = self.machine.split_once(' ')?;
+        rest.starts_with("cores").then(|| count.parse().ok())?
+    }
+
     /// The day and minute, for prose: `2026-12-07 08:27 UTC`.
     pub fn when(&self) -> String {
         match chrono::DateTime::parse_from_rfc3339(&self.date) {
@@ -125,5 +131,17 @@ mod tests {
         assert_eq!(super::thousands(1_234_567.8), "1,234,568");
         assert_eq!(super::thousands(999.0), "999");
         assert_eq!(super::thousands(-1000.0), "-1,000");
+    }
+
+    #[test]
+    fn the_cores_are_read_back_from_the_machine_line() {
+        let at = |machine: &str| super::Provenance {
+            date: String::new(),
+            machine: machine.into(),
+            commit: String::new(),
+        };
+        assert_eq!(at(&super::machine()).cores().map(|c| c > 0), Some(true));
+        assert_eq!(at("2 cores, 23 GiB, Linux 6.1").cores(), Some(2));
+        assert_eq!(at("a laptop").cores(), None);
     }
 }
