@@ -139,6 +139,9 @@ pub async fn rebuild<S: EventSource + Send>(
     };
     // Phase 1: the bulk into the new schema, while the live model keeps serving.
     let mut phase = FirstPhase::default();
+    // What a bulk load that gave way had counted: the batch-by-batch pass reads the same
+    // records again, and counts them again.
+    let mut undecodable_before_fallback = 0;
     if config.bulk {
         let mut conn = model.pool.acquire().await?;
         match crate::bulk::load(&mut conn, &target, &mut source, &progress).await? {
@@ -168,6 +171,7 @@ pub async fn rebuild<S: EventSource + Send>(
                 model.drop_model(&new_schema).await?;
                 model.create_model(&new_schema).await?;
                 progress.reset();
+                undecodable_before_fallback = source.undecodable();
                 phase = in_batches(model, &target, &mut source, &progress).await?;
                 phase.fell_back = Some(why);
             }
@@ -276,7 +280,7 @@ pub async fn rebuild<S: EventSource + Send>(
     Ok(RebuildReport {
         parked: parked.len(),
         events,
-        dead: source.undecodable(),
+        dead: source.undecodable() - undecodable_before_fallback,
         elapsed: started.elapsed(),
         locked,
         old_schema: live,

@@ -338,21 +338,36 @@ async fn a_rebuild_of_a_log_whose_versions_do_not_grow_falls_back_to_batches() {
         ],
     )
     .await;
+    // And a record nothing can decode: counted once, though both passes read it.
+    let raw: FutureProducer =
+        foldline_service::kafka::producer_config(&foldline_testkit::brokers(), "poison")
+            .create()
+            .unwrap();
+    raw.send(
+        FutureRecord::to(&stack.topic)
+            .key("garbage")
+            .payload(&b"not avro"[..])
+            .partition(0),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let events = stack.topic_events().await;
     stack.wait_caught_up(events.len()).await;
-    let output = stack.replay(&group, &[], &[]).await;
-    let printed = String::from_utf8_lossy(&output.stdout);
+    let output = stack.replay(&group, &["--json"], &[]).await;
     assert!(
         output.status.success(),
-        "{printed}{}",
+        "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        printed.contains(&format!(
-            "written batch by batch: product {id:?}: version 1 follows version 2"
-        )),
-        "{printed}"
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["fell_back"].as_str(),
+        Some(format!("product {id:?}: version 1 follows version 2").as_str()),
+        "{report}"
     );
+    assert_eq!(report["undecodable"], 1, "{report}");
+    assert_eq!(report["events"], events.len(), "{report}");
     let (status, body) = stack.get(&format!("/products/{id}")).await;
     assert_eq!((status, body["name"].as_str()), (200, Some("Lamp v2")));
     drop(projector);
