@@ -142,16 +142,19 @@ impl ProjectResult {
     /// Product rows the projector wrote per event (a batch folds a product's events into one
     /// row), from pg_stat_statements.
     pub fn product_rows_per_event(&self) -> f64 {
-        let rows: i64 = self
-            .statements
+        let rows = self.sum_over(&["UPDATE products", "INSERT INTO products"], |s| {
+            s.rows as f64
+        });
+        rows / self.events().max(1.0)
+    }
+
+    /// `value` summed over the statements whose text starts with one of `starts`.
+    fn sum_over(&self, starts: &[&str], value: fn(&Statement) -> f64) -> f64 {
+        self.statements
             .iter()
-            .filter(|s| {
-                s.query.starts_with("UPDATE products")
-                    || s.query.starts_with("INSERT INTO products")
-            })
-            .map(|s| s.rows)
-            .sum();
-        rows as f64 / self.events().max(1.0)
+            .filter(|s| starts.iter().any(|start| s.query.starts_with(start)))
+            .map(value)
+            .sum()
     }
 
     /// The floor of the projector's PostgreSQL work, measured in the same run: the rows it
@@ -254,15 +257,10 @@ pub fn render(r: &ProjectResult) -> String {
         }
     }
     // New rows by COPY, redelivered ones by INSERT … ON CONFLICT (older runs: all by INSERT).
-    let history_us: f64 = r
-        .statements
-        .iter()
-        .filter(|s| {
-            s.query.starts_with("INSERT INTO product_events")
-                || s.query.starts_with("COPY product_events")
-        })
-        .map(|s| s.us_per_event)
-        .sum();
+    let history_us = r.sum_over(
+        &["INSERT INTO product_events", "COPY product_events"],
+        |s| s.us_per_event,
+    );
     if let Some(keyed) = r.raw_copy_history_keyed_postgres_cpu_us_per_row {
         let _ = writeln!(
             out,

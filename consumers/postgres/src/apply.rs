@@ -290,19 +290,12 @@ async fn write_products(
         tx,
         &existing,
         &format!(
-            "UPDATE {s}.products AS p SET
-                 name = COALESCE(e.name, p.name),
-                 price_cents = COALESCE(e.price_cents, p.price_cents),
-                 stock = COALESCE(e.stock, p.stock),
-                 seller_id = COALESCE(e.seller_id, p.seller_id),
-                 version = e.version,
-                 updated_at = e.updated_at,
-                 deleted = e.deleted,
-                 low_stock_threshold = COALESCE(e.low_stock_threshold, p.low_stock_threshold)
+            "UPDATE {s}.products AS p SET {merged}
              FROM {ROWS} AS e ({COLUMNS})
              WHERE p.ctid = ANY($10::text[]::tid[]) AND p.id = e.id AND p.version < e.version
              RETURNING {RETURNED}",
             s = target.schema,
+            merged = merged_from("e"),
         ),
         Some(&ctids),
     )
@@ -314,25 +307,33 @@ async fn write_products(
             &format!(
                 "INSERT INTO {s}.products AS p ({COLUMNS})
                  SELECT * FROM {ROWS}
-                 ON CONFLICT (id) DO UPDATE SET
-                     name = COALESCE(EXCLUDED.name, p.name),
-                     price_cents = COALESCE(EXCLUDED.price_cents, p.price_cents),
-                     stock = COALESCE(EXCLUDED.stock, p.stock),
-                     seller_id = COALESCE(EXCLUDED.seller_id, p.seller_id),
-                     version = EXCLUDED.version,
-                     updated_at = EXCLUDED.updated_at,
-                     deleted = EXCLUDED.deleted,
-                     low_stock_threshold =
-                         COALESCE(EXCLUDED.low_stock_threshold, p.low_stock_threshold)
+                 ON CONFLICT (id) DO UPDATE SET {merged}
                  WHERE p.version < EXCLUDED.version
                  RETURNING {RETURNED}",
                 s = target.schema,
+                merged = merged_from("EXCLUDED"),
             ),
             None,
         )
         .await?,
     );
     Ok(changed)
+}
+
+/// How a change merges into the row `p` it updates (the columns' `SET` list), the change's
+/// values read from `change` (a joined row or `EXCLUDED`): a value the change does not carry
+/// keeps the row's.
+fn merged_from(change: &str) -> String {
+    format!(
+        "name = COALESCE({change}.name, p.name),
+         price_cents = COALESCE({change}.price_cents, p.price_cents),
+         stock = COALESCE({change}.stock, p.stock),
+         seller_id = COALESCE({change}.seller_id, p.seller_id),
+         version = {change}.version,
+         updated_at = {change}.updated_at,
+         deleted = {change}.deleted,
+         low_stock_threshold = COALESCE({change}.low_stock_threshold, p.low_stock_threshold)"
+    )
 }
 
 /// The changes as rows: `$1` … `$9`, in [`COLUMNS`] order.
